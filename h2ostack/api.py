@@ -1,0 +1,382 @@
+"""up / down / kill / status / logs / plan as plain functions, usable as a library.
+
+The CLI renders the events these functions emit and maps their errors to exit codes; nothing
+here prints. Runtimes are chosen per service mode (processes here, containers through the
+Docker SDK) and imported only when a stack has such services.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from h2ostack import executor, health
+from h2ostack.facts import Facts, gather
+from h2ostack.loader import load
+from h2ostack.plan import Plan, ServicePlan, make_plan
+from h2ostack.runtimes.base import Observed, Runtime
+from h2ostack.spec import Stack, reveal
+from h2ostack.state import StackState, known_stacks, state_root
+
+LOG_TAIL_LINES = 20
+
+
+@dataclass(frozen=True)
+class Event:
+    service: str
+    kind: str  # plan | keep | stop | start | wait | step | ready | fail | skip | warn
+    detail: str = ""
+    elapsed: float | None = None
+
+
+Emit = Callable[[Event], None]
+
+
+def _noop(_: Event) -> None:
+    pass
+
+
+class UpError(Exception):
+    """Some services failed to start; what this `up` started has been stopped."""
+
+    def __init__(self, failures: dict[str, str]):
+        self.failures = failures
+        super().__init__("; ".join(f"{k}: {v}" for k, v in failures.items()))
+
+
+class NotFound(Exception):
+    pass
+
+
+@dataclass
+class Ctx:
+    """One command's view of a stack: its plan (when the file is at hand), state and runtimes."""
+
+    name: str
+    state: StackState
+    plan: Plan | None = None
+    runtimes: dict[str, Runtime] = field(default_factory=dict)
+
+    def runtime(self, mode: str) -> Runtime:
+        if mode not in self.runtimes:
+            if mode == "container":
+                from h2ostack.runtimes.docker import DockerRuntime
+
+                self.runtimes[mode] = DockerRuntime(self.name)
+            else:
+                from h2ostack.runtimes.process import ProcessRuntime
+
+                self.runtimes[mode] = ProcessRuntime(self.state)
+        return self.runtimes[mode]
+
+    def modes(self) -> list[str]:
+        """Runtimes worth asking about this stack: the plan's, or, without one, any that may hold it."""
+        modes = {"process"}
+        saved = self.state.load_plan()
+        plans = [s.get("mode") for s in (saved or {}).get("plan", {}).get("services", [])]
+        if self.plan is not None:
+            plans += [s.mode for s in self.plan.services.values()]
+        if "container" in plans or (saved is None and self.plan is None and docker_configured()):
+            modes.add("container")
+        return sorted(modes, key=lambda m: m != "process")
+
+    def observe(self) -> dict[str, Observed]:
+        out: dict[str, Observed] = {}
+        for mode in self.modes():
+            try:
+                out.update(self.runtime(mode).observe())
+            except Exception as exc:  # an engine that is down must not hide the processes
+                out[f"<{mode}>"] = Observed(f"<{mode}>", mode, False, detail=str(exc))
+        return out
+
+
+def docker_configured() -> bool:
+    host = os.environ.get("DOCKER_HOST", "")
+    return bool(host) or Path("/var/run/docker.sock").exists()
+
+
+def load_plan(path: str | Path, gpus: str | None = None, gpu_memory: float | None = None,
+              environ: Mapping[str, str] | None = None, check_ports: bool = True,
+              keep_ports: Iterable[int] = ()) -> tuple[Stack, Facts, Plan]:
+    stack = load(path, environ)
+    facts = gather(stack, gpus, gpu_memory, check_ports=check_ports)
+    return stack, facts, make_plan(stack, facts, frozenset(keep_ports))
+
+
+def ctx_for(target: str | Path) -> Ctx:
+    """A stack file path, or the name of a stack known to the state dir."""
+    p = Path(target)
+    if p.is_file():
+        stack = load(p)
+        return Ctx(stack.name, StackState(stack.name))
+    name = str(target)
+    if name not in known_stacks() and not docker_configured():
+        raise NotFound(f"no stack file or known stack named {name!r} (state dir: {state_root()})")
+    return Ctx(name, StackState(name))
+
+
+def auth_headers(plan: ServicePlan, stack: Stack | None) -> dict[str, str]:
+    """The header a client of this service sends (external auth, api keys); never logged."""
+    if stack is None or plan.is_front or plan.name not in stack.services:
+        return {}
+    svc = stack.services[plan.name]
+    auth = getattr(svc, "auth", None)
+    if auth is not None:
+        return {"authorization": f"{auth.user} {reveal(auth.token)}"}
+    key = getattr(svc, "api_key", None)
+    if key is not None:
+        return {"authorization": f"Bearer {reveal(key)}"}
+    return {}
+
+
+def _with_deps(plan: Plan, only: Iterable[str]) -> list[str]:
+    deps = plan.deps()
+    unknown = [n for n in only if n not in deps]
+    if unknown:
+        from h2ostack.loader import did_you_mean
+
+        raise NotFound("; ".join(f"no service named {n!r} in stack {plan.stack!r}"
+                                 f"{did_you_mean(n, list(deps))}" for n in unknown))
+    seen: list[str] = []
+
+    def add(n: str) -> None:
+        if n in seen:
+            return
+        for d in deps[n]:
+            add(d)
+        seen.append(n)
+
+    for n in only:
+        add(n)
+    return seen
+
+
+def up(path: str | Path, only: Iterable[str] = (), gpus: str | None = None, gpu_memory: float | None = None,
+       emit: Emit = _noop, timeout_scale: float = 1.0, stop_timeout: float = 30.0) -> Plan:
+    stack = load(path)
+    state = StackState(stack.name)
+    with state.lock():
+        ctx = Ctx(stack.name, state)
+        observed = ctx.observe()
+        alive = {n: o for n, o in observed.items() if o.alive}
+        facts = gather(stack, gpus, gpu_memory)
+        plan = make_plan(stack, facts, frozenset(o.port for o in alive.values() if o.port))
+        ctx.plan = plan
+        everything = plan.all()
+        targets = _with_deps(plan, only) if only else list(everything)
+        state.save_plan(plan.to_json(), str(path))
+
+        changed = [n for n in targets if n in alive and alive[n].config_hash != everything[n].config_hash]
+        keep = {n for n in targets if n in alive and n not in changed}
+        # what runs but is no longer in the file, or changed, stops first (reverse order)
+        gone = [n for n in alive if n not in everything and not n.startswith("<")] if not only else []
+        for name in [*reversed(changed), *gone]:
+            emit(Event(name, "stop", "config changed" if name in changed else "no longer in the stack file"))
+            ctx.runtime(alive[name].mode).stop(name, stop_timeout)
+        if gone:
+            for name in gone:
+                state.forget(name)
+
+        started: list[str] = []
+        lock = threading.Lock()
+        cancel = threading.Event()
+        request = health.httpx_requester()
+        failures: dict[str, str] = {}
+
+        def bring_up(name: str) -> float:
+            sp = everything[name]
+            headers = auth_headers(sp, stack)
+            if name in keep:
+                emit(Event(name, "keep", "running with the same config"))
+                return 0.0
+            if not sp.started:
+                emit(Event(name, "wait", f"checking {sp.url}"))
+                try:
+                    took = health.wait_ready(sp.url or "", sp.probes, min(sp.health_timeout, 30.0),
+                                             sp.health_interval, lambda: None, request, headers, cancel=cancel)
+                    emit(Event(name, "ready", sp.url or "", took))
+                except health.NotReady as exc:
+                    emit(Event(name, "warn", f"external endpoint {sp.url} is not reachable: {exc}"))
+                return 0.0
+            runtime = ctx.runtime(sp.mode)
+            emit(Event(name, "start", " ".join(sp.command or ()) if sp.mode == "process" else sp.image or ""))
+            handle = runtime.start(sp)
+            with lock:
+                started.append(name)
+            emit(Event(name, "wait", sp.probes[0].name if sp.probes else ""))
+            try:
+                took = health.wait_ready(sp.url or "", sp.probes, sp.health_timeout * timeout_scale,
+                                         sp.health_interval, handle.exit_code, request, headers, cancel=cancel,
+                                         on_step=lambda step: emit(Event(name, "step", step)))
+            except health.Exited as exc:
+                raise StartFailed(f"exited while starting (code {exc.code})\n"
+                                  + runtime.log_tail(name, LOG_TAIL_LINES)) from None
+            except health.NotReady as exc:
+                raise StartFailed(f"{exc}\n" + runtime.log_tail(name, LOG_TAIL_LINES)) from None
+            emit(Event(name, "ready", sp.url or "", took))
+            return took
+
+        deps = {n: [d for d in everything[n].depends_on if d in targets] for n in targets}
+        outcomes = executor.run_graph(deps, bring_up, fail_fast=True, cancel=cancel)
+        for name, out in outcomes.items():
+            if out.state == "failed" and not isinstance(out.error, health.Cancelled):
+                failures[name] = str(out.error)
+                emit(Event(name, "fail", str(out.error)))
+            elif out.state == "skipped":
+                emit(Event(name, "skip", str(out.value)))
+        if failures:
+            # a failed start stops what it started, in reverse dependency order
+            mine = set(started)
+            stop_deps = {n: [d for d in deps[n] if d in mine] for n in deps if n in mine}
+            executor.run_graph(executor.reverse(stop_deps),
+                               lambda n: ctx.runtime(everything[n].mode).stop(n, stop_timeout))
+            for name in mine:
+                if everything[name].mode == "process":
+                    state.forget(name)
+            raise UpError(failures)
+        return plan
+
+
+class StartFailed(Exception):
+    pass
+
+
+def down(target: str | Path, timeout: float = 30.0, force: bool = False, emit: Emit = _noop) -> list[str]:
+    """Stop everything of the stack in reverse dependency order; returns what was stopped."""
+    ctx = ctx_for(target)
+    with ctx.state.lock():
+        return _stop_all(ctx, timeout, force, emit)
+
+
+def _stop_all(ctx: Ctx, timeout: float, force: bool, emit: Emit) -> list[str]:
+    observed = {n: o for n, o in ctx.observe().items() if not n.startswith("<")}
+    saved = ctx.state.load_plan() or {}
+    entries = [*saved.get("plan", {}).get("services", []), *saved.get("plan", {}).get("fronts", [])]
+    deps = {e["name"]: [d for d in e.get("depends_on", []) if d in observed] for e in entries
+            if e.get("name") in observed}
+    for name in observed:
+        deps.setdefault(name, [])
+    stopped: list[str] = []
+
+    def stop_one(name: str) -> None:
+        emit(Event(name, "stop", "SIGKILL" if force else f"SIGTERM, SIGKILL after {timeout:g} s"))
+        if ctx.runtime(observed[name].mode).stop(name, timeout, force):
+            stopped.append(name)
+        if observed[name].mode == "process":
+            ctx.state.forget(name)
+        emit(Event(name, "stopped"))
+
+    outcomes = executor.run_graph(executor.reverse(deps), stop_one)
+    errors = {n: o.error for n, o in outcomes.items() if o.state == "failed"}
+    if errors:
+        raise RuntimeError("; ".join(f"{n}: {e}" for n, e in errors.items()))
+    return stopped
+
+
+def kill(target: str | Path | None, all_stacks: bool = False, emit: Emit = _noop) -> list[str]:
+    """SIGKILL now, everything of the stack (or of every stack under the state dir)."""
+    names = known_stacks() if all_stacks else []
+    ctxs = [Ctx(n, StackState(n)) for n in names] if all_stacks else [ctx_for(target or "")]
+    killed = []
+    for ctx in ctxs:
+        killed += [f"{ctx.name}/{n}" for n in _stop_all(ctx, 0, True, emit)]
+    return killed
+
+
+@dataclass(frozen=True)
+class Row:
+    stack: str
+    service: str
+    kind: str
+    mode: str
+    state: str  # running | exited | stopped | external | not started
+    health: str  # healthy | unhealthy | starting | unknown | -
+    gpus: list[int]
+    url: str | None
+    ident: str
+    uptime: float | None
+    exit_code: int | None = None
+    detail: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def derive_state(obs: Observed | None, started: bool) -> str:
+    """The state column, a pure function of what was observed."""
+    if not started:
+        return "external"
+    if obs is None:
+        return "not started"
+    if obs.alive:
+        return "running"
+    return "exited" if obs.exit_code is not None else "stopped"
+
+
+def status(target: str | Path | None = None, probe: bool = True) -> list[Row]:
+    ctxs = [ctx_for(target)] if target else [Ctx(n, StackState(n)) for n in known_stacks()]
+    rows: list[Row] = []
+    request = health.httpx_requester() if probe else None
+    for ctx in ctxs:
+        observed = ctx.observe()
+        saved = (ctx.state.load_plan() or {}).get("plan", {})
+        entries = {e["name"]: e for e in [*saved.get("services", []), *saved.get("fronts", [])]}
+        names = list(entries) + [n for n in observed if n not in entries]
+        checks: dict[str, str] = {}
+
+        def probe_health(name: str, ctx: Ctx = ctx, entries: dict = entries, observed: dict = observed,
+                         checks: dict = checks) -> None:
+            entry = entries.get(name, {})
+            obs = observed.get(name)
+            url = entry.get("url")
+            started = entry.get("mode", "process") != "external"
+            if not url or request is None or (started and not (obs and obs.alive)):
+                checks[name] = "-"
+                return
+            path = (entry.get("health", {}).get("probes") or ["/health"])[0]
+            why = health.probe_once(url, health_probe(path), request, {})
+            checks[name] = "healthy" if why is None else ("unhealthy" if started and obs and obs.started_at
+                                                           and time.time() - obs.started_at > 5 else "starting")
+            if why is not None and not started:
+                checks[name] = "unreachable"
+
+        executor.run_graph({n: [] for n in names}, probe_health)
+        for name in names:
+            if name.startswith("<"):
+                obs = observed[name]
+                rows.append(Row(ctx.name, name, "-", obs.mode, "unknown", "-", [], None, "", None, None, obs.detail))
+                continue
+            entry = entries.get(name, {})
+            obs = observed.get(name)
+            started = entry.get("mode", "process") != "external"
+            rows.append(Row(ctx.name, name, entry.get("kind", "?"), entry.get("mode", obs.mode if obs else "?"),
+                            derive_state(obs, started), checks.get(name, "-"), entry.get("gpus", []),
+                            entry.get("url"), obs.ident if obs else "",
+                            time.time() - obs.started_at if obs and obs.alive and obs.started_at else None,
+                            obs.exit_code if obs else None, obs.detail if obs else ""))
+    return rows
+
+
+def health_probe(path: str) -> Any:
+    from h2ostack.backends.base import Probe
+
+    return Probe("health", "GET", path, timeout=2.0)
+
+
+def log_sources(target: str | Path, service: str | None = None) -> list[tuple[str, Runtime]]:
+    ctx = ctx_for(target)
+    observed = ctx.observe()
+    saved = (ctx.state.load_plan() or {}).get("plan", {})
+    names = [e["name"] for e in [*saved.get("services", []), *saved.get("fronts", [])] if e.get("mode") != "external"]
+    names += [n for n in observed if n not in names and not n.startswith("<")]
+    if service is not None:
+        if service not in names:
+            raise NotFound(f"no started service named {service!r} in stack {ctx.name!r}")
+        names = [service]
+    modes = {e["name"]: e.get("mode", "process") for e in [*saved.get("services", []), *saved.get("fronts", [])]}
+    return [(n, ctx.runtime(modes.get(n, observed[n].mode if n in observed else "process"))) for n in names]

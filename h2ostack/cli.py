@@ -1,0 +1,346 @@
+"""The `h2ostack` command: parse options, call `api`, render its events, map errors to exit codes.
+
+Exit codes: 0 success, 1 a service failed or is unhealthy, 2 the stack file or command line is
+invalid. Heavy modules (pydantic models, psutil, httpx, docker) are imported inside commands so
+that `h2ostack --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(help="One stack file, one command: LLM servers and their chat fronts, planned, started, "
+                       "health-checked and stopped.", no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False, rich_markup_mode=None)
+
+GpusOpt = Annotated[str | None, typer.Option("--gpus", help="The machine's GPU ids (0,1,2,3) instead of NVML; "
+                                                             "env H2OSTACK_GPUS.")]
+GpuMemOpt = Annotated[float | None, typer.Option("--gpu-memory", help="GiB per GPU, instead of NVML; "
+                                                                      "env H2OSTACK_GPU_MEMORY.")]
+StackArg = Annotated[Path, typer.Argument(help="The stack file.", show_default=False)]
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    _console(stderr=True).print(message, markup=False)
+    return typer.Exit(code)
+
+
+def _guard(fn: Any) -> Any:
+    """Map the errors a user can cause to messages and exit codes, never a traceback."""
+    from h2ostack.api import NotFound, UpError
+    from h2ostack.facts import FactsError
+    from h2ostack.loader import StackError
+
+    try:
+        return fn()
+    except StackError as exc:
+        raise _fail(str(exc), 2) from None
+    except (FactsError, NotFound) as exc:
+        raise _fail(f"error: {exc}", 2) from None
+    except UpError:
+        raise
+    except BlockingIOError:
+        raise _fail("error: another h2ostack command is changing this stack", 1) from None
+
+
+def _plan(stack: Path, gpus: str | None, gpu_memory: float | None, check_ports: bool = True) -> Any:
+    from h2ostack.api import load_plan
+
+    return _guard(lambda: load_plan(stack, gpus, gpu_memory, check_ports=check_ports))
+
+
+@app.command()
+def validate(stack: StackArg) -> None:
+    """Load and check the stack file only; exit 2 when it is invalid."""
+    from h2ostack.loader import load
+
+    s = _guard(lambda: load(stack))
+    _console().print(f"{stack}: valid stack '{s.name}' with {len(s.services)} service(s) and "
+                     f"{len(s.fronts)} front(s)", markup=False)
+
+
+@app.command()
+def plan(stack: StackArg, json_out: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+         gpus: GpusOpt = None, gpu_memory: GpuMemOpt = None) -> None:
+    """The resolved plan without starting anything: GPUs, ports, order, commands; secrets masked."""
+    _, _, p = _plan(stack, gpus, gpu_memory)
+    if json_out:
+        sys.stdout.write(json.dumps(p.to_json(), indent=2) + "\n")
+        return
+    from rich.table import Table
+
+    from h2ostack.render import shell_words
+
+    con = _console()
+    con.print(f"stack {p.stack}: start order " + " -> ".join("[" + ", ".join(level) + "]" for level in p.order),
+              markup=False)
+    table = Table("service", "kind", "mode", "gpus", "url", "command / image", show_lines=True)
+    for s in p.all().values():
+        what = shell_words(s.command) if s.command else (s.image or "")
+        table.add_row(s.name, s.kind, s.mode, ",".join(map(str, s.gpus)) or "-", s.url or "-", what)
+    con.print(table)
+
+
+@app.command()
+def up(stack: StackArg,
+       services: Annotated[list[str] | None, typer.Argument(help="Only these services (and what they need).")] = None,
+       gpus: GpusOpt = None, gpu_memory: GpuMemOpt = None,
+       attach: Annotated[bool, typer.Option("--attach", help="Stay and stream logs; Ctrl-C stops the stack.")] = False,
+       timeout: Annotated[float, typer.Option("--timeout", help="Grace period when stopping, seconds.")] = 30.0,
+       ) -> None:
+    """Plan, start what is not already running with the same config, wait until every server answers."""
+    from h2ostack import api
+
+    con = _console(stderr=True)
+    printer = _Progress(con)
+    try:
+        with printer:
+            p = _guard(lambda: api.up(stack, services or (), gpus, gpu_memory, emit=printer.event,
+                                      stop_timeout=timeout))
+    except api.UpError as exc:
+        con.print(f"\nh2ostack up failed: {len(exc.failures)} service(s) did not start; "
+                  "what this run started has been stopped.", markup=False)
+        for name, why in exc.failures.items():
+            head, _, tail = why.partition("\n")
+            con.print(f"\n{name}: {head}", markup=False)
+            if tail.strip():
+                con.print("  last log lines:\n" + "\n".join("  | " + ln for ln in tail.splitlines()), markup=False)
+        raise typer.Exit(1) from None
+    out = _console()
+    for s in p.all().values():
+        out.print(f"{s.name:<16} {s.url or '-'}" + (f"  (gateway {s.url}/v1)" if s.is_front and s.kind == "gradio"
+                                                     else ""), markup=False)
+    if attach:
+        try:
+            _follow(api.log_sources(stack), tail=10)
+        except KeyboardInterrupt:
+            con.print("\nstopping the stack...", markup=False)
+            api.down(stack, timeout=timeout, emit=printer.event)
+
+
+class _Progress:
+    """Rich progress while waiting for health: one line per service, events above it."""
+
+    def __init__(self, console: Any):
+        self.console = console
+        self.progress: Any = None
+        self.tasks: dict[str, Any] = {}
+        self.t0: dict[str, float] = {}
+
+    def __enter__(self) -> _Progress:
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                                 console=self.console, transient=True)
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)
+
+    def event(self, ev: Any) -> None:
+        name = ev.service
+        say = self.console.print
+        if ev.kind == "start":
+            self.t0[name] = time.monotonic()
+            say(f"starting {name}", markup=False)
+        elif ev.kind == "wait" and self.progress is not None:
+            self.tasks[name] = self.progress.add_task(f"{name}: waiting for {ev.detail}", total=None)
+        elif ev.kind == "step" and name in self.tasks:
+            self.progress.update(self.tasks[name], description=f"{name}: waiting for {ev.detail}")
+        elif ev.kind in ("ready", "fail", "skip") and name in self.tasks:
+            self.progress.remove_task(self.tasks.pop(name))
+        if ev.kind == "ready":
+            took = f" in {ev.elapsed:.1f} s" if ev.elapsed is not None else ""
+            say(f"ready    {name}{took}  {ev.detail}", markup=False)
+        elif ev.kind == "keep":
+            say(f"kept     {name} ({ev.detail})", markup=False)
+        elif ev.kind == "stop":
+            say(f"stopping {name} ({ev.detail})", markup=False)
+        elif ev.kind == "skip":
+            say(f"skipped  {name}: {ev.detail}", markup=False)
+        elif ev.kind == "warn":
+            say(f"warning  {name}: {ev.detail}", markup=False)
+        elif ev.kind == "fail":
+            say(f"failed   {name}: {str(ev.detail).splitlines()[0]}", markup=False)
+
+
+@app.command()
+def down(stack: Annotated[str, typer.Argument(help="The stack file, or a stack's name.")],
+         timeout: Annotated[float, typer.Option("--timeout", help="Seconds between SIGTERM and SIGKILL.")] = 30.0,
+         ) -> None:
+    """Stop the stack in reverse order: SIGTERM to each group or container, SIGKILL after the timeout."""
+    from h2ostack import api
+
+    con = _console(stderr=True)
+    stopped = _guard(lambda: api.down(stack, timeout=timeout, emit=_Progress(con).event))
+    con.print(f"stopped {len(stopped)} service(s)" if stopped else "nothing of this stack was running",
+              markup=False)
+
+
+@app.command()
+def kill(stack: Annotated[str | None, typer.Argument(help="The stack file, or a stack's name.")] = None,
+         all_stacks: Annotated[bool, typer.Option("--all", help="Every stack under the state dir.")] = False) -> None:
+    """SIGKILL at once everything this stack (or every stack) started, found by labels and pidfiles."""
+    from h2ostack import api
+
+    if not stack and not all_stacks:
+        raise _fail("error: name a stack, or use --all", 2)
+    con = _console(stderr=True)
+    killed = _guard(lambda: api.kill(stack, all_stacks, emit=_Progress(con).event))
+    con.print(f"killed {len(killed)} service(s)" if killed else "nothing was running", markup=False)
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else (f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s")
+
+
+@app.command()
+def status(stack: Annotated[str | None, typer.Argument(help="The stack file or name; all stacks if omitted.")] = None,
+           json_out: Annotated[bool, typer.Option("--json", help="One JSON list.")] = False,
+           watch: Annotated[bool, typer.Option("--watch", help="Refresh every 2 s until Ctrl-C.")] = False) -> None:
+    """One row per service; exit 0 only if every one is healthy."""
+    from h2ostack import api
+
+    def table() -> tuple[Any, list[Any]]:
+        from rich.table import Table
+
+        rows = _guard(lambda: api.status(stack))
+        t = Table("stack", "service", "kind", "state", "health", "gpus", "url", "pid/container", "uptime")
+        for r in rows:
+            state = r.state + (f" ({r.exit_code})" if r.state == "exited" and r.exit_code is not None else "")
+            t.add_row(r.stack, r.service, r.kind, state, r.health, ",".join(map(str, r.gpus)) or "-", r.url or "-",
+                      r.ident or "-", _age(r.uptime))
+        return t, rows
+
+    if json_out:
+        rows = _guard(lambda: api.status(stack))
+        sys.stdout.write(json.dumps([r.to_json() for r in rows], indent=2) + "\n")
+    elif watch:
+        from rich.live import Live
+
+        try:
+            with Live(table()[0], console=_console(), refresh_per_second=1) as live:
+                while True:
+                    time.sleep(2)
+                    live.update(table()[0])
+        except KeyboardInterrupt:
+            return
+    else:
+        t, rows = table()
+        _console().print(t) if rows else _console().print("no stacks are running", markup=False)
+    ok = bool(rows) and all(r.health == "healthy" or r.state == "external" and r.health != "unreachable"
+                            for r in rows)
+    raise typer.Exit(0 if ok else 1)
+
+
+def _follow(sources: list[tuple[str, Any]], tail: int | None, follow: bool = True) -> None:
+    out = sys.stdout
+    prefix = len(sources) > 1
+    width = max((len(n) for n, _ in sources), default=0)
+    files: dict[str, Any] = {}
+    for name, runtime in sources:
+        pre = f"{name:<{width}} | " if prefix else ""
+        text = runtime.log_tail(name, tail if tail is not None else 10**9)
+        for line in text.splitlines():
+            out.write(pre + line + "\n")
+        path = runtime.log_path(name)
+        if path and Path(path).exists():
+            fh = open(path, errors="replace")  # noqa: SIM115 - kept open while following
+            fh.seek(0, 2)
+            files[name] = fh
+    out.flush()
+    if not follow:
+        return
+    followers = [(n, r) for n, r in sources if n not in files and hasattr(r, "follow")]
+    for name, runtime in followers:
+        runtime.follow(name, lambda line, n=name: out.write((f"{n:<{width}} | " if prefix else "") + line))
+    while True:
+        moved = False
+        for name, fh in files.items():
+            for line in fh.readlines():
+                out.write((f"{name:<{width}} | " if prefix else "") + line)
+                moved = True
+        if moved:
+            out.flush()
+        time.sleep(0.2)
+
+
+@app.command()
+def logs(stack: Annotated[str, typer.Argument(help="The stack file, or a stack's name.")],
+         service: Annotated[str | None, typer.Argument(help="One service; all if omitted.")] = None,
+         follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep printing new lines.")] = False,
+         tail: Annotated[int | None, typer.Option("--tail", help="Only the last N lines.")] = None) -> None:
+    """Service logs, prefixed by service name when several."""
+    from h2ostack import api
+
+    sources = _guard(lambda: api.log_sources(stack, service))
+    try:
+        _follow(sources, tail, follow)
+    except KeyboardInterrupt:
+        return
+
+
+@app.command()
+def check(stack: StackArg,
+          max_tokens: Annotated[int, typer.Option("--max-tokens", help="Tokens to ask for.")] = 16,
+          timeout: Annotated[float, typer.Option("--timeout", help="Seconds per request.")] = 120.0) -> None:
+    """Send a test prompt to every endpoint, non-streaming and streaming; time to first token, tokens/s."""
+    from rich.table import Table
+
+    from h2ostack import api, executor
+    from h2ostack.check import check_service
+
+    stack_model, _, p = _plan(stack, None, None, check_ports=False)
+    targets = [s for s in p.services.values()]
+    results: dict[str, Any] = {}
+
+    def one(name: str) -> None:
+        sp = p.services[name]
+        results[name] = check_service(sp, api.auth_headers(sp, stack_model), max_tokens, timeout)
+
+    executor.run_graph({s.name: [] for s in targets}, one)
+    t = Table("service", "kind", "ok", "ttft", "tokens", "tokens/s", "answer / error")
+    for s in targets:
+        r = results[s.name]
+        t.add_row(s.name, s.kind, "yes" if r.ok else "NO", f"{r.ttft_s * 1000:.0f} ms" if r.ttft_s else "-",
+                  str(r.tokens), f"{r.tokens_per_s:.1f}" if r.tokens_per_s else "-",
+                  (r.text if r.ok else r.error).replace("\n", " ")[:80])
+    _console().print(t)
+    raise typer.Exit(0 if all(r.ok for r in results.values()) else 1)
+
+
+@app.command()
+def render(stack: StackArg,
+           fmt: Annotated[str, typer.Option("--format", help="shell")] = "shell",
+           gpus: GpusOpt = None, gpu_memory: GpuMemOpt = None) -> None:
+    """The equivalent plain commands (`docker run ...`, `python -m vllm...`) as a script a person could run."""
+    from h2ostack.render import FORMATS
+
+    if fmt not in FORMATS:
+        raise _fail(f"error: unknown format {fmt!r}; one of {', '.join(FORMATS)}", 2)
+    _, _, p = _plan(stack, gpus, gpu_memory, check_ports=False)
+    sys.stdout.write(FORMATS[fmt](p))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""The machine as the planner needs it: GPUs and their memory, busy ports, local model sizes.
+
+Everything here is read once per command and handed to the pure planner, so a plan can be
+made (and tested) on a machine without GPUs by stating them (`--gpus`, `--gpu-memory`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from h2ostack.spec import Stack
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+@dataclass(frozen=True)
+class GPU:
+    index: int
+    total_gib: float | None = None
+    free_gib: float | None = None
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Facts:
+    gpus: tuple[GPU, ...] = ()
+    gpu_source: str = "none"  # stated | nvml | none
+    busy_ports: frozenset[int] = frozenset()
+    python: str = sys.executable
+    model_gib: dict[str, float] = field(default_factory=dict)  # local model path -> weight size
+
+    def gpu(self, index: int) -> GPU | None:
+        return next((g for g in self.gpus if g.index == index), None)
+
+
+class FactsError(ValueError):
+    pass
+
+
+def parse_gpu_list(text: str) -> list[int]:
+    text = text.strip()
+    if text in ("", "none"):
+        return []
+    try:
+        ids = [int(x) for x in text.split(",") if x.strip() != ""]
+    except ValueError:
+        raise FactsError(f"--gpus takes device ids like 0,1,2,3, got {text!r}") from None
+    if any(i < 0 for i in ids) or len(set(ids)) != len(ids):
+        raise FactsError(f"--gpus takes distinct device ids like 0,1,2,3, got {text!r}")
+    return ids
+
+
+def nvml_gpus() -> list[GPU]:
+    """GPUs from NVML, or [] where the library or a driver is missing."""
+    try:
+        import pynvml  # nvidia-ml-py
+    except ImportError:
+        return []
+    try:
+        pynvml.nvmlInit()
+    except Exception:
+        return []
+    try:
+        out = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            mem = pynvml.nvmlDeviceGetMemoryInfo(h)
+            name = pynvml.nvmlDeviceGetName(h)
+            out.append(GPU(i, mem.total / 2**30, mem.free / 2**30, name.decode() if isinstance(name, bytes) else name))
+        return out
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def machine_gpus(gpus: str | None = None, gpu_memory: float | None = None) -> tuple[tuple[GPU, ...], str]:
+    stated = gpus if gpus is not None else os.environ.get("H2OSTACK_GPUS")
+    mem_text = os.environ.get("H2OSTACK_GPU_MEMORY")
+    if gpu_memory is None and mem_text:
+        try:
+            gpu_memory = float(mem_text)
+        except ValueError:
+            raise FactsError(f"H2OSTACK_GPU_MEMORY takes GiB per GPU, got {mem_text!r}") from None
+    if stated is not None:
+        return tuple(GPU(i, gpu_memory, gpu_memory) for i in parse_gpu_list(stated)), "stated"
+    found = nvml_gpus()
+    if found:
+        if gpu_memory is not None:
+            found = [GPU(g.index, gpu_memory, gpu_memory, g.name) for g in found]
+        return tuple(found), "nvml"
+    return (), "none"
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    # a server bound to another address of this host still takes the port for a wildcard bind
+    if host not in ("0.0.0.0", "::"):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.settimeout(0.2)
+            return s.connect_ex(("127.0.0.1", port)) != 0
+    return True
+
+
+def listening_ports() -> set[int]:
+    try:
+        import psutil
+
+        return {c.laddr.port for c in psutil.net_connections(kind="inet") if c.status == "LISTEN"}
+    except Exception:
+        return set()
+
+
+def local_model_path(model: str | None, base_dir: str) -> Path | None:
+    if not model:
+        return None
+    if model.startswith(("/", "./", "../", "~")):
+        return Path(base_dir, os.path.expanduser(model)).resolve()
+    candidate = Path(base_dir, model)
+    return candidate.resolve() if candidate.is_dir() else None
+
+
+def model_size_gib(path: Path) -> float | None:
+    if not path.is_dir():
+        return None
+    total = sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and f.suffix in WEIGHT_SUFFIXES)
+    return total / 2**30 if total else None
+
+
+def gather(stack: Stack, gpus: str | None = None, gpu_memory: float | None = None,
+           check_ports: bool = True) -> Facts:
+    devices, source = machine_gpus(gpus, gpu_memory)
+    busy: set[int] = set()
+    if check_ports:
+        busy = listening_ports()
+        host = stack.defaults.bind
+        wanted = [s.port for s in stack.services.values() if s.port and not s.external]
+        wanted += [f.port for f in stack.fronts.values() if f.port]
+        for port in wanted:
+            if port not in busy and not port_free(port, host):
+                busy.add(port)
+    sizes = {}
+    for svc in stack.services.values():
+        path = local_model_path(svc.model, stack.base_dir)
+        if path is not None:
+            size = model_size_gib(path)
+            if size:
+                sizes[str(path)] = size
+    return Facts(devices, source, frozenset(busy), sys.executable, sizes)

@@ -1,0 +1,420 @@
+"""The planner, pure: (stack, machine facts, what is running) -> Plan.
+
+GPU and port assignment, start order, argv/env/container spec per service, the readiness
+probes, and a config hash that decides whether `up` again keeps or restarts a service.
+Nothing here starts, reads or probes anything: `h2ostack plan` shows exactly what `up` does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from h2ostack import __version__
+from h2ostack.backends import h2ogpt, openai, tgi, transformers, vllm
+from h2ostack.backends.base import Context, Probe
+from h2ostack.facts import Facts, local_model_path
+from h2ostack.loader import Problem, StackError, find_cycle
+from h2ostack.spec import EnvValue, Front, Service, Stack, mask, reveal
+
+# weights x 1.2: activations, CUDA context and allocator slack, the usual rule of thumb
+WEIGHT_MARGIN = 1.2
+VLLM_DEFAULT_UTILIZATION = 0.92
+FRONT_DEFAULT_PORT = 7860
+
+
+@dataclass(frozen=True)
+class ServicePlan:
+    name: str
+    kind: str
+    mode: str  # process | container | external
+    api: str  # openai | tgi | h2ogpt | gradio
+    gpus: tuple[int, ...] = ()
+    port: int | None = None
+    url: str | None = None  # where clients reach it (the server root; for kind openai, the API base)
+    served_model: str | None = None
+    depends_on: tuple[str, ...] = ()
+    env: Mapping[str, EnvValue] = field(default_factory=dict)
+    command: tuple[str, ...] | None = None
+    workdir: str | None = None
+    image: str | None = None
+    container: Mapping[str, Any] | None = None
+    probes: tuple[Probe, ...] = ()
+    health_timeout: float = 300.0
+    health_interval: float = 0.1
+    prompt_type: str | None = None
+    config_hash: str = ""
+    is_front: bool = False
+    models: tuple[str, ...] = ()  # fronts: the services of the grid
+
+    @property
+    def started(self) -> bool:
+        return self.mode != "external"
+
+    def to_json(self) -> dict[str, Any]:
+        """The contract's `plan --json` shape, every secret as ***."""
+        out: dict[str, Any] = {
+            "name": self.name, "kind": self.kind, "mode": self.mode, "gpus": list(self.gpus), "port": self.port,
+            "url": self.url, "depends_on": list(self.depends_on), "env": mask(dict(self.env)),
+        }
+        if self.served_model:
+            out["model"] = self.served_model
+        if self.command is not None:
+            out["command"] = list(self.command)
+            out["workdir"] = self.workdir
+        if self.image is not None:
+            out["image"] = self.image
+            out["container"] = mask(dict(self.container or {}))
+        if self.is_front:
+            out["models"] = list(self.models)
+        out["health"] = {"timeout": self.health_timeout, "probes": [p.path for p in self.probes]}
+        out["config_hash"] = self.config_hash
+        return out
+
+
+@dataclass(frozen=True)
+class Plan:
+    stack: str
+    source: str
+    base_dir: str
+    bind: str
+    order: tuple[tuple[str, ...], ...]
+    services: Mapping[str, ServicePlan]
+    fronts: Mapping[str, ServicePlan]
+    gpu_source: str = "none"
+
+    def all(self) -> dict[str, ServicePlan]:
+        return {**self.services, **self.fronts}
+
+    def deps(self) -> dict[str, list[str]]:
+        return {n: list(s.depends_on) for n, s in self.all().items()}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"stack": self.stack, "order": [list(level) for level in self.order],
+                "services": [s.to_json() for s in self.services.values()],
+                "fronts": [f.to_json() for f in self.fronts.values()]}
+
+
+class PlanError(StackError):
+    pass
+
+
+def connect_host(bind: str) -> str:
+    return "127.0.0.1" if bind in ("0.0.0.0", "", "*") else ("::1" if bind == "::" else bind)
+
+
+def url_for(bind: str, port: int) -> str:
+    host = connect_host(bind)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def config_hash(payload: Mapping[str, Any]) -> str:
+    """Stable over runs; secret values enter only as their own digest."""
+
+    def norm(v: Any) -> Any:
+        if isinstance(v, Mapping):
+            return {str(k): norm(x) for k, x in sorted(v.items())}
+        if isinstance(v, list | tuple):
+            return [norm(x) for x in v]
+        if hasattr(v, "get_secret_value"):
+            return "sha256:" + hashlib.sha256(reveal(v).encode()).hexdigest()
+        if isinstance(v, Probe):
+            return norm(asdict(v))
+        return v
+
+    text = json.dumps(norm(payload), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _path(base_dir: str, value: str) -> str:
+    """Expand `~` and make paths relative to the stack file absolute; bare command names stay."""
+    value = os.path.expanduser(value)
+    if "/" in value and not os.path.isabs(value):
+        return os.path.normpath(os.path.join(base_dir, value))
+    return value
+
+
+def order_levels(deps: Mapping[str, list[str]]) -> tuple[tuple[str, ...], ...]:
+    """Start order as levels: everything in a level can start together."""
+    remaining = dict(deps)
+    done: set[str] = set()
+    levels = []
+    while remaining:
+        ready = [n for n, d in remaining.items() if all(x in done for x in d)]
+        if not ready:
+            raise ValueError("dependency cycle: " + " -> ".join(find_cycle(remaining) or list(remaining)))
+        levels.append(tuple(ready))
+        done.update(ready)
+        for n in ready:
+            del remaining[n]
+    return tuple(levels)
+
+
+class _Planner:
+    def __init__(self, stack: Stack, facts: Facts, keep_ports: frozenset[int]):
+        self.stack = stack
+        self.facts = facts
+        self.problems: list[Problem] = []
+        self.busy = set(facts.busy_ports) - set(keep_ports)
+        self.taken_ports: set[int] = set()
+
+    def problem(self, loc: tuple, msg: str) -> None:
+        line, col = self.stack.position(loc)
+        self.problems.append(Problem(loc, msg, line, col))
+
+    # -- GPUs ---------------------------------------------------------------------------
+    def assign_gpus(self) -> dict[str, tuple[int, ...]]:
+        ids = [g.index for g in self.facts.gpus]
+        where = {"stated": "stated with --gpus / H2OSTACK_GPUS", "nvml": "found by NVML",
+                 "none": "found (no NVML; state them with --gpus)"}[self.facts.gpu_source]
+        owners: dict[int, list[str]] = {}
+        out: dict[str, tuple[int, ...]] = {}
+        started = {n: s for n, s in self.stack.services.items() if s.starts_something}
+        for name, svc in started.items():
+            explicit = svc.gpu_ids
+            if explicit is None:
+                continue
+            if len(set(explicit)) != len(explicit):
+                self.problem(("services", name, "gpus"), f"GPU ids {explicit} name a device twice")
+            for gid in explicit:
+                if gid not in ids:
+                    self.problem(("services", name, "gpus"),
+                                 f"GPU {gid} does not exist: the GPUs {where} are {ids or 'none'}")
+                owners.setdefault(gid, []).append(name)
+            out[name] = tuple(explicit)
+        for name, svc in started.items():
+            if svc.gpu_ids is not None or not svc.gpu_count:
+                out.setdefault(name, ())
+                continue
+            free = [g for g in ids if g not in owners]
+            if svc.share_gpus and len(free) < svc.gpu_count:
+                free += [g for g in ids if g in owners and all(self.stack.services[o].share_gpus for o in owners[g])
+                         and g not in free]
+            if len(free) < svc.gpu_count:
+                self.problem(("services", name, "gpus"),
+                             f"needs {svc.gpu_count} GPU(s) but only {len(free)} of the GPUs {where} "
+                             f"({ids or 'none'}) are free")
+                out[name] = ()
+                continue
+            chosen = tuple(sorted(free[: svc.gpu_count]))
+            for gid in chosen:
+                owners.setdefault(gid, []).append(name)
+            out[name] = chosen
+        for gid, names in owners.items():
+            if len(names) > 1 and not all(self.stack.services[n].share_gpus for n in names):
+                self.problem(("services", names[1], "gpus"),
+                             f"GPU {gid} is already used by service '{names[0]}' "
+                             "(set `share_gpus: true` on both to share it)")
+        return out
+
+    def check_memory(self, gpus: dict[str, tuple[int, ...]]) -> None:
+        need: dict[int, list[tuple[str, float]]] = {}
+        for name, ids in gpus.items():
+            svc = self.stack.services[name]
+            if not ids:
+                continue
+            per_gpu = None
+            how = ""
+            if svc.vram_gb:
+                per_gpu, how = svc.vram_gb, f"vram_gb: {svc.vram_gb:g}"
+            else:
+                path = local_model_path(svc.model, self.stack.base_dir)
+                size = self.facts.model_gib.get(str(path)) if path else None
+                if size:
+                    per_gpu = size / len(ids) * WEIGHT_MARGIN
+                    how = f"weights {size:.1f} GiB over {len(ids)} GPU(s) x {WEIGHT_MARGIN}"
+            if per_gpu is None:
+                continue
+            if svc.kind == "vllm":
+                util = float(svc.args.get("gpu_memory_utilization", VLLM_DEFAULT_UTILIZATION))
+                for gid in ids:
+                    g = self.facts.gpu(gid)
+                    if g and g.total_gib:
+                        budget = util * g.total_gib
+                        if per_gpu > budget:
+                            self.problem(("services", name, "gpus"),
+                                         f"the model needs {per_gpu:.1f} GiB per GPU ({how}) but vLLM may use "
+                                         f"{budget:.1f} GiB of GPU {gid} (gpu_memory_utilization {util:g} of "
+                                         f"{g.total_gib:.1f} GiB): add GPUs or raise gpu_memory_utilization")
+                        # vLLM reserves its whole share up front: weights plus KV cache
+                        per_gpu_claim = budget
+                        need.setdefault(gid, []).append((name, per_gpu_claim))
+                continue
+            for gid in ids:
+                need.setdefault(gid, []).append((name, per_gpu))
+        for gid, claims in need.items():
+            g = self.facts.gpu(gid)
+            avail = g.free_gib if g and g.free_gib is not None else (g.total_gib if g else None)
+            if avail is None:
+                continue
+            total = sum(c for _, c in claims)
+            if total > avail + 1e-9:
+                who = ", ".join(f"{n} {c:.1f} GiB" for n, c in claims)
+                self.problem(("services", claims[-1][0], "gpus"),
+                             f"does not fit on GPU {gid}: {total:.1f} GiB needed ({who}) but {avail:.1f} GiB "
+                             "is free there")
+
+    # -- ports --------------------------------------------------------------------------
+    def port(self, loc: tuple, wanted: int | None, default: int) -> int:
+        if wanted is not None:
+            if wanted in self.busy:
+                self.problem((*loc, "port"), f"port {wanted} is already in use on this machine "
+                                             "(stop what holds it, or pick another port)")
+            self.taken_ports.add(wanted)
+            return wanted
+        port = default
+        while port in self.busy or port in self.taken_ports or port in self.explicit_ports:
+            port += 1
+        self.taken_ports.add(port)
+        return port
+
+    # -- services -----------------------------------------------------------------------
+    def service(self, name: str, svc: Service, gpus: tuple[int, ...]) -> ServicePlan:
+        stack = self.stack
+        loc = ("services", name)
+        timeout = svc.health.timeout
+        common = dict(name=name, kind=svc.kind, depends_on=tuple(svc.depends_on), prompt_type=svc.prompt_type,
+                      health_interval=svc.health.interval)
+        if svc.external:
+            if svc.kind == "openai":
+                url = svc.url or openai.DEFAULT_URL
+                probes, api, t = openai.probes(), "openai", openai.DEFAULT_HEALTH_TIMEOUT
+            elif svc.kind == "tgi":
+                url, probes, api, t = svc.url, tgi.tgi_probes(None), "tgi", 60.0
+            elif svc.kind == "h2ogpt":
+                url, probes, api, t = svc.url, h2ogpt.probes(), "h2ogpt", 60.0
+            else:
+                url = svc.url
+                probes, api, t = vllm.openai_probes(svc.model or "")[:2], "openai", 60.0
+            return ServicePlan(**common, mode="external", api=api, url=(url or "").rstrip("/"),
+                               served_model=svc.model, probes=tuple(probes), health_timeout=timeout or t,
+                               config_hash=config_hash({"url": url, "model": svc.model}))
+
+        python = _path(stack.base_dir, getattr(svc, "python", None) or self.facts.python)
+        local = local_model_path(svc.model, stack.base_dir)
+        model = str(local) if local else (svc.model or "")
+        bind = stack.defaults.bind
+        env: dict[str, EnvValue] = {}
+        if stack.defaults.hf_home:
+            env["HF_HOME"] = _path(stack.base_dir, stack.defaults.hf_home)
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
+        elif self.facts.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ""  # keep a CPU service off the machine's GPUs
+        workdir = stack.base_dir
+        image = container = None
+        kind = svc.kind
+        if kind == "vllm":
+            port = self.port(loc, svc.port, vllm.DEFAULT_PORT)
+            ctx = Context(name, gpus, port, bind, python, model, vllm.served_model(svc.model or "", svc.args),
+                          svc.args, svc.revision)
+            command, probes, t, api = vllm.command(ctx), vllm.probes(ctx), vllm.DEFAULT_HEALTH_TIMEOUT, "openai"
+            env["PYTHONUNBUFFERED"] = "1"
+            if svc.api_key is not None:
+                env["VLLM_API_KEY"] = svc.api_key  # never --api-key: argv is visible to `ps`
+        elif kind == "transformers":
+            port = self.port(loc, svc.port, transformers.DEFAULT_PORT)
+            ctx = Context(name, gpus, port, bind, python, model, transformers.served_model(model), svc.args,
+                          svc.revision)
+            command = transformers.command(ctx, svc.device, svc.dtype)
+            probes, t, api = transformers.probes(ctx), transformers.DEFAULT_HEALTH_TIMEOUT, "openai"
+            env["PYTHONUNBUFFERED"] = "1"
+        elif kind == "tgi":
+            port = self.port(loc, svc.port, 8080)
+            ctx = Context(name, gpus, port, bind, python, svc.model or "", svc.model or "", svc.args, svc.revision)
+            probes, t, api = tgi.probes(ctx), tgi.DEFAULT_HEALTH_TIMEOUT, "tgi"
+            if svc.launcher:
+                command = tgi.launcher_command(ctx, _path(stack.base_dir, svc.launcher))
+            else:
+                command = None
+                image = svc.image
+                container = self.container_spec(name, svc, ctx, env)
+        elif kind == "h2ogpt":
+            port = self.port(loc, svc.port, h2ogpt.DEFAULT_PORT)
+            ctx = Context(name, gpus, port, bind, python, model, svc.model or "", svc.args, svc.revision)
+            command = h2ogpt.command(ctx, svc.prompt_type, svc.prompt_dict)
+            env.update(h2ogpt.env(ctx))
+            workdir = _path(stack.base_dir, svc.workdir) if svc.workdir else stack.base_dir
+            probes, t, api = h2ogpt.probes(), h2ogpt.DEFAULT_HEALTH_TIMEOUT, "h2ogpt"
+        else:  # pragma: no cover - the loader admits no other kind
+            raise AssertionError(kind)
+        env.update(svc.env)
+        mode = "container" if image else "process"
+        plan = ServicePlan(**common, mode=mode, api=api, gpus=gpus, port=port, url=url_for(bind, port),
+                           served_model=ctx.served_model, env=env, command=tuple(command) if command else None,
+                           workdir=workdir if command else None, image=image, container=container,
+                           probes=tuple(probes), health_timeout=timeout or t)
+        return replace(plan, config_hash=self.hash_of(plan))
+
+    def container_spec(self, name: str, svc: Any, ctx: Context, env: dict[str, EnvValue]) -> dict[str, Any]:
+        """Docker create parameters (the runtime adds labels); the launcher flags come from backends/tgi."""
+        spec: dict[str, Any] = {
+            "name": f"{self.stack.name}-{name}",
+            "command": tgi.launcher_flags(ctx, "0.0.0.0"),
+            "ports": {f"{tgi.CONTAINER_PORT}/tcp": [self.stack.defaults.bind, ctx.port]},
+            "volumes": [self.volume(v) for v in svc.volumes],
+        }
+        if svc.shm_size:
+            spec["shm_size"] = svc.shm_size
+        if ctx.gpus:
+            spec["device_requests"] = [{"Driver": "nvidia", "DeviceIDs": [str(g) for g in ctx.gpus],
+                                        "Capabilities": [["gpu"]]}]
+        env.pop("CUDA_VISIBLE_DEVICES", None)  # the device request decides what the container sees
+        return spec
+
+    def volume(self, text: str) -> str:
+        host, sep, rest = text.partition(":")
+        if sep and (host.startswith(("~", ".", "/"))):
+            host = _path(self.stack.base_dir, host if host.startswith(("~", "/")) else "./" + host)
+        return host + sep + rest
+
+    def front(self, name: str, front: Front, services: Mapping[str, ServicePlan]) -> ServicePlan:
+        port = self.port(("fronts", name), front.port, FRONT_DEFAULT_PORT)
+        bind = self.stack.defaults.bind
+        deps = tuple(dict.fromkeys([*(m for m in front.models if services[m].started), *front.depends_on]))
+        env: dict[str, EnvValue] = {"PYTHONUNBUFFERED": "1", **front.env}
+        python = _path(self.stack.base_dir, front.python or self.facts.python)
+        if front.kind == "h2ogpt":
+            command = [python, "generate.py", *h2ogpt.model_lock_args(front, services)]
+            env.update({"GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": bind})
+            workdir = _path(self.stack.base_dir, front.workdir) if front.workdir else self.stack.base_dir
+            probes = h2ogpt.probes()
+        else:
+            command = [python, "-m", "h2ostack.front", "--stack", self.stack.name, "--front", name,
+                       "--host", bind, "--port", str(port)]
+            workdir = self.stack.base_dir
+            probes = [Probe("front", "GET", "/v1/models", timeout=5.0)]
+        plan = ServicePlan(name=name, kind=front.kind, mode="process", api="gradio", port=port,
+                           url=url_for(bind, port), depends_on=deps, env=env, command=tuple(command),
+                           workdir=workdir, probes=tuple(probes), health_timeout=front.health.timeout or 120.0,
+                           health_interval=front.health.interval, is_front=True, models=tuple(front.models))
+        return replace(plan, config_hash=self.hash_of(plan))
+
+    @staticmethod
+    def hash_of(plan: ServicePlan) -> str:
+        return config_hash({"kind": plan.kind, "mode": plan.mode, "command": plan.command, "env": plan.env,
+                            "workdir": plan.workdir, "image": plan.image, "container": plan.container,
+                            "gpus": plan.gpus, "port": plan.port, "probes": plan.probes, "version": __version__})
+
+    def run(self) -> Plan:
+        stack = self.stack
+        self.explicit_ports = {s.port for s in stack.services.values() if s.port and not s.external}
+        self.explicit_ports |= {f.port for f in stack.fronts.values() if f.port}
+        gpus = self.assign_gpus()
+        self.check_memory(gpus)
+        services = {n: self.service(n, s, gpus.get(n, ())) for n, s in stack.services.items()}
+        fronts = {n: self.front(n, f, services) for n, f in stack.fronts.items()}
+        if self.problems:
+            raise PlanError(stack.source, self.problems)
+        deps = {n: list(p.depends_on) for n, p in {**services, **fronts}.items()}
+        return Plan(stack.name, stack.source, stack.base_dir, stack.defaults.bind, order_levels(deps), services,
+                    fronts, self.facts.gpu_source)
+
+
+def make_plan(stack: Stack, facts: Facts, keep_ports: frozenset[int] = frozenset()) -> Plan:
+    """`keep_ports`: ports held by this stack's own running services, which are not conflicts."""
+    return _Planner(stack, facts, keep_ports).run()

@@ -1,0 +1,1 @@
+"""Runtimes: how a planned service is started, found again, observed and stopped."""

@@ -1,0 +1,236 @@
+"""Services as processes: each in its own session and process group, led by the shim.
+
+Found again by pidfile (pid, pgid and start time, so a reused pid is never signalled) or, with
+the state dir gone, by the markers every process of a service carries in its environment
+(H2OSTACK_STACK, H2OSTACK_SERVICE, H2OSTACK_STATE_DIR). Never by process name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from h2ostack.plan import ServicePlan
+from h2ostack.runtimes.base import Observed
+from h2ostack.spec import reveal
+from h2ostack.state import ProcRecord, StackState
+
+MARK_STACK, MARK_SERVICE, MARK_STATE = "H2OSTACK_STACK", "H2OSTACK_SERVICE", "H2OSTACK_STATE_DIR"
+
+
+@dataclass
+class Started:
+    record: ProcRecord
+    popen: subprocess.Popen[bytes] | None = None
+
+    def exit_code(self) -> int | None:
+        return self.popen.poll() if self.popen else None
+
+
+def process_env(plan: ServicePlan, state: StackState) -> dict[str, str]:
+    env = dict(os.environ)
+    for key, value in plan.env.items():
+        env[key] = reveal(value) or ""
+    env[MARK_STACK] = state.stack
+    env[MARK_SERVICE] = plan.name
+    env[MARK_STATE] = str(state.root.parent)
+    return env
+
+
+def start(plan: ServicePlan, state: StackState, popen: Callable[..., subprocess.Popen[bytes]] = subprocess.Popen
+          ) -> Started:
+    assert plan.command is not None
+    state.run_dir.mkdir(parents=True, exist_ok=True)
+    state.log_dir.mkdir(parents=True, exist_ok=True)
+    state.forget(plan.name)
+    log_path = state.log_path(plan.name)
+    with open(log_path, "ab") as log:
+        log.write(f"--- h2ostack: starting {plan.name} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
+        log.flush()
+        argv = [sys.executable, "-m", "h2ostack.shim", str(state.exit_path(plan.name)), "--", *plan.command]
+        proc = popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=plan.workdir,
+                     env=process_env(plan, state), start_new_session=True)
+    try:
+        created = psutil.Process(proc.pid).create_time()
+    except psutil.Error:
+        created = 0.0
+    rec = ProcRecord(plan.name, proc.pid, proc.pid, created, plan.config_hash, time.time(), plan.port, plan.kind)
+    state.save_record(rec)
+    return Started(rec, proc)
+
+
+def verified(rec: ProcRecord) -> psutil.Process | None:
+    """The pidfile's process if it is still the one h2ostack started (same start time), else None."""
+    try:
+        proc = psutil.Process(rec.pid)
+        if abs(proc.create_time() - rec.create_time) > 0.05:
+            return None
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return proc
+    except psutil.Error:
+        return None
+
+
+def marked(stack: str, state_root: Path, service: str | None = None) -> list[psutil.Process]:
+    """Every live process carrying this stack's markers (optionally one service's)."""
+    out = []
+    me = os.getpid()
+    for proc in psutil.process_iter():
+        if proc.pid == me:
+            continue
+        try:
+            env = proc.environ()
+        except (psutil.Error, OSError):
+            continue
+        if env.get(MARK_STACK) != stack or env.get(MARK_STATE) != str(state_root):
+            continue
+        if service is not None and env.get(MARK_SERVICE) != service:
+            continue
+        with contextlib.suppress(psutil.Error):
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                out.append(proc)
+    return out
+
+
+def service_of(proc: psutil.Process) -> str | None:
+    try:
+        return proc.environ().get(MARK_SERVICE)
+    except (psutil.Error, OSError):
+        return None
+
+
+def _signal_all(procs: Iterable[psutil.Process], sig: int) -> None:
+    procs = list(procs)
+    ours = {p.pid for p in procs}
+    groups = set()
+    for proc in procs:
+        with contextlib.suppress(psutil.Error, OSError):
+            groups.add(os.getpgid(proc.pid))
+    for pgid in groups & ours:
+        # only groups led by one of our own processes: the shim's session, never a stranger's group
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
+    for proc in procs:  # a child that left the group (setsid) still carries the markers
+        with contextlib.suppress(psutil.Error):
+            proc.send_signal(sig)
+
+
+def members(state: StackState, service: str, rec: ProcRecord | None) -> list[psutil.Process]:
+    procs = {p.pid: p for p in marked(state.stack, state.root.parent, service)}
+    if rec is not None:
+        leader = verified(rec)
+        if leader is not None:
+            procs.setdefault(leader.pid, leader)
+    return list(procs.values())
+
+
+def stop(state: StackState, service: str, rec: ProcRecord | None, timeout: float, force: bool = False) -> bool:
+    """SIGTERM to the group, SIGKILL after `timeout` (or at once with force). True if anything ran."""
+    procs = members(state, service, rec)
+    if not procs:
+        return False
+    if not force:
+        _signal_all(procs, signal.SIGTERM)
+        _gone, alive = psutil.wait_procs(procs, timeout=timeout)
+        # children forked meanwhile
+        alive = [*alive, *(p for p in members(state, service, rec) if p not in alive)]
+        if not alive:
+            return True
+        procs = alive
+    _signal_all(procs, signal.SIGKILL)
+    psutil.wait_procs(procs, timeout=10)
+    return True
+
+
+def is_running(rec: ProcRecord) -> bool:
+    return verified(rec) is not None
+
+
+def tail(path: Path, lines: int) -> str:
+    """The last `lines` lines of a log file, read from its end."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            chunk = min(size, max(4096, lines * 300))
+            fh.seek(size - chunk)
+            data = fh.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(data.splitlines()[-lines:])
+
+
+class _ProcHandle:
+    def __init__(self, started: Started, state: StackState):
+        self.started = started
+        self.state = state
+
+    def exit_code(self) -> int | None | bool:
+        code = self.started.exit_code()
+        if code is None:
+            return None
+        info = self.state.exit_info(self.started.record.service) or {}
+        return info.get("code", code)
+
+
+class ProcessRuntime:
+    mode = "process"
+
+    def __init__(self, state: StackState):
+        self.state = state
+
+    def observe(self) -> dict[str, Observed]:
+        out = {}
+        records = self.state.records()
+        strays: dict[str, list[psutil.Process]] = {}
+        for proc in marked(self.state.stack, self.state.root.parent):
+            name = service_of(proc)
+            if name:
+                strays.setdefault(name, []).append(proc)
+        for name in sorted(set(records) | set(strays)):
+            rec = records.get(name)
+            leader = verified(rec) if rec else None
+            procs = strays.get(name, [])
+            alive = leader is not None or bool(procs)
+            server = _server_pid(leader) if leader else (procs[0].pid if procs else None)
+            exit_info = self.state.exit_info(name) if not alive else None
+            code = exit_info.get("code") if exit_info else None
+            detail = "" if rec else "found by its environment markers (no pidfile)"
+            if alive and rec and leader is None:
+                detail = "its shim is gone; processes remain"
+            out[name] = Observed(name, "process", alive, rec.config_hash if rec else "", rec.port if rec else None,
+                                 str(server or (rec.pid if rec else "")), rec.started_at if rec else None, code,
+                                 detail)
+        return out
+
+    def start(self, plan: ServicePlan) -> _ProcHandle:
+        return _ProcHandle(start(plan, self.state), self.state)
+
+    def stop(self, name: str, timeout: float, force: bool = False) -> bool:
+        rec = self.state.records().get(name)
+        return stop(self.state, name, rec, timeout, force)
+
+    def log_tail(self, name: str, lines: int) -> str:
+        return tail(self.state.log_path(name), lines)
+
+    def log_path(self, name: str) -> str | None:
+        return str(self.state.log_path(name))
+
+
+def _server_pid(leader: psutil.Process) -> int:
+    """The server under the shim: the pid a user would look for in `ps`."""
+    with contextlib.suppress(psutil.Error):
+        children = leader.children()
+        if children:
+            return children[0].pid
+    return leader.pid

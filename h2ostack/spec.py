@@ -1,0 +1,227 @@
+"""The stack file as typed, frozen models: one schema per service `kind`, no I/O.
+
+Secrets are `SecretStr` from the moment they are parsed, so every printer masks them by
+construction; `reveal()` is the one way back to the value, used only where a process or
+container is handed its environment.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator
+
+NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
+# env keys that hold credentials: their values become SecretStr
+SECRET_KEY_RE = re.compile(r"(TOKEN|KEY|SECRET|PASSWORD|PASSWD|PASS|AUTH|CREDENTIAL)", re.IGNORECASE)
+KINDS = ("tgi", "vllm", "transformers", "openai", "h2ogpt")
+
+EnvValue = str | SecretStr
+
+
+def reveal(value: EnvValue | None) -> str | None:
+    """The plain value of a possibly secret string (for process env and HTTP headers only)."""
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    return value
+
+
+def mask(value: Any) -> Any:
+    """A value as it may be printed, logged or stored: secrets become '***'."""
+    if isinstance(value, SecretStr):
+        return "***"
+    if isinstance(value, dict):
+        return {k: mask(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [mask(v) for v in value]
+    return value
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Health(_Model):
+    timeout: float | None = Field(default=None, gt=0, description="seconds to wait for readiness")
+    interval: float = Field(default=0.1, gt=0, le=60)
+    unhealthy_after: float | None = Field(default=None, gt=0)
+
+
+class BasicAuth(_Model):
+    """`URL    USER    TOKEN` in h2oGPT's terms: header `authorization: USER TOKEN`."""
+
+    user: str
+    token: SecretStr
+
+
+class FrontAuth(_Model):
+    user: str
+    password: SecretStr
+
+
+class Defaults(_Model):
+    bind: str = "127.0.0.1"
+    hf_home: str | None = None
+
+
+ArgValue = str | int | float | bool | list[str | int | float]
+
+
+class _Service(_Model):
+    """Fields shared by every service kind."""
+
+    model: str | None = None
+    revision: str | None = None
+    url: str | None = None
+    gpus: list[Annotated[int, Field(ge=0)]] | Annotated[int, Field(ge=0)] | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    env: dict[str, EnvValue] = Field(default_factory=dict)
+    args: dict[str, ArgValue] = Field(default_factory=dict)
+    depends_on: list[str] = Field(default_factory=list)
+    share_gpus: bool = False
+    vram_gb: float | None = Field(default=None, gt=0)
+    restart: Literal["no", "on-failure", "always"] = "no"
+    max_restarts: int | None = Field(default=None, ge=0)
+    health: Health = Field(default_factory=Health)
+    prompt_type: str | None = None
+    prompt_dict: dict[str, str] | None = None
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _secret_env(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        out: dict[str, Any] = {}
+        for key, val in value.items():
+            if isinstance(val, bool | int | float):
+                val = str(val).lower() if isinstance(val, bool) else str(val)
+            if isinstance(key, str) and SECRET_KEY_RE.search(key) and isinstance(val, str):
+                val = SecretStr(val)
+            out[key] = val
+        return out
+
+    @property
+    def gpu_ids(self) -> list[int] | None:
+        return list(self.gpus) if isinstance(self.gpus, list) else None
+
+    @property
+    def gpu_count(self) -> int:
+        if isinstance(self.gpus, list):
+            return len(self.gpus)
+        return int(self.gpus or 0)
+
+    @property
+    def external(self) -> bool:
+        """Wired and health-checked, never started."""
+        return self.url is not None and not self.starts_something
+
+    @property
+    def starts_something(self) -> bool:
+        return False
+
+
+class TGIService(_Service):
+    kind: Literal["tgi"]
+    image: str | None = None
+    launcher: str | None = None
+    shm_size: str | None = None
+    volumes: list[str] = Field(default_factory=list)
+    auth: BasicAuth | None = None
+
+    @property
+    def starts_something(self) -> bool:
+        return bool(self.image or self.launcher)
+
+
+class VLLMService(_Service):
+    kind: Literal["vllm"]
+    python: str | None = None
+    api_key: SecretStr | None = None
+
+    @property
+    def starts_something(self) -> bool:
+        return self.url is None
+
+
+class TransformersService(_Service):
+    kind: Literal["transformers"]
+    python: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+    api_key: SecretStr | None = None
+
+    @property
+    def starts_something(self) -> bool:
+        return self.url is None
+
+
+class OpenAIService(_Service):
+    kind: Literal["openai"]
+    api_key: SecretStr | None = None
+
+    @property
+    def external(self) -> bool:
+        return True
+
+
+class H2OGPTService(_Service):
+    kind: Literal["h2ogpt"]
+    python: str | None = None
+    workdir: str | None = None
+    auth: BasicAuth | None = None
+
+    @property
+    def starts_something(self) -> bool:
+        return self.python is not None
+
+
+Service = TGIService | VLLMService | TransformersService | OpenAIService | H2OGPTService
+SERVICE_MODELS: dict[str, type[_Service]] = {
+    "tgi": TGIService,
+    "vllm": VLLMService,
+    "transformers": TransformersService,
+    "openai": OpenAIService,
+    "h2ogpt": H2OGPTService,
+}
+
+
+class Front(_Model):
+    kind: Literal["gradio", "h2ogpt"] = "gradio"
+    port: int | None = Field(default=None, ge=1, le=65535)
+    models: list[str] = Field(default_factory=list)
+    columns: int | None = Field(default=None, ge=1)
+    auth: FrontAuth | None = None
+    admin_pass: SecretStr | None = None
+    api_keys: list[SecretStr] = Field(default_factory=list)
+    python: str | None = None
+    workdir: str | None = None
+    env: dict[str, EnvValue] = Field(default_factory=dict)
+    depends_on: list[str] = Field(default_factory=list)
+    health: Health = Field(default_factory=Health)
+
+    _secret_env = field_validator("env", mode="before")(_Service._secret_env.__func__)  # type: ignore[attr-defined]
+
+
+class Stack(_Model):
+    version: Literal[1] = 1
+    name: str
+    env_file: str | None = None
+    defaults: Defaults = Field(default_factory=Defaults)
+    services: dict[str, Service] = Field(default_factory=dict)
+    fronts: dict[str, Front] = Field(default_factory=dict)
+    # where the stack file lives: relative paths (models, env_file, volumes) resolve against it
+    base_dir: str = "."
+    source: str = "<stack>"
+    # field path -> (line, col) in the file, so later checks (the planner's) can point at lines too
+    _marks: dict = PrivateAttr(default_factory=dict)
+
+    def position(self, loc: tuple) -> tuple[int | None, int | None]:
+        for n in range(len(loc), -1, -1):
+            hit = self._marks.get(tuple(loc[:n]))
+            if hit:
+                return hit
+        return None, None
+
+    def all_names(self) -> list[str]:
+        return [*self.services, *self.fronts]
