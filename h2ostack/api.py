@@ -13,15 +13,18 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from h2ostack import executor, health
-from h2ostack.facts import Facts, gather
-from h2ostack.loader import load
-from h2ostack.plan import Plan, ServicePlan, make_plan
-from h2ostack.runtimes.base import Observed, Runtime
-from h2ostack.spec import Stack, reveal
+from h2ostack.errors import NotFound, UpError
+from h2ostack.runtimes.base import Observed
 from h2ostack.state import StackState, known_stacks, state_root
+
+if TYPE_CHECKING:  # the models (pydantic) load only for commands that read a stack file
+    from h2ostack.facts import Facts
+    from h2ostack.plan import Plan, ServicePlan
+    from h2ostack.runtimes.base import Runtime
+    from h2ostack.spec import Stack
 
 LOG_TAIL_LINES = 20
 
@@ -38,18 +41,6 @@ Emit = Callable[[Event], None]
 
 
 def _noop(_: Event) -> None:
-    pass
-
-
-class UpError(Exception):
-    """Some services failed to start; what this `up` started has been stopped."""
-
-    def __init__(self, failures: dict[str, str]):
-        self.failures = failures
-        super().__init__("; ".join(f"{k}: {v}" for k, v in failures.items()))
-
-
-class NotFound(Exception):
     pass
 
 
@@ -103,6 +94,10 @@ def docker_configured() -> bool:
 def load_plan(path: str | Path, gpus: str | None = None, gpu_memory: float | None = None,
               environ: Mapping[str, str] | None = None, check_ports: bool = True,
               keep_ports: Iterable[int] = ()) -> tuple[Stack, Facts, Plan]:
+    from h2ostack.facts import gather
+    from h2ostack.loader import load
+    from h2ostack.plan import make_plan
+
     stack = load(path, environ)
     facts = gather(stack, gpus, gpu_memory, check_ports=check_ports)
     return stack, facts, make_plan(stack, facts, frozenset(keep_ports))
@@ -112,6 +107,8 @@ def ctx_for(target: str | Path) -> Ctx:
     """A stack file path, or the name of a stack known to the state dir."""
     p = Path(target)
     if p.is_file():
+        from h2ostack.loader import load
+
         stack = load(p)
         return Ctx(stack.name, StackState(stack.name))
     name = str(target)
@@ -122,6 +119,8 @@ def ctx_for(target: str | Path) -> Ctx:
 
 def auth_headers(plan: ServicePlan, stack: Stack | None) -> dict[str, str]:
     """The header a client of this service sends (external auth, api keys); never logged."""
+    from h2ostack.spec import reveal
+
     if stack is None or plan.is_front or plan.name not in stack.services:
         return {}
     svc = stack.services[plan.name]
@@ -158,6 +157,10 @@ def _with_deps(plan: Plan, only: Iterable[str]) -> list[str]:
 
 def up(path: str | Path, only: Iterable[str] = (), gpus: str | None = None, gpu_memory: float | None = None,
        emit: Emit = _noop, timeout_scale: float = 1.0, stop_timeout: float = 30.0) -> Plan:
+    from h2ostack.facts import gather
+    from h2ostack.loader import load
+    from h2ostack.plan import make_plan
+
     stack = load(path)
     state = StackState(stack.name)
     with state.lock():
@@ -321,7 +324,7 @@ def derive_state(obs: Observed | None, started: bool) -> str:
 def status(target: str | Path | None = None, probe: bool = True) -> list[Row]:
     ctxs = [ctx_for(target)] if target else [Ctx(n, StackState(n)) for n in known_stacks()]
     rows: list[Row] = []
-    request = health.httpx_requester() if probe else None
+    request = health.httpx_requester() if probe and ctxs else None
     for ctx in ctxs:
         observed = ctx.observe()
         saved = (ctx.state.load_plan() or {}).get("plan", {})

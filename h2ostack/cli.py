@@ -39,9 +39,7 @@ def _fail(message: str, code: int) -> typer.Exit:
 
 def _guard(fn: Any) -> Any:
     """Map the errors a user can cause to messages and exit codes, never a traceback."""
-    from h2ostack.api import NotFound, UpError
-    from h2ostack.facts import FactsError
-    from h2ostack.loader import StackError
+    from h2ostack.errors import FactsError, NotFound, StackError, UpError
 
     try:
         return fn()
@@ -102,6 +100,7 @@ def up(stack: StackArg,
        ) -> None:
     """Plan, start what is not already running with the same config, wait until every server answers."""
     from h2ostack import api
+    from h2ostack.errors import UpError
 
     con = _console(stderr=True)
     printer = _Progress(con)
@@ -109,7 +108,7 @@ def up(stack: StackArg,
         with printer:
             p = _guard(lambda: api.up(stack, services or (), gpus, gpu_memory, emit=printer.event,
                                       stop_timeout=timeout))
-    except api.UpError as exc:
+    except UpError as exc:
         con.print(f"\nh2ostack up failed: {len(exc.failures)} service(s) did not start; "
                   "what this run started has been stopped.", markup=False)
         for name, why in exc.failures.items():

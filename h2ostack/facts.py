@@ -12,6 +12,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from h2ostack.errors import FactsError
 from h2ostack.spec import Stack
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
@@ -35,10 +36,6 @@ class Facts:
 
     def gpu(self, index: int) -> GPU | None:
         return next((g for g in self.gpus if g.index == index), None)
-
-
-class FactsError(ValueError):
-    pass
 
 
 def parse_gpu_list(text: str) -> list[int]:

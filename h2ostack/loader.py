@@ -19,40 +19,14 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from h2ostack.errors import Loc, Problem, StackError, format_problem  # noqa: F401 - re-exported
 from h2ostack.spec import KINDS, NAME_RE, SERVICE_MODELS, Front, Stack
 
 MAX_FILE_BYTES = 1_000_000
 MAX_NODES = 100_000
-Loc = tuple[str | int, ...]
 
 _VAR_RE = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}|\{([^}]*)\})")
 USER_TOP_KEYS = ("version", "name", "env_file", "defaults", "services", "fronts")
-
-
-@dataclass(frozen=True)
-class Problem:
-    loc: Loc
-    message: str
-    line: int | None = None
-    col: int | None = None
-
-
-class StackError(Exception):
-    """One or more problems in a stack file; str() is what the user sees."""
-
-    def __init__(self, path: str, problems: list[Problem]):
-        self.path = path
-        self.problems = problems
-        super().__init__(self.render())
-
-    def render(self) -> str:
-        return "\n".join(format_problem(self.path, p) for p in self.problems)
-
-
-def format_problem(path: str, p: Problem) -> str:
-    where = path if p.line is None else f"{path}:{p.line}:{p.col}"
-    field_path = ".".join(str(x) for x in p.loc)
-    return f"{where}: {field_path}: {p.message}" if field_path else f"{where}: {p.message}"
 
 
 def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
@@ -390,7 +364,8 @@ def cross_checks(stack: Stack, smap: SourceMap | None = None) -> list[Problem]:
         if front.kind == "h2ogpt" and not front.python:
             add(("fronts", name, "python"), "an h2ogpt front needs `python:` (the interpreter of an h2oGPT install)")
 
-    cycle = find_cycle({n: [d for d in s.depends_on if d in stack.services] for n, s in stack.services.items()})
+    cycle = find_cycle({n: [d for d in s.depends_on if d in stack.services and d != n]
+                       for n, s in stack.services.items()})
     if cycle:
         add(("services", cycle[0], "depends_on"), "dependency cycle: " + " -> ".join([*cycle, cycle[0]]))
 

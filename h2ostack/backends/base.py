@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from h2ostack.spec import ArgValue
+if TYPE_CHECKING:
+    from h2ostack.spec import ArgValue
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from h2ostack.plan import ServicePlan
+if TYPE_CHECKING:
+    from h2ostack.plan import ServicePlan
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,68 @@
+"""A stand-in OpenAI-compatible server for benchmarks: binds after a set delay, then answers.
+
+Invoked in place of a vLLM interpreter (`python: bench/standin-python`), it takes vLLM's flags,
+sleeps START_DELAY seconds before listening (as a server loading weights does), and records the
+time of its first healthy answer in READY_LOG so a benchmark can see when readiness was noticed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def main(argv: list[str]) -> None:
+    args = dict(zip(argv[::2], argv[1::2], strict=False))
+    port = int(args.get("--port", "8000"))
+    host = args.get("--host", "127.0.0.1")
+    model = args.get("--served-model-name", args.get("--model", "m"))
+    latency = float(os.environ.get("STANDIN_LATENCY_MS", "0")) / 1000
+    time.sleep(float(os.environ.get("START_DELAY", "0")))
+    ready_log = os.environ.get("READY_LOG")
+    first = {"done": False}
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+        def send(self, code: int, body: dict) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            if self.path == "/health":
+                if not first["done"] and ready_log:
+                    first["done"] = True
+                    with open(ready_log, "a") as fh:
+                        fh.write(f"{os.environ.get('H2OSTACK_SERVICE')} {time.time()}\n")
+                self.send(200, {})
+            elif self.path == "/v1/models":
+                self.send(200, {"object": "list", "data": [{"id": model, "object": "model"}]})
+            else:
+                self.send(404, {"error": "not found"})
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("content-length", "0"))
+            self.rfile.read(length)
+            time.sleep(latency)
+            self.send(200, {"id": "x", "object": "text_completion", "model": model,
+                            "choices": [{"index": 0, "text": "hi", "finish_reason": "length"}]})
+
+    ThreadingHTTPServer((host, port), Handler).serve_forever()
+
+
+if __name__ == "__main__":
+    # called as `PY -m vllm.entrypoints.openai.api_server ...`: drop the `-m MODULE`
+    rest = sys.argv[1:]
+    if rest[:1] == ["-m"]:
+        rest = rest[2:]
+    main(rest)

@@ -1,0 +1,93 @@
+"""Benchmark: `h2ostack up` of 4 independent services that each take T seconds to become healthy.
+
+Targets: wall time at most T + 0.5 s (they start in parallel), and each service's readiness
+noticed within 0.25 s of its server's first healthy answer. Baseline, measured in the same run:
+T itself (what a perfect parallel start costs) and a sequential start (4 x T).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+T = float(os.environ.get("BENCH_T", "3"))
+RUNS = int(os.environ.get("BENCH_RUNS", "3"))
+
+
+def stack(name: str, ports: list[int]) -> str:
+    lines = [f"name: {name}", "services:"]
+    for i, port in enumerate(ports):
+        lines += [f"  s{i}:", "    kind: vllm", f"    python: {HERE / 'standin-python'}", "    model: m",
+                  f"    port: {port}", "    health: {interval: 0.05}"]
+    return "\n".join(lines) + "\n"
+
+
+def free_ports(n: int) -> list[int]:
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def one_run(tmp: Path, i: int) -> tuple[float, list[float]]:
+    name = f"benchup{os.getpid()}x{i}"
+    path = tmp / f"{name}.yaml"
+    path.write_text(stack(name, free_ports(4)))
+    ready_log = tmp / f"{name}.ready"
+    env = {**os.environ, "H2OSTACK_STATE_DIR": str(tmp / "state"), "START_DELAY": str(T),
+           "READY_LOG": str(ready_log)}
+    h2o = [sys.executable, "-m", "h2ostack.cli"]
+    t0 = time.time()
+    proc = subprocess.Popen([*h2o, "up", str(path)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            env=env)
+    noticed: dict[str, float] = {}
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        m = re.match(r"ready\s+(\S+)", line)
+        if m:
+            noticed[m.group(1)] = time.time()
+    proc.wait()
+    wall = time.time() - t0
+    subprocess.run([*h2o, "down", str(path)], env=env, capture_output=True, check=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"up failed (exit {proc.returncode})")
+    first = {ln.split()[0]: float(ln.split()[1]) for ln in ready_log.read_text().splitlines()}
+    # readiness noticed: the server's first healthy answer -> `up` printing "ready" for it
+    lags = [noticed[n] - first[n] for n in first]
+    return wall, lags
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        walls, lags = [], []
+        for i in range(RUNS):
+            wall, lag = one_run(tmp, i)
+            walls.append(wall)
+            lags += lag
+    med = statistics.median(walls)
+    print(f"up of 4 services that each take T = {T:.1f} s to become healthy ({RUNS} runs)")
+    print(f"  {'baseline: T (perfect parallel start)':<44} {T:8.2f} s")
+    print(f"  {'baseline: 4 x T (one after another)':<44} {4 * T:8.2f} s")
+    print(f"  {'h2ostack up, wall time (median)':<44} {med:8.2f} s   = T + {med - T:.2f} s (target <= T + 0.5 s)")
+    print(f"  {'h2ostack up, wall time (max)':<44} {max(walls):8.2f} s")
+    print(f"  {'readiness noticed after first healthy answer':<44} median {statistics.median(lags) * 1000:.0f} ms, "
+          f"max {max(lags) * 1000:.0f} ms (target <= 250 ms)")
+    ok = med - T <= 0.5 and max(lags) <= 0.25
+    print("  targets met" if ok else "  TARGET MISSED")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite with real components. Installs and starts what the tests need;
+# a component that cannot be had fails the run (nothing is skipped).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== vLLM CPU environment"
+H2OSTACK_VLLM_PYTHON=$(bash scripts/vllm-env.sh | tail -n 1)
+export H2OSTACK_VLLM_PYTHON
+"$H2OSTACK_VLLM_PYTHON" -c 'import vllm' || { echo "the vLLM environment is broken" >&2; exit 1; }
+
+echo "== tests"
+set +e
+.venv/bin/python -m pytest -q -p no:cacheprovider -o console_output_style=classic --durations=15 tests "$@"
+rc=$?
+set -e
+# pytest's 5 means no test ran: that is a failure here
+[ "$rc" -eq 5 ] && { echo "no test ran" >&2; exit 1; }
+exit "$rc"

@@ -1,0 +1,131 @@
+"""Shared fixtures: the CLI as a subprocess, a private state dir, the tiny model, the vLLM env.
+
+Integration tests use real servers. A component that cannot be had makes the test fail
+loudly; nothing here skips.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = Path(os.environ.get("H2OSTACK_CACHE") or Path.home() / ".cache" / "h2ostack")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Path:
+    """A tiny random Llama built with the real tokenizers and transformers libraries (no download)."""
+    from h2ostack.tinymodel import build_tiny_model
+
+    return build_tiny_model(CACHE / "tiny-model")
+
+
+@pytest.fixture(scope="session")
+def vllm_python() -> str:
+    """The interpreter of the CPU vLLM environment, made (or found cached) by scripts/vllm-env.sh."""
+    given = os.environ.get("H2OSTACK_VLLM_PYTHON")
+    if given:
+        return given
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "vllm-env.sh")], capture_output=True, text=True,
+                         timeout=1800)
+    assert out.returncode == 0, f"scripts/vllm-env.sh failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    return out.stdout.strip().splitlines()[-1]
+
+
+class H2O:
+    """Runs `h2ostack` in a subprocess against a private state dir."""
+
+    def __init__(self, state_dir: Path, workdir: Path):
+        self.state_dir = state_dir
+        self.workdir = workdir
+        self.env = {**os.environ, "H2OSTACK_STATE_DIR": str(state_dir), "COLUMNS": "200", "NO_COLOR": "1"}
+        self.env.pop("H2OSTACK_GPUS", None)
+
+    def argv(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "h2ostack.cli", *args]
+
+    def __call__(self, *args: str, timeout: float = 600, check: bool | None = None,
+                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        out = subprocess.run(self.argv(*args), capture_output=True, text=True, timeout=timeout, cwd=self.workdir,
+                             env={**self.env, **(env or {})})
+        if check:
+            assert out.returncode == 0, f"h2ostack {' '.join(args)} -> {out.returncode}\n{out.stdout}\n{out.stderr}"
+        return out
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(self.argv(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                cwd=self.workdir, env=self.env)
+
+    def status(self, stack: str) -> dict[str, dict]:
+        out = self("status", stack, "--json")
+        return {row["service"]: row for row in json.loads(out.stdout)}
+
+
+@pytest.fixture
+def h2o(tmp_path: Path) -> Iterator[H2O]:
+    runner = H2O(tmp_path / "state", tmp_path)
+    yield runner
+    # whatever a test leaves behind is killed by the tool itself, then checked
+    runner("kill", "--all", timeout=120)
+    left = marked_processes(runner.state_dir)
+    assert not left, f"processes left running after the test: {left}"
+
+
+@pytest.fixture
+def stack_name() -> str:
+    return "t" + uuid.uuid4().hex[:8]
+
+
+@pytest.fixture
+def write_stack(tmp_path: Path) -> Callable[[str, str], Path]:
+    def write(text: str, name: str = "stack.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(text)
+        return path
+
+    return write
+
+
+def marked_processes(state_dir: Path, stack: str | None = None) -> list[tuple[int, str]]:
+    """Live processes carrying a test state dir's markers (what h2ostack started)."""
+    out = []
+    for proc in psutil.process_iter(["pid", "name"]):
+        try:
+            env = proc.environ()
+            if env.get("H2OSTACK_STATE_DIR") != str(state_dir):
+                continue
+            if stack and env.get("H2OSTACK_STACK") != stack:
+                continue
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            out.append((proc.pid, " ".join(proc.cmdline())[:120]))
+        except (psutil.Error, OSError):
+            continue
+    return out
+
+
+def wait_for(pred: Callable[[], object], timeout: float, what: str) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = pred()
+        if got:
+            return got
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

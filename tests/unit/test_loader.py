@@ -1,0 +1,204 @@
+"""Every loader rule of the contract, with the exact message a user sees."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from h2ostack.loader import StackError, load, load_text
+
+
+def err(text: str, environ: dict[str, str] | None = None, path: str = "s.yaml") -> str:
+    with pytest.raises(StackError) as info:
+        load_text(textwrap.dedent(text), path, environ or {}, Path("/tmp"))
+    return str(info.value)
+
+
+BASE = """\
+version: 1
+name: lab
+services:
+  a:
+    kind: transformers
+    model: ./m
+    port: 8001
+"""
+
+
+def test_minimal_stack_loads() -> None:
+    s = load_text(BASE, "s.yaml", {}, Path("/tmp"))
+    assert s.name == "lab" and list(s.services) == ["a"] and s.services["a"].port == 8001
+
+
+def test_unknown_field_with_did_you_mean() -> None:
+    assert err(BASE.replace("    port: 8001", "    prot: 8001")) == \
+        "s.yaml:7:5: services.a.prot: unknown field 'prot' (did you mean 'port'?)"
+
+
+def test_unknown_top_level_key() -> None:
+    assert err(BASE + "servces: {}\n") == "s.yaml:8:1: servces: unknown field 'servces' (did you mean 'services'?)"
+
+
+def test_unknown_kind() -> None:
+    assert err(BASE.replace("kind: transformers", "kind: vlm")) == \
+        "s.yaml:5:5: services.a.kind: unknown kind 'vlm' (did you mean 'vllm'?); " \
+        "one of tgi, vllm, transformers, openai, h2ogpt"
+
+
+def test_wrong_type() -> None:
+    assert err(BASE.replace("port: 8001", "port: eighty")) == \
+        "s.yaml:7:5: services.a.port: input should be a valid integer, unable to parse string as an integer, " \
+        "got 'eighty'"
+
+
+def test_port_out_of_range() -> None:
+    assert err(BASE.replace("port: 8001", "port: 70000")) == \
+        "s.yaml:7:5: services.a.port: input should be less than or equal to 65535, got 70000"
+
+
+def test_variable_without_value_or_default() -> None:
+    text = BASE + "    env: {HF_TOKEN: \"${HF_TOKEN}\"}\n"
+    assert err(text) == ("s.yaml:8:11: services.a.env.HF_TOKEN: variable ${HF_TOKEN} is not set and has no default "
+                         "(set HF_TOKEN in the environment or the env_file, or write ${HF_TOKEN:-default})")
+
+
+def test_variables_expand_from_environment_and_defaults() -> None:
+    text = BASE.replace("port: 8001", "port: ${PORT:-8005}").replace("./m", "${MODEL}")
+    s = load_text(text, "s.yaml", {"MODEL": "org/model"}, Path("/tmp"))
+    assert s.services["a"].port == 8005 and s.services["a"].model == "org/model"
+    s = load_text(text, "s.yaml", {"MODEL": "x", "PORT": "9000"}, Path("/tmp"))
+    assert s.services["a"].port == 9000
+
+
+def test_dollar_dollar_is_a_literal_dollar() -> None:
+    s = load_text(BASE + "    env: {NOTE: \"cost $$5\"}\n", "s.yaml", {}, Path("/tmp"))
+    assert s.services["a"].env["NOTE"] == "cost $5"
+
+
+def test_env_file(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("# comment\nexport TOKEN_A='abc'\nPORT=8123\n")
+    (tmp_path / "s.yaml").write_text("env_file: .env\n" + BASE.replace("8001", "${PORT}") +
+                                     "    env: {HF_TOKEN: \"${TOKEN_A}\"}\n")
+    s = load(tmp_path / "s.yaml", environ={})
+    assert s.services["a"].port == 8123
+    # the environment wins over the env_file, as in compose
+    s = load(tmp_path / "s.yaml", environ={"PORT": "8124"})
+    assert s.services["a"].port == 8124
+
+
+def test_missing_env_file() -> None:
+    assert err("env_file: nope.env\n" + BASE) == "s.yaml:1:1: env_file: env file /tmp/nope.env does not exist"
+
+
+def test_secrets_are_secret_and_masked() -> None:
+    text = BASE + "    env: {HF_TOKEN: \"${T}\", OTHER: plain}\n"
+    s = load_text(text, "s.yaml", {"T": "hf_supersecret"}, Path("/tmp"))
+    token = s.services["a"].env["HF_TOKEN"]
+    assert isinstance(token, SecretStr) and token.get_secret_value() == "hf_supersecret"
+    assert "hf_supersecret" not in repr(s) and "hf_supersecret" not in str(s.model_dump())
+    assert s.services["a"].env["OTHER"] == "plain"
+
+
+def test_duplicate_ports() -> None:
+    text = BASE + "  b:\n    kind: transformers\n    model: ./m\n    port: 8001\n"
+    assert err(text) == "s.yaml:11:5: services.b.port: port 8001 is already used by service 'a'"
+
+
+def test_front_port_clashes_with_service() -> None:
+    text = BASE + "fronts:\n  chat:\n    port: 8001\n    models: [a]\n"
+    assert err(text) == "s.yaml:10:5: fronts.chat.port: port 8001 is already used by service 'a'"
+
+
+def test_unknown_model_in_front() -> None:
+    text = BASE + "fronts:\n  chat:\n    port: 7860\n    models: [b, aa]\n"
+    assert err(text) == ("s.yaml:11:14: fronts.chat.models.0: no service named 'b'\n"
+                         "s.yaml:11:17: fronts.chat.models.1: no service named 'aa' (did you mean 'a'?)")
+
+
+def test_unknown_depends_on() -> None:
+    assert err(BASE + "    depends_on: [aa]\n") == \
+        "s.yaml:8:18: services.a.depends_on.0: no service named 'aa' (did you mean 'a'?)"
+
+
+def test_dependency_cycle() -> None:
+    text = BASE + "    depends_on: [b]\n  b:\n    kind: transformers\n    model: ./m\n    depends_on: [a]\n"
+    assert err(text) == "s.yaml:8:5: services.a.depends_on: dependency cycle: a -> b -> a"
+
+
+def test_self_dependency() -> None:
+    assert err(BASE + "    depends_on: [a]\n") == "s.yaml:8:18: services.a.depends_on.0: a service cannot depend on itself"
+
+
+def test_duplicate_key() -> None:
+    assert err(BASE + "  a:\n    kind: vllm\n    model: x\n") == "s.yaml:8:3: services.a: 'a' is given twice"
+
+
+def test_bad_name() -> None:
+    text = BASE.replace("  a:\n", "  9a:\n")
+    assert err(text) == ("s.yaml:4:3: services.9a: a name must start with a letter and hold only letters, digits, "
+                         "'-' and '_' (at most 63)")
+
+
+def test_service_and_front_share_a_name() -> None:
+    text = BASE + "fronts:\n  a:\n    port: 7860\n"
+    assert err(text) == "s.yaml:9:3: fronts.a: 'a' is already the name of one of the services"
+
+
+def test_missing_required_model() -> None:
+    assert err(BASE.replace("    model: ./m\n", "")) == "s.yaml:4:3: services.a.model: this field is required"
+
+
+def test_missing_kind() -> None:
+    assert err(BASE.replace("    kind: transformers\n", "")) == \
+        "s.yaml:4:3: services.a.kind: this field is required: one of tgi, vllm, transformers, openai, h2ogpt"
+
+
+def test_tgi_needs_one_mode() -> None:
+    text = "name: x\nservices:\n  t:\n    kind: tgi\n    model: m\n    port: 80\n"
+    assert err(text) == ("s.yaml:4:5: services.t.kind: a tgi service needs exactly one of `image:` (Docker), "
+                         "`launcher:` (a local install) or `url:` (an existing server); got none")
+
+
+def test_negative_gpu_id() -> None:
+    assert err(BASE + "    gpus: [-1]\n").startswith("s.yaml:8:5: services.a.gpus")
+
+
+def test_missing_name() -> None:
+    assert err("services: {}\n") == \
+        "s.yaml:1:1: name: this field is required (the stack's name keys its labels, state and logs)"
+
+
+def test_invalid_yaml() -> None:
+    assert err("name: [a\n") .startswith("s.yaml:2:1: not valid YAML: ")
+
+
+def test_alias_bomb_is_refused_quickly() -> None:
+    lines = ["name: x", "a: &a [1,1,1,1,1,1,1,1,1,1]"]
+    for i in range(1, 9):
+        lines.append(f"a{i}: &a{i} [{','.join(['*a' + ('' if i == 1 else str(i - 1))] * 10)}]")
+    msg = err("\n".join(lines) + "\n")
+    assert "alias bomb" in msg
+
+
+def test_huge_file_is_refused() -> None:
+    assert "larger than" in err("name: x\n" + "#" * 1_100_000 + "\n")
+
+
+def test_empty_file() -> None:
+    assert err("") == "s.yaml: the file is empty: a stack needs at least `name:` and `services:`"
+
+
+def test_the_contract_example_loads(tmp_path: Path) -> None:
+    example = Path(__file__).parent / "data" / "contract.yaml"
+    (tmp_path / ".env").write_text("HF_TOKEN=from-env-file\n")
+    s = load_text(example.read_text(), "contract.yaml",
+                  {"HF_TOKEN": "t", "OPENAI_API_KEY": "k", "TGI_USER": "u", "TGI_TOKEN": "tt",
+                   "FRONT_PASSWORD": "p", "ADMIN_PASS": "ap"}, tmp_path)
+    assert set(s.services) == {"falcon7b", "llama65b", "small", "gpt35", "remote40b", "local_tgi", "own_h2ogpt",
+                               "shared_tgi"}
+    assert s.services["shared_tgi"].external and s.services["gpt35"].external
+    assert not s.services["remote40b"].starts_something
+    assert s.fronts["h2ogpt"].kind == "h2ogpt"
