@@ -384,7 +384,9 @@ class _Planner:
             workdir = _path(self.stack.base_dir, front.workdir) if front.workdir else self.stack.base_dir
             probes = h2ogpt.probes()
         else:
-            command = [python, "-m", "h2ostack.front", "--stack", self.stack.name, "--front", name,
+            # the front reads the stack file itself: secrets reach it through the file, never argv
+            stack_file = os.path.join(self.stack.base_dir, os.path.basename(self.stack.source))
+            command = [python, "-m", "h2ostack.front", stack_file, "--front", name,
                        "--host", bind, "--port", str(port)]
             workdir = self.stack.base_dir
             probes = [Probe("front", "GET", "/v1/models", timeout=5.0)]
