@@ -2,7 +2,8 @@
 
 Targets: wall time at most T + 0.5 s (they start in parallel), and each service's readiness
 noticed within 0.25 s of its server's first healthy answer. Baseline, measured in the same run:
-T itself (what a perfect parallel start costs) and a sequential start (4 x T).
+T, the same four servers started by hand in parallel and polled every 10 ms (their own
+interpreter start-up included), and a sequential start (4 x T).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 def stack(name: str, ports: list[int]) -> str:
     lines = [f"name: {name}", "services:"]
     for i, port in enumerate(ports):
-        lines += [f"  s{i}:", "    kind: vllm", f"    python: {HERE / 'standin-python'}", "    model: m",
+        lines += [f"  s{i}:", "    kind: vllm", f"    python: {HERE.parent / 'tests' / 'standin-python'}", "    model: m",
                   f"    port: {port}", "    health: {interval: 0.05}"]
     return "\n".join(lines) + "\n"
 
@@ -39,6 +40,32 @@ def free_ports(n: int) -> list[int]:
     for s in socks:
         s.close()
     return ports
+
+
+def direct_baseline(tmp: Path) -> float:
+    """The same 4 servers started by hand, all at once, polled every 10 ms until all answer:
+    what a perfect parallel start costs, the servers' own start-up included."""
+    import urllib.request
+
+    ports = free_ports(4)
+    env = {**os.environ, "START_DELAY": str(T), "READY_LOG": str(tmp / "direct.ready")}
+    t0 = time.time()
+    procs = [subprocess.Popen([str(HERE.parent / "tests" / "standin-python"), "--port", str(p)], env=env)
+             for p in ports]
+    pending = set(ports)
+    while pending:
+        for p in list(pending):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{p}/health", timeout=1).read()
+                pending.discard(p)
+            except OSError:
+                pass
+        time.sleep(0.01)
+    took = time.time() - t0
+    for proc in procs:
+        proc.terminate()
+        proc.wait()
+    return took
 
 
 def one_run(tmp: Path, i: int) -> tuple[float, list[float]]:
@@ -72,20 +99,22 @@ def one_run(tmp: Path, i: int) -> tuple[float, list[float]]:
 def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        walls, lags = [], []
+        walls, lags, bases = [], [], []
         for i in range(RUNS):
+            bases.append(direct_baseline(tmp))
             wall, lag = one_run(tmp, i)
             walls.append(wall)
             lags += lag
     med = statistics.median(walls)
-    print(f"up of 4 services that each take T = {T:.1f} s to become healthy ({RUNS} runs)")
-    print(f"  {'baseline: T (perfect parallel start)':<44} {T:8.2f} s")
-    print(f"  {'baseline: 4 x T (one after another)':<44} {4 * T:8.2f} s")
-    print(f"  {'h2ostack up, wall time (median)':<44} {med:8.2f} s   = T + {med - T:.2f} s (target <= T + 0.5 s)")
-    print(f"  {'h2ostack up, wall time (max)':<44} {max(walls):8.2f} s")
-    print(f"  {'readiness noticed after first healthy answer':<44} median {statistics.median(lags) * 1000:.0f} ms, "
+    base = statistics.median(bases)
+    print(f"up of 4 services that each sleep {T:.1f} s before answering ({RUNS} runs)")
+    print(f"  {'baseline T: the 4 started by hand, in parallel':<48} {base:8.2f} s   (median)")
+    print(f"  {'4 x T: one after another':<48} {4 * base:8.2f} s")
+    print(f"  {'h2ostack up, wall time (median)':<48} {med:8.2f} s   = T + {med - base:.2f} s (target <= T + 0.5 s)")
+    print(f"  {'h2ostack up, wall time (max)':<48} {max(walls):8.2f} s")
+    print(f"  {'readiness noticed after first healthy answer':<48} median {statistics.median(lags) * 1000:.0f} ms, "
           f"max {max(lags) * 1000:.0f} ms (target <= 250 ms)")
-    ok = med - T <= 0.5 and max(lags) <= 0.25
+    ok = med - base <= 0.5 and max(lags) <= 0.25
     print("  targets met" if ok else "  TARGET MISSED")
 
 

@@ -161,6 +161,10 @@ def up(path: str | Path, only: Iterable[str] = (), gpus: str | None = None, gpu_
     from h2ostack.loader import load
     from h2ostack.plan import make_plan
 
+    # the HTTP client's import costs ~0.1 s: take it while the servers are being spawned
+    requester: list[health.Requester] = []
+    warm = threading.Thread(target=lambda: requester.append(health.httpx_requester()), daemon=True)
+    warm.start()
     stack = load(path)
     state = StackState(stack.name)
     with state.lock():
@@ -188,8 +192,12 @@ def up(path: str | Path, only: Iterable[str] = (), gpus: str | None = None, gpu_
         started: list[str] = []
         lock = threading.Lock()
         cancel = threading.Event()
-        request = health.httpx_requester()
         failures: dict[str, str] = {}
+
+        def request(*args: Any) -> health.Answer:
+            warm.join()
+            return requester[0](*args)
+
 
         def bring_up(name: str) -> float:
             sp = everything[name]

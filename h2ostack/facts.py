@@ -53,6 +53,8 @@ def parse_gpu_list(text: str) -> list[int]:
 
 def nvml_gpus() -> list[GPU]:
     """GPUs from NVML, or [] where the library or a driver is missing."""
+    if not (os.path.exists("/proc/driver/nvidia") or os.path.exists("/dev/nvidiactl")):
+        return []  # no NVIDIA driver here: skip the library's import and init
     try:
         import pynvml  # nvidia-ml-py
     except ImportError:

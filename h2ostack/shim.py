@@ -6,7 +6,7 @@ code where `status` finds it, sweeps what is left of the group so nothing is orp
 GPU, and exits with the same code. It ignores SIGTERM itself: the signal sent to the group reaches
 the server, and the shim waits to record how the server ended.
 
-Usage: python -m h2ostack.shim EXIT_FILE -- ARGV...
+Usage: python -S h2ostack/shim.py EXIT_FILE -- ARGV...
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from h2ostack.runtimes.base import Observed
 from h2ostack.spec import reveal
 from h2ostack.state import ProcRecord, StackState
 
+SHIM = str(Path(__file__).resolve().parent.parent / "shim.py")
 MARK_STACK, MARK_SERVICE, MARK_STATE = "H2OSTACK_STACK", "H2OSTACK_SERVICE", "H2OSTACK_STATE_DIR"
 
 
@@ -56,7 +57,8 @@ def start(plan: ServicePlan, state: StackState, popen: Callable[..., subprocess.
     with open(log_path, "ab") as log:
         log.write(f"--- h2ostack: starting {plan.name} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
         log.flush()
-        argv = [sys.executable, "-m", "h2ostack.shim", str(state.exit_path(plan.name)), "--", *plan.command]
+        # the shim needs only the standard library: -S skips site-packages and starts faster
+        argv = [sys.executable, "-S", SHIM, str(state.exit_path(plan.name)), "--", *plan.command]
         proc = popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=plan.workdir,
                      env=process_env(plan, state), start_new_session=True)
     try:

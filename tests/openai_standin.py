@@ -1,14 +1,16 @@
-"""A stand-in OpenAI-compatible server for benchmarks: binds after a set delay, then answers.
+"""A stand-in OpenAI-compatible server for benchmarks and fault tests: binds after a set delay.
 
 Invoked in place of a vLLM interpreter (`python: bench/standin-python`), it takes vLLM's flags,
 sleeps START_DELAY seconds before listening (as a server loading weights does), and records the
 time of its first healthy answer in READY_LOG so a benchmark can see when readiness was noticed.
+With STANDIN_IGNORE_SIGTERM=1 it ignores SIGTERM, as a stuck server does.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,6 +21,8 @@ def main(argv: list[str]) -> None:
     port = int(args.get("--port", "8000"))
     host = args.get("--host", "127.0.0.1")
     model = args.get("--served-model-name", args.get("--model", "m"))
+    if os.environ.get("STANDIN_IGNORE_SIGTERM") == "1":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     latency = float(os.environ.get("STANDIN_LATENCY_MS", "0")) / 1000
     time.sleep(float(os.environ.get("START_DELAY", "0")))
     ready_log = os.environ.get("READY_LOG")
@@ -26,6 +30,7 @@ def main(argv: list[str]) -> None:
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body go out in two writes
 
         def log_message(self, *a: object) -> None:
             pass
