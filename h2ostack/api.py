@@ -133,6 +133,24 @@ def auth_headers(plan: ServicePlan, stack: Stack | None) -> dict[str, str]:
     return {}
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def exposure_warnings(stack: Stack) -> list[tuple[str, str]]:
+    """Servers reachable from other machines without any auth in front of them."""
+    bind = stack.defaults.bind
+    if bind in LOOPBACK or bind.startswith("127."):
+        return []
+    out = []
+    for name, svc in stack.services.items():
+        if svc.starts_something and getattr(svc, "api_key", None) is None:
+            out.append((name, f"listens on {bind} without an api key: anyone who reaches this host can use it"))
+    for name, front in stack.fronts.items():
+        if front.auth is None:
+            out.append((name, f"front listens on {bind} without `auth:`"))
+    return out
+
+
 def _with_deps(plan: Plan, only: Iterable[str]) -> list[str]:
     deps = plan.deps()
     unknown = [n for n in only if n not in deps]
@@ -177,6 +195,8 @@ def up(path: str | Path, only: Iterable[str] = (), gpus: str | None = None, gpu_
         everything = plan.all()
         targets = _with_deps(plan, only) if only else list(everything)
         state.save_plan(plan.to_json(), str(path))
+        for warning in exposure_warnings(stack):
+            emit(Event(warning[0], "warn", warning[1]))
 
         changed = [n for n in targets if n in alive and alive[n].config_hash != everything[n].config_hash]
         keep = {n for n in targets if n in alive and n not in changed}

@@ -31,7 +31,11 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def tiny_model() -> Path:
-    """A tiny random Llama built with the real tokenizers and transformers libraries (no download)."""
+    """A tiny random Llama built with the real tokenizers and transformers libraries (no download).
+    H2OSTACK_TEST_TINY_MODEL names one already built."""
+    given = os.environ.get("H2OSTACK_TEST_TINY_MODEL")
+    if given:
+        return Path(given)
     from h2ostack.tinymodel import build_tiny_model
 
     return build_tiny_model(CACHE / "tiny-model")

@@ -148,7 +148,7 @@ def test_invalid_stack_starts_nothing(h2o: H2O, write_stack, stack_name: str, ti
                        f"port: 8001, gpus: [0]}}\n  b: {{kind: transformers, model: {tiny_model}, prot: 1}}\n")
     out = h2o("up", str(path))
     assert out.returncode == 2
-    assert f"{path}:5:" in out.stderr and "unknown field 'prot' (did you mean 'port'?)" in out.stderr
+    assert f"{path}:4:" in out.stderr and "unknown field 'prot' (did you mean 'port'?)" in out.stderr
     assert h2o("validate", str(path)).returncode == 2
     assert marked_processes(h2o.state_dir) == [] and not (h2o.state_dir / stack_name / "run").exists()
 

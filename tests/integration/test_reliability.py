@@ -1,0 +1,66 @@
+"""Faults and concurrency with real processes: nothing lost, nothing left running."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import H2O, free_port, marked_processes
+
+pytestmark = pytest.mark.integration
+STANDIN = Path(__file__).resolve().parents[1] / "standin-python"
+
+
+def standin_stack(name: str, ports: list[int], extra: str = "") -> str:
+    lines = [f"name: {name}", "services:"]
+    for i, port in enumerate(ports):
+        lines.append(f"  s{i}: {{kind: vllm, python: {STANDIN}, model: m, port: {port}{extra}}}")
+    return "\n".join(lines) + "\n"
+
+
+def test_a_server_that_ignores_sigterm_is_killed_after_the_grace_period(h2o: H2O, write_stack,
+                                                                         stack_name: str) -> None:
+    path = write_stack(standin_stack(stack_name, [free_port()], ", env: {STANDIN_IGNORE_SIGTERM: '1'}"))
+    assert h2o("up", str(path), check=True).returncode == 0
+    assert len(marked_processes(h2o.state_dir)) >= 2
+    t0 = time.monotonic()
+    out = h2o("down", str(path), "--timeout", "2", check=True)
+    took = time.monotonic() - t0
+    assert "stopped 1 service(s)" in out.stderr
+    assert 2.0 <= took < 15, took
+    assert marked_processes(h2o.state_dir) == []
+
+
+def test_two_ups_at_once_never_duplicate(h2o: H2O, write_stack, stack_name: str) -> None:
+    ports = [free_port(), free_port()]
+    path = write_stack(standin_stack(stack_name, ports))
+    env = {"START_DELAY": "1.5"}
+    h2o.env.update(env)
+    first, second = h2o.popen("up", str(path)), h2o.popen("up", str(path))
+    assert first.wait(120) == 0 and second.wait(120) == 0
+    outs = (first.stdout.read() if first.stdout else "") + (second.stdout.read() if second.stdout else "")
+    # one started them, the other found them running with the same config
+    assert outs.count("starting s0") == 1 and outs.count("kept     s0") == 1
+    servers = [p for p in marked_processes(h2o.state_dir) if "openai_standin" in p[1]]
+    assert len(servers) == 2, servers
+
+
+def test_status_never_waits_for_the_lock(h2o: H2O, write_stack, stack_name: str) -> None:
+    path = write_stack(standin_stack(stack_name, [free_port()]))
+    h2o.env["START_DELAY"] = "5"
+    slow = h2o.popen("up", str(path))
+    time.sleep(1.5)
+    t0 = time.monotonic()
+    rows = h2o.status(str(path))
+    assert time.monotonic() - t0 < 3
+    assert rows["s0"]["state"] == "running" and rows["s0"]["health"] in ("starting", "unhealthy")
+    assert slow.wait(60) == 0
+
+
+def test_exposed_bind_warns(h2o: H2O, write_stack, stack_name: str) -> None:
+    path = write_stack(standin_stack(stack_name, [free_port()]).replace("services:", "defaults: {bind: 0.0.0.0}\n"
+                                                                       "services:"))
+    out = h2o("up", str(path), check=True)
+    assert "warning  s0: listens on 0.0.0.0 without an api key" in out.stderr
