@@ -333,6 +333,9 @@ class Row:
     uptime: float | None
     exit_code: int | None = None
     detail: str = ""
+    restarts: int = 0
+    last_exit: int | None = None
+    last_probe_failure: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -389,7 +392,9 @@ def status(target: str | Path | None = None, probe: bool = True) -> list[Row]:
                             derive_state(obs, started), checks.get(name, "-"), entry.get("gpus", []),
                             entry.get("url"), obs.ident if obs else "",
                             time.time() - obs.started_at if obs and obs.alive and obs.started_at else None,
-                            obs.exit_code if obs else None, obs.detail if obs else ""))
+                            obs.exit_code if obs else None, obs.detail if obs else "",
+                            obs.restarts if obs else 0, obs.last_exit if obs else None,
+                            obs.last_probe_failure if obs else None))
     return rows
 
 

@@ -220,11 +220,16 @@ def status(stack: Annotated[str | None, typer.Argument(help="The stack file or n
         from rich.table import Table
 
         rows = _guard(lambda: api.status(stack))
-        t = Table("stack", "service", "kind", "state", "health", "gpus", "url", "pid/container", "uptime")
+        t = Table("stack", "service", "kind", "state", "health", "gpus", "url", "pid/container", "uptime",
+                  "restarts")
         for r in rows:
             state = r.state + (f" ({r.exit_code})" if r.state == "exited" and r.exit_code is not None else "")
+            restarts = str(r.restarts) + (f" (last exit {r.last_exit})" if r.restarts and r.last_exit is not None
+                                          else "")
+            if r.last_probe_failure:
+                restarts += f", failed probe {r.last_probe_failure}"
             t.add_row(r.stack, r.service, r.kind, state, r.health, ",".join(map(str, r.gpus)) or "-", r.url or "-",
-                      r.ident or "-", _age(r.uptime))
+                      r.ident or "-", _age(r.uptime), restarts)
         return t, rows
 
     if json_out:

@@ -50,6 +50,10 @@ class ServicePlan:
     config_hash: str = ""
     is_front: bool = False
     models: tuple[str, ...] = ()  # fronts: the services of the grid
+    restart: str = "no"
+    max_restarts: int | None = None
+    unhealthy_after: float | None = None
+    liveness: Probe | None = None  # what the supervisor probes to tell a hung server
 
     @property
     def started(self) -> bool:
@@ -72,6 +76,10 @@ class ServicePlan:
         if self.is_front:
             out["models"] = list(self.models)
         out["health"] = {"timeout": self.health_timeout, "probes": [p.path for p in self.probes]}
+        if self.started:
+            out["restart"] = {"policy": self.restart, "max_restarts": self.max_restarts,
+                              "unhealthy_after": self.unhealthy_after,
+                              "liveness": self.liveness.path if self.liveness else None}
         out["config_hash"] = self.config_hash
         return out
 
@@ -344,10 +352,15 @@ class _Planner:
             raise AssertionError(kind)
         env.update(svc.env)
         mode = "container" if image else "process"
+        liveness = None
+        if svc.health.unhealthy_after:
+            liveness = probes[-1] if svc.health.canary else probes[0]
         plan = ServicePlan(**common, mode=mode, api=api, gpus=gpus, port=port, url=url_for(bind, port),
                            served_model=ctx.served_model, env=env, command=tuple(command) if command else None,
                            workdir=workdir if command else None, image=image, container=container,
-                           probes=tuple(probes), health_timeout=timeout or t)
+                           probes=tuple(probes), health_timeout=timeout or t, restart=svc.restart,
+                           max_restarts=svc.max_restarts, unhealthy_after=svc.health.unhealthy_after,
+                           liveness=liveness)
         return replace(plan, config_hash=self.hash_of(plan))
 
     def container_spec(self, name: str, svc: Any, ctx: Context, env: dict[str, EnvValue]) -> dict[str, Any]:
@@ -400,7 +413,8 @@ class _Planner:
     def hash_of(plan: ServicePlan) -> str:
         return config_hash({"kind": plan.kind, "mode": plan.mode, "command": plan.command, "env": plan.env,
                             "workdir": plan.workdir, "image": plan.image, "container": plan.container,
-                            "gpus": plan.gpus, "port": plan.port, "probes": plan.probes, "version": __version__})
+                            "gpus": plan.gpus, "port": plan.port, "probes": plan.probes, "version": __version__,
+                            "restart": [plan.restart, plan.max_restarts, plan.unhealthy_after, plan.liveness]})
 
     def run(self) -> Plan:
         stack = self.stack

@@ -1,74 +1,197 @@
 """The first process of every started service: runs the server as its child, in its own session.
 
 It is the process group's leader, so `down` signals the group and reaches every child the server
-forked (vLLM's EngineCore and workers included). When the server exits, the shim writes its exit
-code where `status` finds it, sweeps what is left of the group so nothing is orphaned holding a
-GPU, and exits with the same code. It ignores SIGTERM itself: the signal sent to the group reaches
-the server, and the shim waits to record how the server ended.
+forked (vLLM's EngineCore and workers included). When the server exits, the shim records how
+(`run/<service>.exit`, read by `status`), sweeps what is left of the group so nothing is
+orphaned holding a GPU, and either restarts the server (the service's `restart:` policy, with
+backoff, once the old port is free) or exits with the server's code. With a liveness URL it also
+restarts a server that stops answering for `unhealthy_after` seconds.
+
+It ignores SIGTERM itself, so the signal sent to the group reaches the server and the shim stays
+to record the ending; a SIGTERM means "stop", never "restart".
+
+The shim needs only the standard library and runs with `python -S`. It takes no secrets: they
+reach the server through the environment it inherits.
 
 Usage: python -S h2ostack/shim.py EXIT_FILE -- ARGV...
+Policy (environment, optional): H2OSTACK_RESTART=no|on-failure|always, H2OSTACK_MAX_RESTARTS,
+H2OSTACK_LIVENESS_URL, H2OSTACK_UNHEALTHY_AFTER, H2OSTACK_LIVENESS_INTERVAL, H2OSTACK_PORT,
+H2OSTACK_CANARY (a JSON body: the liveness probe then asks for a token).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
+import urllib.request
+
+BACKOFF_START, BACKOFF_MAX = 1.0, 30.0
+PORT_FREE_TIMEOUT = 60.0
 
 
-def _write_exit(path: str, rc: int) -> None:
-    info = {"code": rc if rc >= 0 else 128 - rc, "signal": -rc if rc < 0 else None, "at": time.time()}
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w") as fh:
-            json.dump(info, fh)
-        os.replace(tmp, path)
-    except OSError:
-        pass  # the state dir may be gone; the exit is then simply not recorded
+class Shim:
+    def __init__(self, exit_file: str, cmd: list[str], env: dict[str, str]):
+        self.exit_file = exit_file
+        self.cmd = cmd
+        self.policy = env.get("H2OSTACK_RESTART", "no")
+        self.max_restarts = int(env["H2OSTACK_MAX_RESTARTS"]) if env.get("H2OSTACK_MAX_RESTARTS") else None
+        self.liveness_url = env.get("H2OSTACK_LIVENESS_URL")
+        self.unhealthy_after = float(env.get("H2OSTACK_UNHEALTHY_AFTER") or 0)
+        self.interval = float(env.get("H2OSTACK_LIVENESS_INTERVAL") or 5)
+        self.probe_timeout = max(1.0, min(10.0, self.unhealthy_after / 2))
+        self.port = int(env["H2OSTACK_PORT"]) if env.get("H2OSTACK_PORT") else None
+        self.stopping = False
+        self.restarts = 0
+        self.last_probe_failure: str | None = None
+        self.last_rc: int | None = None
+        self.child: subprocess.Popen[bytes] | None = None
+        self.lock = threading.Lock()
 
-
-def main(argv: list[str]) -> int:
-    if len(argv) < 3 or argv[1] != "--":
-        print("usage: python -m h2ostack.shim EXIT_FILE -- ARGV...", file=sys.stderr)
-        return 2
-    exit_file, cmd = argv[0], argv[2:]
-    # a Python-level handler (not SIG_IGN, which the server would inherit across exec)
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, lambda *_: None)
-    try:
-        child = subprocess.Popen(cmd)
-    except OSError as exc:
-        print(f"h2ostack: cannot start {cmd[0]}: {exc.strerror}", file=sys.stderr, flush=True)
-        _write_exit(exit_file, 127)
-        return 127
-    while True:
+    # -- records ------------------------------------------------------------------------
+    def record(self, rc: int | None, running: bool) -> None:
+        rc = self.last_rc = rc if rc is not None else self.last_rc
+        info = {"restarts": self.restarts, "running": running, "at": time.time(),
+                "last_probe_failure": self.last_probe_failure, "policy": self.policy}
+        if rc is not None:
+            info.update({"code": rc if rc >= 0 else 128 - rc, "signal": -rc if rc < 0 else None})
+        tmp = f"{self.exit_file}.tmp{os.getpid()}"
         try:
-            rc = child.wait()
-            break
-        except InterruptedError:  # pragma: no cover - PEP 475 retries, kept for clarity
-            continue
-    how = f"signal {-rc}" if rc < 0 else f"code {rc}"
-    print(f"h2ostack: server exited with {how}", file=sys.stderr, flush=True)
-    _write_exit(exit_file, rc)
-    # leave nothing of the group behind (forked workers outlive a killed parent)
-    pgid = os.getpgid(0)
-    try:
-        os.killpg(pgid, signal.SIGTERM)
+            with open(tmp, "w") as fh:
+                json.dump(info, fh)
+            os.replace(tmp, self.exit_file)
+        except OSError:
+            pass  # the state dir may be gone; the record is then simply not kept
+
+    def say(self, text: str) -> None:
+        print(f"h2ostack: {text}", file=sys.stderr, flush=True)
+
+    # -- the loop -----------------------------------------------------------------------
+    def on_term(self, *_: object) -> None:
+        self.stopping = True
+
+    def wants_restart(self, rc: int) -> bool:
+        if self.stopping or self.policy == "no":
+            return False
+        if self.policy == "on-failure" and rc == 0:
+            return False
+        return self.max_restarts is None or self.restarts < self.max_restarts
+
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            # a Python-level handler (not SIG_IGN, which the server would inherit across exec)
+            signal.signal(sig, self.on_term)
+        if self.liveness_url and self.unhealthy_after > 0:
+            threading.Thread(target=self.watch, daemon=True).start()
+        backoff = BACKOFF_START
+        while True:
+            started = time.monotonic()
+            try:
+                with self.lock:
+                    self.child = subprocess.Popen(self.cmd)
+            except OSError as exc:
+                self.say(f"cannot start {self.cmd[0]}: {exc.strerror}")
+                self.record(127, False)
+                return 127
+            if self.restarts:
+                self.record(None, True)
+            rc = self.child.wait()
+            how = f"signal {-rc}" if rc < 0 else f"code {rc}"
+            self.say(f"server exited with {how}")
+            self.sweep()
+            restart = self.wants_restart(rc)
+            self.record(rc, restart)
+            if not restart:
+                return rc if rc >= 0 else 128 - rc
+            if time.monotonic() - started > 60:
+                backoff = BACKOFF_START  # it ran a while: start the backoff over
+            self.restarts += 1
+            self.say(f"restarting in {backoff:g} s (restart {self.restarts}, policy {self.policy})")
+            deadline = time.monotonic() + backoff
+            while time.monotonic() < deadline and not self.stopping:
+                time.sleep(0.1)
+            if self.stopping:
+                return rc if rc >= 0 else 128 - rc
+            self.wait_port_free()
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+    def wait_port_free(self) -> None:
+        """A restart must not fail because the old server still holds its port."""
+        if not self.port:
+            return
+        deadline = time.monotonic() + PORT_FREE_TIMEOUT
+        while time.monotonic() < deadline and not self.stopping:
+            with socket.socket() as s:
+                s.settimeout(0.5)
+                if s.connect_ex(("127.0.0.1", self.port)) != 0:
+                    return
+            time.sleep(0.2)
+
+    def sweep(self) -> None:
+        """Leave nothing of the group behind (forked workers outlive a killed parent)."""
+        me, pgid = os.getpid(), os.getpgid(0)
+        others = _group_members(pgid, me)
+        for pid in others:
+            _signal(pid, signal.SIGTERM)
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and _others_in_group(pgid):
+        while time.monotonic() < deadline and _group_members(pgid, me):
             time.sleep(0.1)
-        if _others_in_group(pgid):
-            os.killpg(pgid, signal.SIGKILL)  # ends the shim too, after the exit file is written
-    except ProcessLookupError:
-        pass
-    return rc if rc >= 0 else 128 - rc
+        for pid in _group_members(pgid, me):
+            _signal(pid, signal.SIGKILL)
+
+    # -- liveness -----------------------------------------------------------------------
+    def watch(self) -> None:
+        healthy_once = False
+        failing_since: float | None = None
+        while not self.stopping:
+            time.sleep(self.interval)
+            why = probe(self.liveness_url or "", self.probe_timeout)
+            now = time.monotonic()
+            if why is None:
+                healthy_once, failing_since = True, None
+                continue
+            self.last_probe_failure = f"{time.strftime('%H:%M:%S')} {why}"
+            if not healthy_once:
+                continue  # still starting: readiness is `up`'s business
+            failing_since = failing_since or now
+            if now - failing_since >= self.unhealthy_after:
+                self.say(f"liveness: no healthy answer for {now - failing_since:.0f} s ({why}); restarting")
+                with self.lock:
+                    child = self.child
+                if child is not None and child.poll() is None:
+                    child.terminate()
+                    try:
+                        child.wait(10)
+                    except subprocess.TimeoutExpired:
+                        child.kill()
+                healthy_once, failing_since = False, None
 
 
-def _others_in_group(pgid: int) -> bool:
-    me = os.getpid()
+def probe(url: str, timeout: float) -> str | None:
+    body = os.environ.get("H2OSTACK_CANARY")
+    try:
+        headers = {"content-type": "application/json"} if body else {}
+        if os.environ.get("VLLM_API_KEY"):  # vLLM guards /v1/* with it
+            headers["authorization"] = "Bearer " + os.environ["VLLM_API_KEY"]
+        req = urllib.request.Request(url, data=body.encode() if body else None, headers=headers)
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return None if 200 <= resp.status < 300 else f"HTTP {resp.status}"
+    except urllib.error.HTTPError as exc:
+        return f"HTTP {exc.code}"
+    except Exception as exc:  # refused, timed out, reset: all mean "not healthy"
+        reason = getattr(exc, "reason", None) or exc
+        return f"{type(reason).__name__}: {reason}"
+
+
+def _group_members(pgid: int, me: int) -> list[int]:
+    out = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == me:
             continue
@@ -76,10 +199,22 @@ def _others_in_group(pgid: int) -> bool:
             with open(f"/proc/{entry}/stat") as fh:
                 fields = fh.read().rsplit(")", 1)[1].split()
             if int(fields[2]) == pgid and fields[0] != "Z":
-                return True
+                out.append(int(entry))
         except (OSError, IndexError, ValueError):
             continue
-    return False
+    return out
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(OSError):
+        os.kill(pid, sig)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 3 or argv[1] != "--":
+        print("usage: python -S shim.py EXIT_FILE -- ARGV...", file=sys.stderr)
+        return 2
+    return Shim(argv[0], argv[2:], dict(os.environ)).run()
 
 
 if __name__ == "__main__":

@@ -45,7 +45,10 @@ class _Model(BaseModel):
 class Health(_Model):
     timeout: float | None = Field(default=None, gt=0, description="seconds to wait for readiness")
     interval: float = Field(default=0.1, gt=0, le=60)
-    unhealthy_after: float | None = Field(default=None, gt=0)
+    unhealthy_after: float | None = Field(default=None, gt=0, description="liveness: restart after this long "
+                                          "without a healthy answer")
+    canary: bool = Field(default=False, description="liveness also asks for one token, for servers whose "
+                         "/health stays green while generation is broken")
 
 
 class BasicAuth(_Model):
@@ -86,6 +89,11 @@ class _Service(_Model):
     health: Health = Field(default_factory=Health)
     prompt_type: str | None = None
     prompt_dict: dict[str, str] | None = None
+
+    @field_validator("restart", mode="before")
+    @classmethod
+    def _yaml_no(cls, value: Any) -> Any:
+        return "no" if value is False else value  # YAML 1.1 reads a bare `no` as false
 
     @field_validator("env", mode="before")
     @classmethod

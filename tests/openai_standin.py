@@ -3,7 +3,8 @@
 Invoked in place of a vLLM interpreter (`python: bench/standin-python`), it takes vLLM's flags,
 sleeps START_DELAY seconds before listening (as a server loading weights does), and records the
 time of its first healthy answer in READY_LOG so a benchmark can see when readiness was noticed.
-With STANDIN_IGNORE_SIGTERM=1 it ignores SIGTERM, as a stuck server does.
+With STANDIN_IGNORE_SIGTERM=1 it ignores SIGTERM, as a stuck server does; while the file named
+by STANDIN_HANG_FILE exists, /health hangs, as a wedged server's does.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ def main(argv: list[str]) -> None:
             self.wfile.write(data)
 
         def do_GET(self) -> None:
+            hang = os.environ.get("STANDIN_HANG_FILE")
+            if self.path == "/health" and hang and os.path.exists(hang):
+                time.sleep(3600)
             if self.path == "/health":
                 if not first["done"] and ready_log:
                     first["done"] = True

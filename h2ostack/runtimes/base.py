@@ -22,6 +22,9 @@ class Observed:
     started_at: float | None = None
     exit_code: int | None = None
     detail: str = ""
+    restarts: int = 0
+    last_exit: int | None = None  # the last exit of a server that was restarted
+    last_probe_failure: str | None = None
 
 
 class Handle(Protocol):

@@ -8,6 +8,7 @@ the state dir gone, by the markers every process of a service carries in its env
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -44,6 +45,17 @@ def process_env(plan: ServicePlan, state: StackState) -> dict[str, str]:
     env[MARK_STACK] = state.stack
     env[MARK_SERVICE] = plan.name
     env[MARK_STATE] = str(state.root.parent)
+    # the shim's restart policy and liveness probe (no secrets among them)
+    env["H2OSTACK_RESTART"] = plan.restart
+    env["H2OSTACK_MAX_RESTARTS"] = "" if plan.max_restarts is None else str(plan.max_restarts)
+    if plan.port:
+        env["H2OSTACK_PORT"] = str(plan.port)
+    if plan.liveness is not None and plan.unhealthy_after:
+        env["H2OSTACK_LIVENESS_URL"] = (plan.url or "") + plan.liveness.path
+        env["H2OSTACK_UNHEALTHY_AFTER"] = str(plan.unhealthy_after)
+        env["H2OSTACK_LIVENESS_INTERVAL"] = str(min(5.0, max(0.2, plan.unhealthy_after / 5)))
+        if plan.liveness.body is not None:
+            env["H2OSTACK_CANARY"] = json.dumps(plan.liveness.body)
     return env
 
 
@@ -205,14 +217,15 @@ class ProcessRuntime:
             procs = strays.get(name, [])
             alive = leader is not None or bool(procs)
             server = _server_pid(leader) if leader else (procs[0].pid if procs else None)
-            exit_info = self.state.exit_info(name) if not alive else None
-            code = exit_info.get("code") if exit_info else None
+            info = self.state.exit_info(name) or {}
+            code = info.get("code") if not alive else None
             detail = "" if rec else "found by its environment markers (no pidfile)"
             if alive and rec and leader is None:
                 detail = "its shim is gone; processes remain"
             out[name] = Observed(name, "process", alive, rec.config_hash if rec else "", rec.port if rec else None,
                                  str(server or (rec.pid if rec else "")), rec.started_at if rec else None, code,
-                                 detail)
+                                 detail, info.get("restarts", 0), info.get("code") if alive else code,
+                                 info.get("last_probe_failure"))
         return out
 
     def start(self, plan: ServicePlan) -> _ProcHandle:

@@ -64,3 +64,45 @@ def test_exposed_bind_warns(h2o: H2O, write_stack, stack_name: str) -> None:
                                                                        "services:"))
     out = h2o("up", str(path), check=True)
     assert "warning  s0: listens on 0.0.0.0 without an api key" in out.stderr
+
+
+def test_on_failure_restarts_a_killed_server(h2o: H2O, write_stack, stack_name: str) -> None:
+    import os
+    import signal
+
+    from tests.conftest import wait_for
+
+    path = write_stack(standin_stack(stack_name, [free_port()], ", restart: on-failure, max_restarts: 1"))
+    h2o("up", str(path), check=True)
+    first = h2o.status(str(path))["s0"]
+    os.kill(int(first["ident"]), signal.SIGKILL)
+    row = wait_for(lambda: (r := h2o.status(str(path))["s0"])["restarts"] == 1 and r["health"] == "healthy" and r,
+                   30, "a restart")
+    assert row["state"] == "running" and row["last_exit"] == 137 and row["ident"] != first["ident"]
+    assert "restarts" in h2o("status", str(path)).stdout
+    # max_restarts: 1 -> the second crash stays down
+    os.kill(int(row["ident"]), signal.SIGKILL)
+    row = wait_for(lambda: (r := h2o.status(str(path))["s0"])["state"] == "exited" and r, 30, "exited")
+    assert row["exit_code"] == 137 and row["restarts"] == 1
+    assert marked_processes(h2o.state_dir) == []
+
+
+def test_liveness_restarts_a_server_whose_health_hangs(h2o: H2O, write_stack, stack_name: str,
+                                                       tmp_path: Path) -> None:
+    from tests.conftest import wait_for
+
+    hang = tmp_path / "hang"
+    path = write_stack(standin_stack(stack_name, [free_port()], ", restart: always, health: {unhealthy_after: 2}, "
+                                     f"env: {{STANDIN_HANG_FILE: '{hang}'}}"))
+    h2o("up", str(path), check=True)
+    first = h2o.status(str(path))["s0"]
+    hang.write_text("")
+    row = wait_for(lambda: (r := h2o.status(str(path))["s0"])["restarts"] >= 1 and r, 40, "a liveness restart")
+    assert row["last_probe_failure"]
+    assert "liveness: no healthy answer" in h2o("logs", str(path)).stdout
+    assert "timed out" in h2o("logs", str(path)).stdout
+    hang.unlink()
+    row = wait_for(lambda: (r := h2o.status(str(path))["s0"])["health"] == "healthy" and r, 30, "healthy again")
+    assert row["ident"] != first["ident"]
+    assert h2o("down", str(path), check=True).returncode == 0
+    assert marked_processes(h2o.state_dir) == []
