@@ -113,8 +113,8 @@ def marked_processes(state_dir: Path, stack: str | None = None) -> list[tuple[in
     for proc in psutil.process_iter(["pid", "name"]):
         try:
             env = proc.environ()
-            if env.get("H2OSTACK_STATE_DIR") != str(state_dir):
-                continue
+            if env.get("H2OSTACK_STATE_DIR") != str(state_dir) or "H2OSTACK_SERVICE" not in env:
+                continue  # (the CLI itself has H2OSTACK_STATE_DIR set, but no service marker)
             if stack and env.get("H2OSTACK_STACK") != stack:
                 continue
             if proc.status() == psutil.STATUS_ZOMBIE:

@@ -106,3 +106,56 @@ def test_liveness_restarts_a_server_whose_health_hangs(h2o: H2O, write_stack, st
     assert row["ident"] != first["ident"]
     assert h2o("down", str(path), check=True).returncode == 0
     assert marked_processes(h2o.state_dir) == []
+
+
+def test_port_taken_between_plan_and_start_is_reported(h2o: H2O, write_stack, stack_name: str) -> None:
+    import socket
+
+    port = free_port()
+    path = write_stack(standin_stack(stack_name, [port]))
+    h2o.env["START_DELAY"] = "1.5"  # the server binds late, as one loading weights does
+    proc = h2o.popen("up", str(path))
+    from tests.conftest import wait_for
+
+    wait_for(lambda: marked_processes(h2o.state_dir), 20, "the server to be spawned")
+    with socket.socket() as thief:
+        thief.bind(("127.0.0.1", port))
+        thief.listen()
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1, out
+    assert "s0: exited while starting" in out and "Address already in use" in out
+    assert marked_processes(h2o.state_dir) == []
+
+
+def test_a_hanging_health_endpoint_is_bounded_by_its_timeout(h2o: H2O, write_stack, stack_name: str,
+                                                             tmp_path: Path) -> None:
+    hang = tmp_path / "hang"
+    hang.write_text("")
+    path = write_stack(standin_stack(stack_name, [free_port()], f", health: {{timeout: 3}}, "
+                                     f"env: {{STANDIN_HANG_FILE: '{hang}'}}"))
+    t0 = time.monotonic()
+    out = h2o("up", str(path), timeout=60)
+    took = time.monotonic() - t0
+    assert out.returncode == 1 and "not ready after 3 s (health: ReadTimeout)" in out.stderr
+    assert took < 15, took
+    assert marked_processes(h2o.state_dir) == []
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.2, 0.4, 0.7, 1.0, 1.5, 2.5])
+def test_up_killed_at_each_step_then_down_leaves_nothing(h2o: H2O, write_stack, stack_name: str,
+                                                         delay: float) -> None:
+    import os
+    import signal
+
+    path = write_stack(standin_stack(stack_name, [free_port(), free_port(), free_port()]))
+    h2o.env["START_DELAY"] = "1"
+    proc = h2o.popen("up", str(path))
+    time.sleep(delay)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    out = h2o("down", str(path), "--timeout", "5")
+    assert out.returncode == 0, out.stderr
+    assert marked_processes(h2o.state_dir) == []
+    # and the next up starts cleanly from whatever state was left
+    assert h2o("up", str(path)).returncode == 0
+    assert len(h2o.status(str(path))) == 3
