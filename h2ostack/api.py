@@ -7,6 +7,7 @@ Docker SDK) and imported only when a stack has such services.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -151,6 +152,25 @@ def exposure_warnings(stack: Stack) -> list[tuple[str, str]]:
     return out
 
 
+def _ports_outside(stack: Stack, only: Iterable[str]) -> frozenset[int]:
+    deps = {n: list(s.depends_on) for n, s in stack.services.items()}
+    deps.update({n: [*f.models, *f.depends_on] for n, f in stack.fronts.items()})
+    keep: set[str] = set()
+    todo = [n for n in only if n in deps]
+    while todo:
+        n = todo.pop()
+        if n not in keep:
+            keep.add(n)
+            todo += deps.get(n, [])
+    ports = {s.port for n, s in stack.services.items() if n not in keep and s.port}
+    ports |= {f.port for n, f in stack.fronts.items() if n not in keep and f.port}
+    return frozenset(p for p in ports if p is not None)
+
+
+def targets(plan: Plan, only: Iterable[str]) -> list[str]:
+    return _with_deps(plan, only)
+
+
 def _with_deps(plan: Plan, only: Iterable[str]) -> list[str]:
     deps = plan.deps()
     unknown = [n for n in only if n not in deps]
@@ -190,6 +210,8 @@ def up(path: str | Path, only: Iterable[str] = (), gpus: str | None = None, gpu_
         observed = ctx.observe()
         alive = {n: o for n, o in observed.items() if o.alive}
         facts = gather(stack, gpus, gpu_memory)
+        if only:  # ports of services this `up` leaves alone are no conflict
+            facts = dataclasses.replace(facts, busy_ports=facts.busy_ports - _ports_outside(stack, only))
         plan = make_plan(stack, facts, frozenset(o.port for o in alive.values() if o.port))
         ctx.plan = plan
         everything = plan.all()

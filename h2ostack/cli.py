@@ -8,6 +8,7 @@ that `h2ostack --help` stays fast.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,7 +30,10 @@ StackArg = Annotated[Path, typer.Argument(help="The stack file.", show_default=F
 def _console(stderr: bool = False) -> Any:
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    stream = sys.stderr if stderr else sys.stdout
+    # a pipe gets full rows, not a terminal's 80 columns
+    width = None if stream.isatty() else int(os.environ.get("COLUMNS", "200"))
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
 
 
 def _fail(message: str, code: int) -> typer.Exit:
@@ -118,7 +122,10 @@ def up(stack: StackArg,
                 con.print("  last log lines:\n" + "\n".join("  | " + ln for ln in tail.splitlines()), markup=False)
         raise typer.Exit(1) from None
     out = _console()
+    shown = set(services or ()) and set(api.targets(p, services or ()))
     for s in p.all().values():
+        if shown and s.name not in shown:
+            continue
         out.print(f"{s.name:<16} {s.url or '-'}" + (f"  (gateway {s.url}/v1)" if s.is_front and s.kind == "gradio"
                                                      else ""), markup=False)
     if attach:
