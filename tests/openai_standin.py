@@ -61,7 +61,11 @@ def main(argv: list[str]) -> None:
 
         def do_POST(self) -> None:
             length = int(self.headers.get("content-length", "0"))
-            self.rfile.read(length)
+            body = json.loads(self.rfile.read(length) or b"{}")
+            if isinstance(body.get("max_tokens"), int) and body["max_tokens"] < 1:  # vLLM's validation
+                self.send(400, {"error": {"message": "max_tokens must be at least 1", "type": "BadRequestError",
+                                          "code": 400}})
+                return
             time.sleep(latency)
             self.send(200, {"id": "x", "object": "text_completion", "model": model,
                             "choices": [{"index": 0, "text": "hi", "finish_reason": "length"}]})
