@@ -9,6 +9,19 @@ H2OSTACK_VLLM_PYTHON=$(bash scripts/vllm-env.sh | tail -n 1)
 export H2OSTACK_VLLM_PYTHON
 "$H2OSTACK_VLLM_PYTHON" -c 'import vllm' || { echo "the vLLM environment is broken" >&2; exit 1; }
 
+echo "== Docker engine (private, for the tests)"
+DOCKER_DIR=$(mktemp -d /tmp/h2ostack-docker.XXXXXX)
+trap 'bash scripts/docker-engine.sh stop "$DOCKER_DIR" || true' EXIT
+eval "$(bash scripts/docker-engine.sh start "$DOCKER_DIR" | tail -n 1 | sed 's/DOCKER_HOST/H2OSTACK_TEST_DOCKER_HOST/')"
+export H2OSTACK_TEST_DOCKER_HOST
+
+echo "== browser"
+bash scripts/browser.sh
+
+echo "== tiny model"
+H2OSTACK_TEST_TINY_MODEL=$(.venv/bin/python -m h2ostack.tinymodel "${H2OSTACK_CACHE:-$HOME/.cache/h2ostack}/tiny-model" | tail -n 1)
+export H2OSTACK_TEST_TINY_MODEL
+
 echo "== tests"
 set +e
 .venv/bin/python -m pytest -q -p no:cacheprovider -o console_output_style=classic --durations=15 tests "$@"
