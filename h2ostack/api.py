@@ -108,10 +108,10 @@ def ctx_for(target: str | Path) -> Ctx:
     """A stack file path, or the name of a stack known to the state dir."""
     p = Path(target)
     if p.is_file():
-        from h2ostack.loader import load
+        from h2ostack.loader import stack_name
 
-        stack = load(p)
-        return Ctx(stack.name, StackState(stack.name))
+        name = stack_name(p)
+        return Ctx(name, StackState(name))
     name = str(target)
     if name not in known_stacks() and not docker_configured():
         raise NotFound(f"no stack file or known stack named {name!r} (state dir: {state_root()})")

@@ -43,7 +43,7 @@ def _fail(message: str, code: int) -> typer.Exit:
 
 def _guard(fn: Any) -> Any:
     """Map the errors a user can cause to messages and exit codes, never a traceback."""
-    from h2ostack.errors import FactsError, NotFound, StackError, UpError
+    from h2ostack.errors import EngineUnavailable, FactsError, NotFound, StackError, UpError
 
     try:
         return fn()
@@ -53,6 +53,8 @@ def _guard(fn: Any) -> Any:
         raise _fail(f"error: {exc}", 2) from None
     except UpError:
         raise
+    except EngineUnavailable as exc:
+        raise _fail(f"error: {exc}", 1) from None
     except BlockingIOError:
         raise _fail("error: another h2ostack command is changing this stack", 1) from None
 
@@ -279,8 +281,12 @@ def _follow(sources: list[tuple[str, Any]], tail: int | None, follow: bool = Tru
     if not follow:
         return
     followers = [(n, r) for n, r in sources if n not in files and hasattr(r, "follow")]
+    def emit(line: str, name: str) -> None:
+        out.write((f"{name:<{width}} | " if prefix else "") + line)
+        out.flush()
+
     for name, runtime in followers:
-        runtime.follow(name, lambda line, n=name: out.write((f"{n:<{width}} | " if prefix else "") + line))
+        runtime.follow(name, lambda line, n=name: emit(line, n))
     while True:
         moved = False
         for name, fh in files.items():

@@ -49,3 +49,7 @@ class UpError(Exception):
     def __init__(self, failures: dict[str, str]):
         self.failures = failures
         super().__init__("; ".join(f"{k}: {v}" for k, v in failures.items()))
+
+
+class EngineUnavailable(RuntimeError):
+    """No Docker engine answers where DOCKER_HOST points."""

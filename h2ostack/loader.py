@@ -420,3 +420,21 @@ def load(path: str | Path, environ: Mapping[str, str] | None = None) -> Stack:
     if size > MAX_FILE_BYTES:
         raise StackError(str(path), [Problem((), f"the file is larger than {MAX_FILE_BYTES // 1000} kB; refusing it")])
     return load_text(p.read_text(), str(path), environ, p.resolve().parent)
+
+
+def stack_name(path: str | Path, environ: Mapping[str, str] | None = None) -> str:
+    """Just the stack's name, for commands that act on what runs (status, down, logs, kill): they
+    must work without the secrets and variables that only `up` needs."""
+    p = Path(path)
+    try:
+        raw = yaml.safe_load(p.read_text()) if p.stat().st_size <= MAX_FILE_BYTES else None
+    except (OSError, yaml.YAMLError):
+        raw = None
+    name = raw.get("name") if isinstance(raw, dict) else None
+    if not isinstance(name, str) or not name:
+        return load(p, environ).name  # the full load says what is wrong
+    problems: list[Problem] = []
+    expanded = _expand(name, ("name",), environ if environ is not None else os.environ, problems, SourceMap())
+    if problems or not NAME_RE.match(expanded):
+        return load(p, environ).name
+    return str(expanded)

@@ -376,6 +376,10 @@ class _Planner:
         if ctx.gpus:
             spec["device_requests"] = [{"Driver": "nvidia", "DeviceIDs": [str(g) for g in ctx.gpus],
                                         "Capabilities": [["gpu"]]}]
+        if svc.restart != "no":  # containers restart by Docker's own policy
+            spec["restart_policy"] = {"Name": svc.restart, "MaximumRetryCount": svc.max_restarts or 0}
+            if svc.restart == "always":
+                spec["restart_policy"] = {"Name": "always"}
         env.pop("CUDA_VISIBLE_DEVICES", None)  # the device request decides what the container sees
         return spec
 

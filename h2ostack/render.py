@@ -30,7 +30,7 @@ def _process_lines(sp: ServicePlan, log_dir: str) -> list[str]:
     cmd = shell_words(sp.command or ())
     env = " ".join(env_words)
     lines.append(f"( {cd}{env + ' ' if env else ''}exec {cmd} ) >{log_dir}/{sp.name}.log 2>&1 &")
-    lines.append(f"wait_ready {shlex.quote(sp.url or '')}{shlex.quote(sp.probes[0].path) if sp.probes else ''}")
+    lines.append(f"wait_ready {shlex.quote((sp.url or '') + (sp.probes[0].path if sp.probes else ''))}")
     return lines
 
 

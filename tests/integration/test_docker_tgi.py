@@ -1,0 +1,253 @@
+"""TGI in real containers on a real Docker engine (the server inside is TGI's API stand-in)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tarfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from tests.conftest import H2O, ROOT, free_port, marked_processes
+
+pytestmark = pytest.mark.integration
+IMAGE = "h2ostack/tgi-standin:test"
+
+
+@pytest.fixture(scope="session")
+def docker_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The engine the tests own: H2OSTACK_TEST_DOCKER_HOST (scripts/test.sh starts it), or one started here."""
+    given = os.environ.get("H2OSTACK_TEST_DOCKER_HOST")
+    started = None
+    if not given:
+        started = tmp_path_factory.mktemp("docker")
+        out = subprocess.run(["bash", str(ROOT / "scripts" / "docker-engine.sh"), "start", str(started)],
+                             capture_output=True, text=True, timeout=900)
+        assert out.returncode == 0, f"could not start a Docker engine:\n{out.stderr[-3000:]}"
+        given = out.stdout.strip().splitlines()[-1].split("=", 1)[1]
+    client = docker.DockerClient(base_url=given)
+    client.ping()
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        dockerfile = (b"FROM h2ostack/base:bookworm\nCOPY tgi_standin.py /tgi_standin.py\nENV PORT=80\n"
+                      b'ENTRYPOINT ["python3", "-u", "/tgi_standin.py"]\n')
+        for name, data in (("Dockerfile", dockerfile), ("tgi_standin.py", (ROOT / "tests" / "tgi_standin.py").read_bytes())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    context.seek(0)
+    client.images.build(fileobj=context, custom_context=True, tag=IMAGE, rm=True)
+    yield given
+    client.close()
+    if started is not None:
+        subprocess.run(["bash", str(ROOT / "scripts" / "docker-engine.sh"), "stop", str(started)], timeout=120)
+
+
+@pytest.fixture
+def dh2o(h2o: H2O, docker_host: str) -> H2O:
+    h2o.env["DOCKER_HOST"] = docker_host
+    return h2o
+
+
+def ours(docker_host: str, stack: str) -> list[docker.models.containers.Container]:
+    client = docker.DockerClient(base_url=docker_host)
+    return client.containers.list(all=True, filters={"label": f"io.h2ostack.stack={stack}"})
+
+
+def tgi_stack(name: str, port: int, extra_args: str = "", extra: str = "") -> str:
+    return f"""\
+version: 1
+name: {name}
+services:
+  falcon:
+    kind: tgi
+    image: {IMAGE}
+    model: h2oai/h2ogpt-gm-oasst1-en-2048-falcon-7b-v2
+    port: {port}
+    shm_size: 256m
+    env: {{HF_TOKEN: "${{PLANTED:-hf_dockersecret42}}", STANDIN_LOAD_DELAY: "1"}}
+    args: {{max_input_length: 512, max_total_tokens: 1024, max_stop_sequences: 6, trust_remote_code: true,
+            sharded: false{extra_args}}}
+    health: {{timeout: 120}}
+{extra}"""
+
+
+def info(port: int) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/info", timeout=5) as r:
+        return json.loads(r.read())
+
+
+def test_tgi_container_lifecycle(dh2o: H2O, docker_host: str, write_stack, stack_name: str) -> None:
+    port = free_port()
+    path = write_stack(tgi_stack(stack_name, port))
+    plan = json.loads(dh2o("plan", str(path), "--json", check=True).stdout)
+    spec = plan["services"][0]["container"]
+    assert spec["name"] == f"{stack_name}-falcon" and plan["services"][0]["env"]["HF_TOKEN"] == "***"
+
+    up = dh2o("up", str(path), timeout=300)
+    assert up.returncode == 0, up.stderr
+    [container] = ours(docker_host, stack_name)
+    assert container.name == f"{stack_name}-falcon"
+    labels = container.labels
+    assert labels["io.h2ostack.service"] == "falcon" and labels["io.h2ostack.config-hash"]
+    assert "hf_dockersecret42" not in json.dumps(labels) + " ".join(container.attrs["Config"]["Cmd"])
+    assert container.attrs["HostConfig"]["ShmSize"] == 256 * 2**20
+    assert container.attrs["HostConfig"]["PortBindings"]["80/tcp"] == [{"HostIp": "127.0.0.1",
+                                                                         "HostPort": str(port)}]
+    # the launcher flags seen inside the container are the plan's
+    assert info(port)["args"] == spec["command"]
+    assert info(port)["max_stop_sequences"] == 6
+
+    rows = dh2o.status(str(path))
+    assert rows["falcon"]["state"] == "running" and rows["falcon"]["health"] == "healthy"
+    assert rows["falcon"]["ident"] == container.short_id
+
+    check = dh2o("check", str(path), timeout=120)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "Hello from the stand" in check.stdout
+
+    logs = dh2o("logs", str(path), "falcon", "--tail", "50")
+    assert "stand-in launcher args: --model-id h2oai/h2ogpt-gm-oasst1-en-2048-falcon-7b-v2" in logs.stdout
+    for text in (up.stdout, up.stderr, logs.stdout, dh2o("render", str(path)).stdout):
+        assert "hf_dockersecret42" not in text
+
+    # unchanged: left alone; changed: recreated
+    assert "kept     falcon" in dh2o("up", str(path), check=True).stderr
+    assert ours(docker_host, stack_name)[0].id == container.id
+    path.write_text(tgi_stack(stack_name, port, ", max_batch_prefill_tokens: 512"))
+    again = dh2o("up", str(path), check=True, timeout=300)
+    assert "stopping falcon (config changed)" in again.stderr
+    [recreated] = ours(docker_host, stack_name)
+    assert recreated.id != container.id and "--max-batch-prefill-tokens" in info(port)["args"]
+
+    assert dh2o("down", str(path), check=True).returncode == 0
+    assert ours(docker_host, stack_name) == []
+
+
+def test_gpu_container_device_requests(dh2o: H2O, docker_host: str, write_stack, stack_name: str) -> None:
+    path = write_stack(tgi_stack(stack_name, free_port()).replace("    port:", "    gpus: [0, 3]\n    port:"))
+    os.environ["DOCKER_HOST"] = docker_host
+    try:
+        from h2ostack.api import load_plan
+        from h2ostack.runtimes.docker import DockerRuntime
+
+        _, _, plan = load_plan(path, gpus="0,1,2,3", check_ports=False)
+        runtime = DockerRuntime(stack_name)
+        container = runtime.create(plan.services["falcon"])  # created only: no NVIDIA runtime here
+        try:
+            requests = docker.DockerClient(base_url=docker_host).api.inspect_container(
+                container.id)["HostConfig"]["DeviceRequests"]
+            assert requests == [{"Driver": "nvidia", "Count": 0, "DeviceIDs": ["0", "3"],
+                                 "Capabilities": [["gpu"]], "Options": {}}]
+        finally:
+            container.remove(force=True)
+    finally:
+        del os.environ["DOCKER_HOST"]
+    # `up` on this machine fails clearly and leaves nothing behind
+    out = dh2o("up", str(path), env={"H2OSTACK_GPUS": "0,1,2,3"}, timeout=120)
+    assert out.returncode == 1 and "could not start container" in out.stderr
+    assert ours(docker_host, stack_name) == []
+
+
+def test_host_port_taken_is_refused_before_anything_starts(dh2o: H2O, docker_host: str, write_stack,
+                                                           stack_name: str) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        path = write_stack(tgi_stack(stack_name, holder.getsockname()[1]))
+        out = dh2o("up", str(path))
+    assert out.returncode == 2 and "is already in use on this machine" in out.stderr
+    assert ours(docker_host, stack_name) == []
+
+
+def test_container_crashing_at_start_is_reported_with_its_log(dh2o: H2O, docker_host: str, write_stack,
+                                                              stack_name: str) -> None:
+    path = write_stack(tgi_stack(stack_name, free_port(), ", crash_at_start: true"))
+    t0 = time.monotonic()
+    out = dh2o("up", str(path), timeout=120)
+    assert out.returncode == 1
+    assert "falcon: exited while starting (code 1)" in out.stderr
+    assert "CUDA out of memory (stand-in crash)" in out.stderr
+    assert time.monotonic() - t0 < 60
+    assert ours(docker_host, stack_name) == []
+
+
+def test_found_by_labels_with_the_state_dir_gone(dh2o: H2O, docker_host: str, write_stack,
+                                                 stack_name: str) -> None:
+    path = write_stack(tgi_stack(stack_name, free_port()))
+    dh2o("up", str(path), check=True, timeout=300)
+    shutil.rmtree(dh2o.state_dir)
+    rows = dh2o.status(stack_name)
+    assert rows["falcon"]["state"] == "running" and rows["falcon"]["mode"] == "container"
+    assert dh2o("kill", stack_name, check=True).returncode == 0
+    assert ours(docker_host, stack_name) == []
+
+
+def test_no_engine_is_a_clear_error(h2o: H2O, write_stack, stack_name: str, tmp_path: Path) -> None:
+    path = write_stack(tgi_stack(stack_name, free_port()))
+    out = h2o("up", str(path), env={"DOCKER_HOST": f"unix://{tmp_path}/none.sock"})
+    assert out.returncode == 1
+    assert f"no Docker engine answers at unix://{tmp_path}/none.sock" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_tgi_launcher_as_a_process(h2o: H2O, write_stack, stack_name: str) -> None:
+    port = free_port()
+    path = write_stack(f"""\
+name: {stack_name}
+services:
+  local_tgi:
+    kind: tgi
+    launcher: {ROOT / 'tests' / 'tgi-launcher'}
+    model: h2oai/h2ogpt-oasst1-512-12b
+    port: {port}
+    env: {{NCCL_SHM_DISABLE: "1"}}
+    args: {{sharded: false, max_stop_sequences: 6}}
+""")
+    assert h2o("up", str(path), timeout=120).returncode == 0
+    assert info(port)["args"] == ["--model-id", "h2oai/h2ogpt-oasst1-512-12b", "--sharded", "false",
+                                  "--max-stop-sequences", "6", "--hostname", "127.0.0.1", "--port", str(port)]
+    check = h2o("check", str(path))
+    assert check.returncode == 0, check.stdout
+    assert h2o("down", str(path), check=True).returncode == 0
+    assert marked_processes(h2o.state_dir) == []
+
+
+def test_external_tgi_with_auth_is_checked_never_started(h2o: H2O, write_stack, stack_name: str) -> None:
+    port = free_port()
+    # an existing server that h2ostack did not start
+    server = subprocess.Popen([str(ROOT / "tests" / "tgi-launcher"), "--model-id", "m/x", "--port", str(port),
+                               "--hostname", "127.0.0.1"], env={**os.environ, "STANDIN_AUTH": "alice s3cr3t-tok"},
+                              stdout=subprocess.DEVNULL)
+    try:
+        path = write_stack(f"""\
+name: {stack_name}
+services:
+  shared_tgi:
+    kind: tgi
+    url: http://127.0.0.1:{port}
+    auth: {{user: alice, token: "${{TGI_TOKEN}}"}}
+""")
+        up = h2o("up", str(path), env={"TGI_TOKEN": "s3cr3t-tok"}, timeout=60)
+        assert up.returncode == 0 and "ready    shared_tgi" in up.stderr and "starting" not in up.stderr
+        assert marked_processes(h2o.state_dir, stack_name) == []
+        row = h2o.status(str(path))["shared_tgi"]
+        assert row["state"] == "external" and row["health"] == "healthy"
+        assert h2o("check", str(path), env={"TGI_TOKEN": "s3cr3t-tok"}).returncode == 0
+        wrong = h2o("check", str(path), env={"TGI_TOKEN": "nope"})
+        assert wrong.returncode == 1 and "Unauthorized" in wrong.stdout
+        plan = h2o("plan", str(path), "--json", env={"TGI_TOKEN": "s3cr3t-tok"}).stdout
+        assert "s3cr3t-tok" not in up.stderr + up.stdout + plan
+        assert h2o("down", str(path), check=True).returncode == 0
+        assert server.poll() is None, "down must not touch a server h2ostack did not start"
+    finally:
+        server.terminate()
+        server.wait(10)
