@@ -355,6 +355,20 @@ def render(stack: StackArg,
     sys.stdout.write(FORMATS[fmt](p))
 
 
+@app.command()
+def doctor(stack: Annotated[Path | None, typer.Argument(help="The stack file, for its own checks.")] = None,
+           gpus: GpusOpt = None, gpu_memory: GpuMemOpt = None) -> None:
+    """Check the machine for the stack: Docker, NVIDIA runtime, GPUs, HF cache, tokens, environments, ports."""
+    from h2ostack import doctor as doc
+
+    checks = _guard(lambda: doc.run(str(stack) if stack else None, gpus, gpu_memory))
+    con = _console()
+    for c in checks:
+        con.print(f"{'ok  ' if c.ok else 'FAIL'}  {c.name:<28} {c.detail}" + (f"\n      -> {c.fix}" if c.fix and
+                                                                                 not c.ok else ""), markup=False)
+    raise typer.Exit(0 if all(c.ok for c in checks) else 1)
+
+
 def main() -> None:
     app()
 

@@ -251,3 +251,18 @@ services:
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_doctor(dh2o: H2O, docker_host: str, write_stack, stack_name: str, tiny_model: Path) -> None:
+    gpu_stack = write_stack(tgi_stack(stack_name, free_port()).replace("    port:", "    gpus: [0, 3]\n    port:"))
+    out = dh2o("doctor", str(gpu_stack), "--gpus", "0,1,2,3")
+    assert out.returncode == 1
+    assert f"ok    docker engine                {docker_host}: Docker" in out.stdout
+    assert "FAIL  nvidia container runtime     absent" in out.stdout and "nvidia-ctk runtime configure" in out.stdout
+    cpu_stack = write_stack(f"name: {stack_name}\nservices:\n  a: {{kind: transformers, model: {tiny_model}, "
+                            f"port: {free_port()}}}\n  b: {{kind: vllm, python: /nonexistent/python, model: m, "
+                            f"port: {free_port()}}}\n", "cpu.yaml")
+    out = dh2o("doctor", str(cpu_stack))
+    assert out.returncode == 1
+    assert "ok    python of a" in out.stdout and "imports transformers.cli.transformers" in out.stdout
+    assert "FAIL  python of b" in out.stdout and "pip install vllm" in out.stdout

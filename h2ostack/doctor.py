@@ -1,0 +1,147 @@
+"""`h2ostack doctor`: what the guide's install section makes people check by hand, one line each.
+
+Docker engine (and which), NVIDIA container runtime, GPUs and their free memory, the Hugging
+Face cache, tokens for gated models, each `python:` environment able to import its server, and
+free ports. Every failed check says what to do.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# hub organisations whose models need an accepted licence and a token
+GATED_ORGS = ("meta-llama/", "mistralai/", "google/gemma", "tiiuae/falcon-180b", "bigcode/starcoder")
+SERVER_MODULE = {"vllm": "vllm.entrypoints.openai.api_server", "transformers": "transformers.cli.transformers",
+                 "h2ogpt": "gradio"}
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def check_docker(needed: bool) -> list[Check]:
+    from h2ostack.errors import EngineUnavailable
+    from h2ostack.runtimes.docker import engine
+
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    try:
+        client = engine()
+    except EngineUnavailable as exc:
+        return [Check("docker engine", not needed, str(exc) if needed else f"none at {host} (no container here)",
+                      "install docker and start it, or set DOCKER_HOST" if needed else "")]
+    info: dict[str, Any] = client.info()
+    out = [Check("docker engine", True, f"{host}: Docker {info.get('ServerVersion', '?')}")]
+    runtimes = info.get("Runtimes") or {}
+    has_nvidia = "nvidia" in runtimes or any("nvidia" in str(v) for v in runtimes.values())
+    out.append(Check("nvidia container runtime", has_nvidia or not needed,
+                     "present" if has_nvidia else f"absent (runtimes: {', '.join(runtimes) or 'none'})",
+                     "" if has_nvidia else "install nvidia-container-toolkit and run "
+                                           "`nvidia-ctk runtime configure --runtime=docker`"))
+    return out
+
+
+def check_gpus(gpus: str | None, gpu_memory: float | None) -> Check:
+    from h2ostack.facts import machine_gpus
+
+    found, source = machine_gpus(gpus, gpu_memory)
+    if not found:
+        return Check("gpus", True, "none found (NVML absent or no driver): CPU services only",
+                     "state them with --gpus 0,1 to plan for another machine")
+    parts = [f"{g.index}: {g.name or 'GPU'} {g.free_gib:.1f}/{g.total_gib:.1f} GiB free" if g.total_gib
+             else f"{g.index}" for g in found]
+    return Check("gpus", True, f"{source}: " + "; ".join(parts))
+
+
+def check_hf_cache(stack: Any) -> Check:
+    home = stack.defaults.hf_home if stack is not None and stack.defaults.hf_home else (
+        os.environ.get("HF_HOME") or "~/.cache/huggingface")
+    path = Path(os.path.expanduser(home))
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path):
+            pass
+        free = shutil.disk_usage(path).free / 2**30
+        return Check("hugging face cache", True, f"{path} writable, {free:.0f} GiB free")
+    except OSError as exc:
+        return Check("hugging face cache", False, f"{path}: {exc.strerror}",
+                     "make it writable, or set defaults.hf_home / HF_HOME to a folder that is")
+
+
+def check_tokens(stack: Any) -> list[Check]:
+    from h2ostack.spec import reveal
+
+    out = []
+    for name, svc in stack.services.items():
+        model = svc.model or ""
+        if not svc.starts_something or not model.startswith(GATED_ORGS):
+            continue
+        has = any(k in svc.env and reveal(svc.env[k]) for k in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")) or bool(
+            os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN"))
+        out.append(Check(f"token for {name}", has, f"{model} is gated: " + ("a token is set" if has else "no token"),
+                         "" if has else f"accept the licence of {model} on the hub, then set HF_TOKEN "
+                                        "(env: {HF_TOKEN: \"${HF_TOKEN}\"} on the service)"))
+    return out
+
+
+def check_environments(plan: Any, stack: Any) -> list[Check]:
+    out = []
+    for name, sp in plan.services.items():
+        if sp.mode != "process" or not sp.command:
+            continue
+        svc = stack.services[name]
+        if sp.kind == "tgi":
+            exe = sp.command[0]
+            ok = bool(shutil.which(exe)) or os.access(exe, os.X_OK)
+            out.append(Check(f"launcher of {name}", ok, exe, "" if ok else "install TGI locally or use `image:`"))
+            continue
+        python, module = sp.command[0], SERVER_MODULE.get(sp.kind, "")
+        try:
+            res = subprocess.run([python, "-c", f"import importlib.util as u, sys; "
+                                                f"sys.exit(0 if u.find_spec({module!r}) else 3)"],
+                                 capture_output=True, text=True, timeout=60)
+            ok, why = res.returncode == 0, "" if res.returncode == 0 else (res.stderr.strip().splitlines() or
+                                                                           [f"no module {module}"])[-1]
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            ok, why = False, str(exc)
+        where = getattr(svc, "python", None) or python
+        out.append(Check(f"python of {name}", ok, f"{where} imports {module}" if ok else f"{where}: {why}",
+                         "" if ok else "install the server there (vLLM: `pip install vllm`; transformers: "
+                                       "`pip install 'transformers[serving]' torch`), or set `python:`"))
+    return out
+
+
+def check_ports(plan: Any) -> list[Check]:
+    from h2ostack.facts import port_free
+
+    out = []
+    for sp in plan.all().values():
+        if sp.started and sp.port:
+            free = port_free(sp.port, plan.bind if plan.bind not in ("0.0.0.0", "::") else "127.0.0.1")
+            out.append(Check(f"port {sp.port} ({sp.name})", free, "free" if free else "in use",
+                             "" if free else "stop what holds it (or h2ostack down), or pick another port"))
+    return out
+
+
+def run(stack_file: str | None, gpus: str | None = None, gpu_memory: float | None = None) -> list[Check]:
+    stack = plan = None
+    if stack_file:
+        from h2ostack.api import load_plan
+
+        stack, _, plan = load_plan(stack_file, gpus, gpu_memory, check_ports=False)
+    needs_docker = plan is None or any(sp.mode == "container" for sp in plan.services.values())
+    checks = check_docker(needs_docker)
+    checks.append(check_gpus(gpus, gpu_memory))
+    checks.append(check_hf_cache(stack))
+    if stack is not None and plan is not None:
+        checks += check_tokens(stack) + check_environments(plan, stack) + check_ports(plan)
+    return checks
