@@ -250,7 +250,7 @@ def up(path: str | Path, only: Iterable[str] = (), gpus: str | None = None, gpu_
             if not sp.started:
                 emit(Event(name, "wait", f"checking {sp.url}"))
                 try:
-                    took = health.wait_ready(sp.url or "", sp.probes, min(sp.health_timeout, 30.0),
+                    took = health.wait_ready(sp.url or "", sp.probes, min(sp.health_timeout, 5.0),
                                              sp.health_interval, lambda: None, request, headers, cancel=cancel)
                     emit(Event(name, "ready", sp.url or "", took))
                 except health.NotReady as exc:

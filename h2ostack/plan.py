@@ -406,7 +406,7 @@ class _Planner:
             command = [python, "-m", "h2ostack.front", stack_file, "--front", name,
                        "--host", bind, "--port", str(port)]
             workdir = self.stack.base_dir
-            probes = [Probe("front", "GET", "/v1/models", timeout=5.0)]
+            probes = [Probe("front", "GET", "/healthz", timeout=5.0)]
         plan = ServicePlan(name=name, kind=front.kind, mode="process", api="gradio", port=port,
                            url=url_for(bind, port), depends_on=deps, env=env, command=tuple(command),
                            workdir=workdir, probes=tuple(probes), health_timeout=front.health.timeout or 120.0,

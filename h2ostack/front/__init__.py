@@ -1,0 +1,1 @@
+"""The chat fronts: the built-in Gradio compare grid, its clients and prompt types."""

@@ -1,0 +1,360 @@
+"""The built-in front: a Gradio grid of chatbots over every model of the front, with the
+OpenAI-compatible gateway on the same port under `/v1`.
+
+One question goes to every visible model at once and the answers stream into their panes
+concurrently (one event drives all backends, each in its own thread, and yields all panes
+together; the queue has no concurrency cap, so several users stream at once). Models can be
+shown or hidden (kept in the page URL as `?models=a,b`), each pane has its own history and its
+own max_new_tokens and temperature, and its header shows the backend kind, health, revision and
+the last answer's time to first token and tokens/s. Models can be added from a server string.
+Conversations export as JSONL. `/system_info_dict` and `/submit_nochat_api` are Gradio APIs, so
+one front can serve as the h2oGPT-style server of another.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import platform
+import queue
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from h2ostack import __version__
+from h2ostack.front.clients import Backend, backend_for, probe, stream_answer
+from h2ostack.front.prompts import PROMPT_TYPES
+
+EXTRA_SLOTS = 4
+YIELD_EVERY = 0.02  # seconds: coalesce token updates so the page never falls behind
+
+
+def backends_from_plan(plan: Any, stack: Any, models: list[str]) -> list[Backend]:
+    from h2ostack.api import auth_headers
+
+    out = []
+    for name in models:
+        sp = plan.services[name]
+        svc = stack.services[name]
+        chat = not (sp.kind == "vllm" and svc.prompt_type)  # vLLM with a prompt type: completions
+        out.append(Backend(name, sp.kind, sp.api, sp.url or "", sp.served_model or name, auth_headers(sp, stack),
+                           svc.prompt_type, svc.prompt_dict, chat=chat))
+    return out
+
+
+def probe_all(backends: list[Backend]) -> None:
+    """Every endpoint at once, bounded by REQUEST_TIMEOUT for all of them together."""
+    budget = float(os.environ.get("REQUEST_TIMEOUT", "60"))
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(backends)))
+    futures = {pool.submit(probe, b, budget): b for b in backends}
+    done, pending = concurrent.futures.wait(futures, timeout=budget)
+    for fut in done:
+        ok, detail = fut.result()
+        futures[fut].health = "healthy" if ok else detail
+    for fut in pending:
+        futures[fut].health = "unavailable (no answer within REQUEST_TIMEOUT)"
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+def header(b: Backend | None, stats: dict[str, Any] | None = None) -> str:
+    if b is None:
+        return ""
+    health = b.health if b.health == "healthy" else f"**{b.health}**"
+    parts = [f"### {b.name}", f"{b.kind} · {health}"]
+    if b.revision:
+        parts.append(f"rev {b.revision}")
+    if stats and stats.get("ttft") is not None:
+        tps = f" · {stats['tps']:.1f} tok/s" if stats.get("tps") else ""
+        parts.append(f"ttft {stats['ttft'] * 1000:.0f} ms{tps}")
+    return parts[0] + "\n" + " · ".join(parts[1:])
+
+
+def git_hash() -> str:
+    try:
+        return subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def system_info(backends: list[Backend]) -> dict[str, Any]:
+    from h2ostack.facts import nvml_gpus
+
+    return {
+        "h2ostack_version": __version__, "hash": git_hash(), "base_model": backends[0].model if backends else "",
+        "models": [{"name": b.name, "kind": b.kind, "model": b.model, "prompt_type": b.effective_prompt_type,
+                    "health": b.health} for b in backends],
+        "endpoints": {b.name: b.url for b in backends},
+        "gpus": [{"index": g.index, "name": g.name, "total_gib": g.total_gib, "free_gib": g.free_gib}
+                 for g in nvml_gpus()],
+        "cpu": {"count": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()},
+    }
+
+
+def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str | None,
+                 title: str = "h2ostack") -> gr.Blocks:
+    n_fixed = len(backends)
+    n = n_fixed + EXTRA_SLOTS
+    columns = columns or min(max(n_fixed, 1), 3)
+    names = [b.name for b in backends]
+
+    with gr.Blocks(title=title, fill_width=True) as demo:
+        slots = gr.State([asdict(b) for b in backends] + [None] * EXTRA_SLOTS)
+        log = gr.State([])
+        gr.Markdown(f"## {title}: {', '.join(names) or 'no models yet'}")
+        shown = gr.CheckboxGroup(names, value=names, label="Models shown", elem_id="h2o-shown")
+        panes: list[gr.Column] = []
+        heads: list[gr.Markdown] = []
+        bots: list[gr.Chatbot] = []
+        tokens: list[gr.Slider] = []
+        temps: list[gr.Slider] = []
+        for row_start in range(0, n, columns):
+            with gr.Row(equal_height=False):
+                for i in range(row_start, min(row_start + columns, n)):
+                    b = backends[i] if i < n_fixed else None
+                    with gr.Column(visible=b is not None, min_width=240, elem_id=f"h2o-pane-{i}") as col:
+                        heads.append(gr.Markdown(header(b), elem_id=f"h2o-head-{i}"))
+                        bots.append(gr.Chatbot(height=380, label=b.name if b else f"slot {i}",
+                                               elem_id=f"h2o-bot-{i}"))
+                        with gr.Accordion("settings", open=False):
+                            tokens.append(gr.Slider(1, 4096, value=256, step=1, label="max_new_tokens"))
+                            temps.append(gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="temperature"))
+                    panes.append(col)
+        with gr.Row():
+            box = gr.Textbox(placeholder="Ask every model at once", show_label=False, scale=6, elem_id="h2o-input")
+            send = gr.Button("Submit", variant="primary", scale=1, elem_id="h2o-submit")
+            stop = gr.Button("Stop", scale=1, elem_id="h2o-stop")
+            regen = gr.Button("Regenerate", scale=1)
+            clear = gr.Button("Clear", scale=1)
+        with gr.Accordion("Add a model", open=False):
+            with gr.Row():
+                add_name = gr.Textbox(label="name", scale=1)
+                add_server = gr.Textbox(label="server (http://host:port, vllm:host:port, vllm_chat:host:port, "
+                                              "openai_chat, URL    USER    TOKEN)", scale=3)
+                add_prompt = gr.Dropdown(["", *PROMPT_TYPES], value="", label="prompt type", scale=1)
+                add_btn = gr.Button("Add", scale=1)
+            add_status = gr.Markdown()
+        with gr.Row():
+            export_btn = gr.Button("Export conversations (JSONL)")
+            export_file = gr.File(label="export", interactive=False)
+
+        # -- chat ----------------------------------------------------------------------------
+        def active(slot_list: list[Any], visible: list[str]) -> list[int]:
+            return [i for i, s in enumerate(slot_list) if s is not None and (i >= n_fixed or s["name"] in visible)]
+
+        def submit(message: str, visible: list[str], slot_list: list[Any], records: list[Any], *rest: Any
+                   ) -> Iterator[list[Any]]:
+            hists = [list(h or []) for h in rest[:n]]
+            max_toks, temperatures = rest[n:2 * n], rest[2 * n:3 * n]
+            heads_out: list[Any] = [gr.update() for _ in range(n)]
+            if not message or not message.strip():
+                yield ["", *hists, *heads_out, records]
+                return
+            idx = active(slot_list, visible)
+            events: queue.Queue[tuple[int, str, Any]] = queue.Queue()
+            stopping = threading.Event()
+            stats: dict[int, dict[str, Any]] = {}
+
+            def work(i: int) -> None:
+                b = Backend(**slot_list[i])
+                turns = [(hists[i][k]["content"], hists[i][k + 1]["content"])
+                         for k in range(0, len(hists[i]) - 2, 2)]
+                t0 = time.perf_counter()
+                first = None
+                count = 0
+                try:
+                    for piece in stream_answer(b, turns, message, int(max_toks[i]), float(temperatures[i])):
+                        if stopping.is_set():
+                            break
+                        if first is None:
+                            first = time.perf_counter() - t0
+                        count += 1
+                        events.put((i, "piece", piece))
+                    total = time.perf_counter() - t0
+                    tps = (count - 1) / (total - first) if first is not None and count > 1 and total > first else None
+                    events.put((i, "done", {"ttft": first, "tps": tps, "tokens": count, "seconds": total}))
+                except Exception as exc:  # a backend down or dying mid-answer: its pane says so
+                    events.put((i, "error", f"{type(exc).__name__}: {exc}"))
+
+            for i in idx:
+                hists[i] = [*hists[i], {"role": "user", "content": message}, {"role": "assistant", "content": ""}]
+            threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in idx]
+            for t in threads:
+                t.start()
+            yield ["", *hists, *heads_out, records]
+            pending = set(idx)
+            last = 0.0
+            try:
+                while pending:
+                    try:
+                        i, kind, value = events.get(timeout=0.5)
+                    except queue.Empty:
+                        continue
+                    if kind == "piece":
+                        hists[i][-1] = {"role": "assistant", "content": hists[i][-1]["content"] + value}
+                    elif kind == "error":
+                        text = hists[i][-1]["content"]
+                        hists[i][-1] = {"role": "assistant", "content": (text + "\n\n" if text else "")
+                                        + f"⚠ error: {value}"}
+                        pending.discard(i)
+                    else:
+                        stats[i] = value
+                        b = Backend(**slot_list[i])
+                        heads_out[i] = header(b, value)
+                        pending.discard(i)
+                    now = time.perf_counter()
+                    if now - last >= YIELD_EVERY or not pending:
+                        last = now
+                        yield ["", *hists, *heads_out, records]
+            finally:
+                stopping.set()
+            at = time.time()
+            new = [{"time": at, "model": slot_list[i]["name"], "backend": slot_list[i]["kind"], "prompt": message,
+                    "answer": hists[i][-1]["content"], "max_new_tokens": int(max_toks[i]),
+                    "temperature": float(temperatures[i]), **stats.get(i, {})} for i in idx]
+            yield ["", *hists, *heads_out, records + new]
+
+        chat_inputs = [box, shown, slots, log, *bots, *tokens, *temps]
+        chat_outputs = [box, *bots, *heads, log]
+        ev1 = send.click(submit, chat_inputs, chat_outputs, concurrency_limit=None)
+        ev2 = box.submit(submit, chat_inputs, chat_outputs, concurrency_limit=None)
+        stop.click(None, None, None, cancels=[ev1, ev2])
+
+        def pop_last(*hists: Any) -> list[Any]:
+            last = ""
+            out = []
+            for h in hists:
+                h = list(h or [])
+                if len(h) >= 2 and h[-1]["role"] == "assistant":
+                    last = h[-2]["content"]
+                    h = h[:-2]
+                out.append(h)
+            return [last, *out]
+
+        regen.click(pop_last, bots, [box, *bots]).then(submit, chat_inputs, chat_outputs, concurrency_limit=None)
+        clear.click(lambda: [[] for _ in range(n)], None, bots)
+
+        # -- show / hide, kept in the URL -------------------------------------------------------
+        def visibility(visible: list[str], slot_list: list[Any]) -> list[Any]:
+            return [gr.update(visible=s is not None and (i >= n_fixed or s["name"] in visible))
+                    for i, s in enumerate(slot_list)]
+
+        shown.change(visibility, [shown, slots], panes, js=None).then(
+            None, [shown], None,
+            js="(v) => { const u = new URL(window.location); u.searchParams.set('models', v.join(','));"
+               " window.history.replaceState(null, '', u); }")
+
+        def on_load(request: gr.Request, slot_list: list[Any]) -> list[Any]:
+            wanted = request.query_params.get("models") if request else None
+            visible = [x for x in wanted.split(",") if x in names] if wanted else names
+            fresh = [header(b) for b in backends] + [gr.update()] * EXTRA_SLOTS
+            for i, b in enumerate(backends):
+                slot_list[i] = {**slot_list[i], "health": b.health, "revision": b.revision}
+            return [visible, *visibility(visible, slot_list), *fresh, slot_list]
+
+        demo.load(on_load, [slots], [shown, *panes, *heads, slots])
+
+        # -- add a model ------------------------------------------------------------------------
+        def add(name: str, server: str, prompt_type: str, slot_list: list[Any]) -> list[Any]:
+            no_change = [gr.update() for _ in range(n)]
+            name = (name or "").strip()
+            if not name:
+                return ["give the model a name", slot_list, *no_change, *no_change]
+            if any(s and s["name"] == name for s in slot_list):
+                return [f"there is already a model named {name!r}", slot_list, *no_change, *no_change]
+            free = [i for i in range(n_fixed, n) if slot_list[i] is None]
+            if not free:
+                return [f"all {EXTRA_SLOTS} extra panes are in use", slot_list, *no_change, *no_change]
+            try:
+                b = backend_for(name, server, prompt_type or None, timeout=float(os.environ.get("REQUEST_TIMEOUT_FAST",
+                                                                                                 "10")))
+            except ValueError as exc:
+                return [f"⚠ {exc}", slot_list, *no_change, *no_change]
+            ok, detail = probe(b, float(os.environ.get("REQUEST_TIMEOUT_FAST", "10")))
+            b.health = "healthy" if ok else detail
+            slot_list = list(slot_list)
+            slot_list[free[0]] = asdict(b)
+            heads_up = list(no_change)
+            heads_up[free[0]] = header(b)
+            panes_up = list(no_change)
+            panes_up[free[0]] = gr.update(visible=True)
+            return [f"added {name} ({b.kind}, {b.health})", slot_list, *heads_up, *panes_up]
+
+        add_btn.click(add, [add_name, add_server, add_prompt, slots], [add_status, slots, *heads, *panes])
+
+        # -- export ---------------------------------------------------------------------------
+        def export(records: list[Any]) -> str:
+            fd, path = tempfile.mkstemp(prefix="h2ostack-chat-", suffix=".jsonl")
+            with os.fdopen(fd, "w") as fh:
+                for r in records:
+                    fh.write(json.dumps(r) + "\n")
+            return path
+
+        export_btn.click(export, [log], [export_file])
+
+        # -- APIs -----------------------------------------------------------------------------
+        def system_info_dict(admin_password: str) -> str:
+            if admin_pass is None or admin_password != admin_pass:
+                return json.dumps({})
+            return json.dumps(system_info(backends))
+
+        def submit_nochat_api(text: str) -> str:
+            import ast
+
+            try:
+                args = ast.literal_eval(text) if text.strip().startswith("{") else {"instruction": text}
+            except (ValueError, SyntaxError):
+                args = {"instruction": text}
+            if not backends:
+                return str({"response": "", "error": "this front has no models"})
+            b = backends[0]  # like h2oGPT's nochat API: the first model answers
+            try:
+                answer = "".join(stream_answer(b, [], str(args.get("instruction", "")),
+                                               int(args.get("max_new_tokens", 256)),
+                                               float(args.get("temperature", 0.0))))
+                return str({"response": answer, "sources": [], "model": b.name})
+            except Exception as exc:
+                return str({"response": "", "error": f"{type(exc).__name__}: {exc}"})
+
+        gr.api(system_info_dict, api_name="system_info_dict")
+        gr.api(submit_nochat_api, api_name="submit_nochat_api")
+
+    demo.queue(default_concurrency_limit=None)
+    return demo
+
+
+def build_app(stack_file: str, front: str) -> Any:
+    """The front's whole app: health, the gateway under /v1, and the Gradio page at /."""
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    from h2ostack.api import load_plan
+    from h2ostack.front.prompts import gateway_prompt
+    from h2ostack.gateway import Gateway, routes_from_plan
+    from h2ostack.spec import reveal
+
+    stack, _, plan = load_plan(stack_file, check_ports=False)
+    spec = stack.fronts[front]
+    backends = backends_from_plan(plan, stack, spec.models)
+    threading.Thread(target=probe_all, args=(backends,), daemon=True).start()
+    gateway = Gateway(routes_from_plan(plan, stack, spec.models), [reveal(k) or "" for k in spec.api_keys],
+                      gateway_prompt)
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.get("/healthz")
+    def healthz() -> JSONResponse:
+        return JSONResponse({"ok": True, "models": [b.name for b in backends]})
+
+    app.router.routes[:0] = gateway.routes_v1()
+    auth = (spec.auth.user, reveal(spec.auth.password) or "") if spec.auth else None
+    blocks = build_blocks(backends, spec.columns, reveal(spec.admin_pass) if spec.admin_pass else None,
+                          title=f"h2ostack · {stack.name}")
+    return gr.mount_gradio_app(app, blocks, path="/", auth=auth)

@@ -1,0 +1,188 @@
+"""One client per backend kind, on maintained libraries, each streaming an answer's pieces.
+
+TGI native through huggingface_hub's InferenceClient (prompt from the prompt type, its stop
+sequences, trailing partial stops trimmed); OpenAI-compatible chat through the `openai` client
+(the server's chat template); vLLM completions with a prompt type (`vllm:` form); h2oGPT Gradio
+servers through gradio_client (`/submit_nochat_api`). Connection and first byte are bounded by
+REQUEST_TIMEOUT_FAST (default 10 s).
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from h2ostack.front.prompts import (
+    build_prompt,
+    infer_prompt_type,
+    prompt_dict_for,
+    stops_for,
+    trim_partial_stop,
+)
+
+
+def fast_timeout() -> float:
+    return float(os.environ.get("REQUEST_TIMEOUT_FAST", "10"))
+
+
+@dataclass
+class Backend:
+    name: str
+    kind: str  # tgi | vllm | transformers | openai | h2ogpt
+    api: str  # openai | tgi | h2ogpt
+    url: str
+    model: str
+    headers: dict[str, str] = field(default_factory=dict)
+    prompt_type: str | None = None
+    prompt_dict: dict[str, Any] | None = None
+    chat: bool = True  # openai api: chat (server template) or completions (prompt type)
+    health: str = "unknown"
+    revision: str | None = None
+
+    @property
+    def effective_prompt_type(self) -> str:
+        return self.prompt_type or infer_prompt_type(self.model) or "plain"
+
+    @property
+    def openai_base(self) -> str:
+        base = self.url.rstrip("/")
+        return base if self.kind == "openai" or base.endswith("/v1") else base + "/v1"
+
+
+def _openai(b: Backend, read_timeout: float) -> Any:
+    import httpx
+    from openai import OpenAI
+
+    key = b.headers.get("authorization", "Bearer none").split(" ", 1)[-1]
+    return OpenAI(base_url=b.openai_base, api_key=key, max_retries=0,
+                  timeout=httpx.Timeout(read_timeout, connect=fast_timeout()))
+
+
+def stream_answer(b: Backend, history: Sequence[tuple[str, str]], message: str, max_new_tokens: int,
+                  temperature: float, read_timeout: float = 600.0) -> Iterator[str]:
+    """Yield the answer's pieces as they arrive."""
+    if b.api == "openai" and b.chat:
+        messages: list[dict[str, str]] = []
+        for user, bot in history:
+            messages += [{"role": "user", "content": user}, {"role": "assistant", "content": bot}]
+        messages.append({"role": "user", "content": message})
+        stream = _openai(b, read_timeout).chat.completions.create(
+            model=b.model, messages=messages, max_tokens=max_new_tokens, temperature=temperature, stream=True)
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                yield chunk.choices[0].delta.content
+        return
+    if b.api == "openai":
+        prompt, stops = build_prompt(history, message, b.effective_prompt_type, b.prompt_dict)
+        stream = _openai(b, read_timeout).completions.create(
+            model=b.model, prompt=prompt, max_tokens=max_new_tokens, temperature=temperature,
+            stop=stops[:4] or None, stream=True)
+        yield from _trimmed((c.choices[0].text for c in stream if c.choices), stops)
+        return
+    if b.api == "tgi":
+        from huggingface_hub import InferenceClient
+
+        prompt, stops = build_prompt(history, message, b.effective_prompt_type, b.prompt_dict)
+        client = InferenceClient(base_url=b.url, headers=b.headers or None, timeout=read_timeout)
+        kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "stream": True, "details": True,
+                                  "stop": stops or None}
+        if temperature > 0:
+            kwargs.update(temperature=temperature, do_sample=True)
+        tokens = (ev.token.text for ev in client.text_generation(prompt, **kwargs) if not ev.token.special)
+        yield from _trimmed(tokens, stops)
+        return
+    yield _h2ogpt_answer(b, message, max_new_tokens, temperature)
+
+
+def _trimmed(pieces: Iterator[str], stops: Sequence[str]) -> Iterator[str]:
+    """Pass pieces through, holding back any tail that could be the start of a stop string."""
+    if not stops:
+        yield from pieces
+        return
+    text, sent = "", 0
+    hold = max(len(s) for s in stops)
+    for piece in pieces:
+        text += piece
+        cut = trim_partial_stop(text, stops) if any(s in text for s in stops) else None
+        if cut is not None:
+            if len(cut) > sent:
+                yield cut[sent:]
+            return
+        safe = len(text) - hold
+        if safe > sent:
+            yield text[sent:safe]
+            sent = safe
+    final = trim_partial_stop(text, stops)
+    if len(final) > sent:
+        yield final[sent:]
+
+
+def _h2ogpt_answer(b: Backend, message: str, max_new_tokens: int, temperature: float) -> str:
+    from gradio_client import Client
+
+    client = Client(b.url, verbose=False, headers=b.headers or None)
+    try:
+        out = client.predict(str({"instruction": message, "max_new_tokens": max_new_tokens,
+                                  "temperature": temperature}), api_name="/submit_nochat_api")
+    finally:
+        close = getattr(client, "close", None)
+        if close:
+            close()
+    parsed = ast.literal_eval(out) if isinstance(out, str) else out
+    return str(parsed.get("response", "")) if isinstance(parsed, dict) else str(parsed)
+
+
+def probe(b: Backend, timeout: float) -> tuple[bool, str]:
+    """Is the endpoint there? (and its model revision, where the server tells it)"""
+    import httpx
+
+    try:
+        with httpx.Client(timeout=timeout, headers=b.headers, trust_env=False) as c:
+            if b.api == "tgi":
+                r = c.get(b.url.rstrip("/") + "/info")
+                if r.status_code == 200:
+                    b.revision = (r.json().get("model_sha") or "")[:12] or None
+                    return True, "healthy"
+                return False, f"HTTP {r.status_code}"
+            if b.api == "openai" and b.kind != "openai":
+                # a server h2ostack knows: /health (transformers serve's /v1/models lists the hub cache)
+                r = c.get(b.url.rstrip("/") + "/health")
+                return (r.status_code == 200, "healthy" if r.status_code == 200 else f"HTTP {r.status_code}")
+            if b.api == "openai":
+                r = c.get(b.openai_base + "/models")
+                return (r.status_code == 200, "healthy" if r.status_code == 200 else f"HTTP {r.status_code}")
+            r = c.get(b.url.rstrip("/") + "/config")
+            return (r.status_code == 200, "healthy" if r.status_code == 200 else f"HTTP {r.status_code}")
+    except httpx.HTTPError as exc:
+        return False, f"unavailable ({type(exc).__name__})"
+
+
+def backend_for(name: str, text: str, prompt_type: str | None = None, api_key: str | None = None,
+                timeout: float = 10.0) -> Backend:
+    """A pane added from a server string: which kind it is, decided by its form and a probe."""
+    from h2ostack.front.servers import parse_server
+
+    srv = parse_server(text)
+    if srv.form in ("openai_chat", "openai"):
+        key = api_key or os.environ.get("OPENAI_API_KEY", "")
+        return Backend(name, "openai", "openai", srv.url, name, {"authorization": f"Bearer {key}"}, prompt_type)
+    if srv.form in ("vllm", "vllm_chat"):
+        return Backend(name, "vllm", "openai", srv.url, name, srv.headers, prompt_type, chat=srv.form == "vllm_chat")
+    tgi = Backend(name, "tgi", "tgi", srv.url, name, srv.headers, prompt_type)
+    ok, _ = probe(tgi, timeout)
+    if ok:
+        return tgi
+    return Backend(name, "h2ogpt", "h2ogpt", srv.url, name, srv.headers, prompt_type)
+
+
+def timed(pieces: Iterator[str]) -> Iterator[tuple[str, float]]:
+    t0 = time.perf_counter()
+    for p in pieces:
+        yield p, time.perf_counter() - t0
+
+
+__all__ = ["Backend", "backend_for", "probe", "prompt_dict_for", "stops_for", "stream_answer", "timed"]
