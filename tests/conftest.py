@@ -133,3 +133,67 @@ def wait_for(pred: Callable[[], object], timeout: float, what: str) -> object:
             return got
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class FrontStack:
+    """A stack with one server of each kind behind a front, and a second front that uses the
+    first as its h2oGPT-style server: started once for the front, gateway and browser tests."""
+
+    def __init__(self, runner: H2O, path: Path, outer: Path, ports: dict[str, int]):
+        self.h2o, self.path, self.outer, self.ports = runner, path, outer, ports
+
+    @property
+    def front_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['chat']}"
+
+
+@pytest.fixture(scope="session")
+def front_stack(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, vllm_python: str
+                ) -> Iterator[FrontStack]:
+    base = tmp_path_factory.mktemp("front")
+    runner = H2O(base / "state", base)
+    ports = {k: free_port() for k in ("tiny", "tgi", "vllm", "down", "chat", "outer")}
+    path = base / "front.yaml"
+    path.write_text(f"""\
+version: 1
+name: frontstack
+services:
+  tiny: {{kind: transformers, model: {tiny_model}, port: {ports['tiny']}}}
+  tgi:
+    kind: tgi
+    launcher: {ROOT / 'tests' / 'tgi-launcher'}
+    model: h2oai/h2ogpt-oasst1-512-12b
+    port: {ports['tgi']}
+    env: {{STANDIN_TOKEN_DELAY: "0.05"}}
+  vllm:
+    kind: vllm
+    python: {vllm_python}
+    model: {tiny_model}
+    port: {ports['vllm']}
+    args: {{served_model_name: tiny-vllm, dtype: float32, max_model_len: 256, gpu_memory_utilization: 0.1}}
+    env: {{VLLM_CPU_KVCACHE_SPACE: "1"}}
+  down: {{kind: vllm, url: "http://127.0.0.1:{ports['down']}", model: m}}
+fronts:
+  chat:
+    port: {ports['chat']}
+    models: [tiny, tgi, vllm, down]
+    columns: 2
+    admin_pass: "${{FRONT_ADMIN:-adm1n-pass}}"
+    api_keys: ["${{FRONT_KEY:-sk-front-key}}"]
+""")
+    outer = base / "outer.yaml"
+    outer.write_text(f"""\
+version: 1
+name: outerstack
+services:
+  remote: {{kind: h2ogpt, url: "http://127.0.0.1:{ports['chat']}", model: frontstack-chat}}
+fronts:
+  outer: {{port: {ports['outer']}, models: [remote]}}
+""")
+    up = runner("up", str(path), timeout=900)
+    assert up.returncode == 0, up.stderr[-4000:]
+    up = runner("up", str(outer), timeout=300)
+    assert up.returncode == 0, up.stderr[-4000:]
+    yield FrontStack(runner, path, outer, ports)
+    runner("kill", "--all", timeout=120)
+    assert marked_processes(runner.state_dir) == []
