@@ -169,18 +169,22 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
                          for k in range(0, len(hists[i]) - 2, 2)]
                 t0 = time.perf_counter()
                 first = None
+                first_at = last_at = None
                 count = 0
                 try:
                     for piece in stream_answer(b, turns, message, int(max_toks[i]), float(temperatures[i])):
                         if stopping.is_set():
                             break
+                        last_at = time.time()
                         if first is None:
-                            first = time.perf_counter() - t0
+                            first, first_at = time.perf_counter() - t0, last_at
                         count += 1
                         events.put((i, "piece", piece))
                     total = time.perf_counter() - t0
                     tps = (count - 1) / (total - first) if first is not None and count > 1 and total > first else None
-                    events.put((i, "done", {"ttft": first, "tps": tps, "tokens": count, "seconds": total}))
+                    # wall-clock times of the first and last piece from the backend, for the JSONL export
+                    events.put((i, "done", {"ttft": first, "tps": tps, "tokens": count, "seconds": total,
+                                            "first_token_at": first_at, "last_token_at": last_at}))
                 except Exception as exc:  # a backend down or dying mid-answer: its pane says so
                     events.put((i, "error", f"{type(exc).__name__}: {exc}"))
 

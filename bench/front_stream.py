@@ -1,0 +1,134 @@
+"""Benchmark: tokens/s seen in the browser against tokens/s at the backend, for 1 and 4 panes
+streaming at once from the CPU vLLM, and the time from the backend's first token (as the front
+received it) to its appearance in the page.
+
+Baseline, measured in the same run: the same request streamed directly from vLLM (tokens/s at
+the backend). In the page, a MutationObserver stamps every change of each pane; the front's
+JSONL export gives the wall-clock time of each answer's first token from the backend.
+Targets: the page keeps at least 90% of the backend's rate; first token to page under 100 ms.
+
+Run: .venv/bin/python bench/front_stream.py   (needs scripts/vllm-env.sh, the tiny model, Chromium)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from playwright.sync_api import sync_playwright
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKENS = int(os.environ.get("BENCH_TOKENS", "128"))
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--no-first-run"]
+OBSERVE = """
+(n) => { window.__marks = {}; for (let i = 0; i < n; i++) {
+  const el = document.querySelector('#h2o-bot-' + i); window.__marks[i] = [];
+  new MutationObserver(() => { window.__marks[i].push([Date.now(), el.innerText.length]); })
+    .observe(el, {subtree: true, childList: true, characterData: true}); } }
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def direct_rate(port: int) -> float:
+    body = {"model": "tiny", "prompt": "Hello there", "max_tokens": TOKENS, "stream": True, "ignore_eos": True}
+    times = []
+    with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/completions", json=body, timeout=300) as r:
+        for line in r.iter_lines():
+            if line.startswith("data:") and "[DONE]" not in line:
+                times.append(time.perf_counter())
+    return (len(times) - 1) / (times[-1] - times[0])
+
+
+def main() -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-front-"))
+    vllm_py = subprocess.run(["bash", str(ROOT / "scripts" / "vllm-env.sh")], capture_output=True, text=True,
+                             check=True).stdout.strip().splitlines()[-1]
+    model = subprocess.run([sys.executable, "-m", "h2ostack.tinymodel",
+                            str(Path.home() / ".cache" / "h2ostack" / "tiny-model")], capture_output=True,
+                           text=True, check=True).stdout.strip()
+    vport, fport = free_port(), free_port()
+    panes = "\n".join(f"  p{i}: {{kind: vllm, url: 'http://127.0.0.1:{vport}', model: tiny}}" for i in range(4))
+    stack = tmp / "bench.yaml"
+    stack.write_text(f"""\
+name: benchfront
+services:
+  vllm: {{kind: vllm, python: {vllm_py}, model: {model}, port: {vport},
+         args: {{served_model_name: tiny, dtype: float32, max_model_len: 512, gpu_memory_utilization: 0.1}},
+         env: {{VLLM_CPU_KVCACHE_SPACE: "1"}}}}
+{panes}
+fronts:
+  chat: {{port: {fport}, models: [p0, p1, p2, p3], columns: 4}}
+""")
+    env = {**os.environ, "H2OSTACK_STATE_DIR": str(tmp / "state")}
+    h2o = [sys.executable, "-m", "h2ostack.cli"]
+    subprocess.run([*h2o, "up", str(stack)], env=env, check=True, capture_output=True)
+    results = []
+    try:
+        backend = statistics.median(direct_rate(vport) for _ in range(3))
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
+            for n in (1, 4):
+                page = browser.new_page(viewport={"width": 1600, "height": 1000})
+                page.goto(f"http://127.0.0.1:{fport}/?models=" + ",".join(f"p{i}" for i in range(n)))
+                page.wait_for_selector("#h2o-input textarea")
+                page.wait_for_timeout(1500)
+                for i in range(n):  # ask for exactly TOKENS tokens in each pane
+                    page.evaluate(f"""() => {{ const s = document.querySelectorAll('#h2o-pane-{i} input[type=number]');
+                        s[0].value = {TOKENS}; s[0].dispatchEvent(new Event('input', {{bubbles: true}}));
+                        s[0].dispatchEvent(new Event('change', {{bubbles: true}})); }}""")
+                page.evaluate(OBSERVE, n)
+                page.fill("#h2o-input textarea", "Hello there")
+                page.click("#h2o-submit")
+                for i in range(n):
+                    page.wait_for_function(f"document.querySelector('#h2o-head-{i}').innerText.includes('tok/s')",
+                                           timeout=300_000)
+                marks = page.evaluate("() => window.__marks")
+                page.click("text=Export conversations (JSONL)")
+                link = page.wait_for_selector("a[download]", timeout=30_000)
+                href = link.get_attribute("href") or ""
+                records = [json.loads(x) for x in page.request.get(
+                    href if href.startswith("http") else f"http://127.0.0.1:{fport}{href}").text().splitlines()]
+                for i in range(n):
+                    rec = records[i]
+                    m = [t for t, length in marks[str(i)] if length > 0]
+                    grow = [t for (t, a), (_, b) in zip(marks[str(i)], marks[str(i)][1:], strict=False) if b > a]
+                    first_seen = (grow[0] if grow else m[0]) / 1000
+                    last_seen = (grow[-1] if grow else m[-1]) / 1000
+                    page_rate = (rec["tokens"] - 1) / (last_seen - first_seen) if last_seen > first_seen else 0
+                    front_rate = rec["tps"] or 0
+                    results.append({"panes": n, "pane": i, "backend_direct": backend, "front_received": front_rate,
+                                    "page": page_rate, "first_token_to_page_ms":
+                                        (first_seen - rec["first_token_at"]) * 1000, "tokens": rec["tokens"]})
+                page.close()
+            browser.close()
+    finally:
+        subprocess.run([*h2o, "down", str(stack)], env=env, capture_output=True)
+    print(f"Streaming into the page from the CPU vLLM ({TOKENS} tokens per answer)")
+    print(f"  {'panes':>5}{'pane':>5}{'backend tok/s':>15}{'in page tok/s':>15}{'page/backend':>14}"
+          f"{'first token -> page':>21}")
+    for r in results:
+        # with 4 panes the backend serves 4 streams: each pane's share is what the backend gives it
+        ref = r["front_received"] if r["panes"] > 1 else r["backend_direct"]
+        print(f"  {r['panes']:>5}{r['pane']:>5}{ref:>15.1f}{r['page']:>15.1f}{r['page'] / ref:>14.1%}"
+              f"{r['first_token_to_page_ms']:>19.0f}ms")
+    ok = all(r["page"] / (r["front_received"] if r["panes"] > 1 else r["backend_direct"]) >= 0.9
+             and r["first_token_to_page_ms"] < 100 for r in results)
+    print("  targets met" if ok else "  TARGET MISSED")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""Benchmark: the OpenAI-compatible gateway against the same backends called directly.
+
+1. Sequential non-streaming requests against a backend stand-in with a fixed 50 ms latency (the
+   way gateway benchmarks are published), direct and through the gateway interleaved, so drift on
+   this shared machine hits both alike: added latency at the median and p99
+   (targets: at most 1 ms and 5 ms), and the gateway's own `x-h2ostack-overhead-ms`.
+2. Streams at 1, 16 and 64 at once, direct and through the gateway: time to first token and
+   tokens/s, against the real CPU vLLM (passed through) and the TGI stand-in (translated);
+   target: throughput at 64 streams at least 98% of direct.
+3. The gateway process's memory (target: at most 200 MB).
+
+Run: .venv/bin/python bench/gateway.py   (needs scripts/vllm-env.sh and the tiny model)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import httpx
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+N_SEQ = int(os.environ.get("BENCH_N", "300"))
+MAX_TOKENS = int(os.environ.get("BENCH_TOKENS", "32"))
+LEVELS = [int(x) for x in os.environ.get("BENCH_LEVELS", "1,16,64").split(",")]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def sequential(direct: str, via: str, model: str, gw_model: str) -> dict[str, float]:
+    body = {"model": model, "prompt": "hi", "max_tokens": 4}
+    gw_body = {**body, "model": gw_model}
+    d, g, over = [], [], []
+    with httpx.Client() as c:
+        for _ in range(20):
+            c.post(direct, json=body)
+            c.post(via, json=gw_body)
+        for _ in range(N_SEQ):
+            t = time.perf_counter()
+            c.post(direct, json=body).read()
+            d.append((time.perf_counter() - t) * 1000)
+            t = time.perf_counter()
+            r = c.post(via, json=gw_body)
+            r.read()
+            g.append((time.perf_counter() - t) * 1000)
+            over.append(float(r.headers.get("x-h2ostack-overhead-ms", "nan")))
+    return {"direct_p50": statistics.median(d), "direct_p99": pct(d, 99), "gw_p50": statistics.median(g),
+            "gw_p99": pct(g, 99), "added_p50": statistics.median(g) - statistics.median(d),
+            "added_p99": pct(g, 99) - pct(d, 99), "overhead_p50": statistics.median(over),
+            "overhead_p99": pct(over, 99)}
+
+
+async def one_stream(session: aiohttp.ClientSession, url: str, body: dict) -> tuple[float, int, float]:
+    t0 = time.perf_counter()
+    first = None
+    n = 0
+    async with session.post(url, json=body) as r:
+        async for line in r.content:
+            if line.startswith(b"data:") and b"[DONE]" not in line:
+                if first is None:
+                    first = time.perf_counter() - t0
+                n += 1
+    return first or float("nan"), n, time.perf_counter() - t0
+
+
+async def streams(url: str, body: dict, concurrency: int) -> dict[str, float]:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        t0 = time.perf_counter()
+        res = await asyncio.gather(*(one_stream(session, url, body) for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+    ttfts = [r[0] for r in res]
+    tokens = sum(r[1] for r in res)
+    return {"ttft_p50_ms": statistics.median(ttfts) * 1000, "tokens_per_s": tokens / wall, "tokens": tokens}
+
+
+def main() -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-gw-"))
+    vllm_py = subprocess.run(["bash", str(ROOT / "scripts" / "vllm-env.sh")], capture_output=True, text=True,
+                             check=True).stdout.strip().splitlines()[-1]
+    model = subprocess.run([sys.executable, "-m", "h2ostack.tinymodel",
+                            str(Path.home() / ".cache" / "h2ostack" / "tiny-model")], capture_output=True,
+                           text=True, check=True).stdout.strip()
+    ports = {k: free_port() for k in ("fixed", "tgi", "vllm", "gw")}
+    stack = tmp / "bench.yaml"
+    stack.write_text(f"""\
+name: benchgw
+services:
+  fixed: {{kind: vllm, python: {ROOT / 'tests' / 'standin-python'}, model: fixed, port: {ports['fixed']},
+          env: {{STANDIN_LATENCY_MS: "50"}}}}
+  tgi: {{kind: tgi, launcher: {ROOT / 'tests' / 'tgi-launcher'}, model: m/tgi, port: {ports['tgi']},
+        env: {{STANDIN_TOKEN_DELAY: "0.005"}}}}
+  vllm: {{kind: vllm, python: {vllm_py}, model: {model}, port: {ports['vllm']},
+         args: {{served_model_name: tiny, dtype: float32, max_model_len: 256, gpu_memory_utilization: 0.1}},
+         env: {{VLLM_CPU_KVCACHE_SPACE: "1"}}}}
+fronts:
+  gw: {{port: {ports['gw']}, models: [fixed, tgi, vllm]}}
+""")
+    env = {**os.environ, "H2OSTACK_STATE_DIR": str(tmp / "state")}
+    h2o = [sys.executable, "-m", "h2ostack.cli"]
+    subprocess.run([*h2o, "up", str(stack), "fixed", "tgi", "vllm"], env=env, check=True, capture_output=True)
+    gw = subprocess.Popen([sys.executable, "-m", "h2ostack.gateway", str(stack), "--front", "gw", "--port",
+                           str(ports["gw"])], env=env)
+    try:
+        base = f"http://127.0.0.1:{ports['gw']}/v1"
+        for _ in range(100):
+            try:
+                if httpx.get(base + "/models").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        seq = sequential(f"http://127.0.0.1:{ports['fixed']}/v1/completions", base + "/completions", "fixed",
+                         "fixed")
+        print(f"Sequential non-streaming, backend with a fixed 50 ms latency ({N_SEQ} requests each, interleaved)")
+        print(f"  {'':<22}{'median':>10}{'p99':>10}")
+        print(f"  {'direct':<22}{seq['direct_p50']:>8.2f}ms{seq['direct_p99']:>8.2f}ms")
+        print(f"  {'through the gateway':<22}{seq['gw_p50']:>8.2f}ms{seq['gw_p99']:>8.2f}ms")
+        print(f"  {'added':<22}{seq['added_p50']:>8.2f}ms{seq['added_p99']:>8.2f}ms   (targets 1 ms / 5 ms)")
+        print(f"  {'x-h2ostack-overhead-ms':<22}{seq['overhead_p50']:>8.2f}ms{seq['overhead_p99']:>8.2f}ms")
+
+        rows = []
+        for name, direct_url, body_direct, gw_model in (
+            ("vLLM (CPU), passed through", f"http://127.0.0.1:{ports['vllm']}/v1/completions",
+             {"model": "tiny", "prompt": "Hello", "max_tokens": MAX_TOKENS, "stream": True,
+              "ignore_eos": True}, "vllm"),
+            ("TGI stand-in, translated", f"http://127.0.0.1:{ports['tgi']}/generate_stream",
+             {"inputs": "Hello", "parameters": {"max_new_tokens": MAX_TOKENS}}, "tgi"),
+        ):
+            via_body = ({**body_direct, "model": gw_model} if gw_model == "vllm" else
+                        {"model": gw_model, "prompt": "Hello", "max_tokens": MAX_TOKENS, "stream": True})
+            for level in LEVELS:
+                d = asyncio.run(streams(direct_url, body_direct, level))
+                g = asyncio.run(streams(base + "/completions", via_body, level))
+                rows.append((name, level, d, g))
+        print(f"\nStreams ({MAX_TOKENS} tokens each)")
+        print(f"  {'backend':<30}{'streams':>8}{'ttft direct':>13}{'ttft gw':>10}{'tok/s direct':>14}"
+              f"{'tok/s gw':>10}{'ratio':>8}")
+        for name, level, d, g in rows:
+            ratio = g["tokens_per_s"] / d["tokens_per_s"] if d["tokens_per_s"] else float("nan")
+            print(f"  {name:<30}{level:>8}{d['ttft_p50_ms']:>11.1f}ms{g['ttft_p50_ms']:>8.1f}ms"
+                  f"{d['tokens_per_s']:>14.0f}{g['tokens_per_s']:>10.0f}{ratio:>8.1%}")
+        rss = psutil.Process(gw.pid).memory_info().rss / 2**20
+        print(f"\nGateway process memory (RSS): {rss:.0f} MB (target: at most 200 MB)")
+        print(json.dumps({"sequential": seq, "rss_mb": rss}))
+    finally:
+        gw.terminate()
+        gw.wait(10)
+        subprocess.run([*h2o, "down", str(stack)], env=env, capture_output=True)
+
+
+if __name__ == "__main__":
+    main()
