@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from h2ostack import executor, health
-from h2ostack.errors import NotFound, UpError
+from h2ostack.errors import EngineUnavailable, NotFound, UpError
 from h2ostack.runtimes.base import Observed
 from h2ostack.state import StackState, known_stacks, state_root
 
@@ -53,6 +53,7 @@ class Ctx:
     state: StackState
     plan: Plan | None = None
     runtimes: dict[str, Runtime] = field(default_factory=dict)
+    errors: dict[str, Exception] = field(default_factory=dict)  # runtimes that could not be asked (by mode)
 
     def runtime(self, mode: str) -> Runtime:
         if mode not in self.runtimes:
@@ -83,6 +84,7 @@ class Ctx:
             try:
                 out.update(self.runtime(mode).observe())
             except Exception as exc:  # an engine that is down must not hide the processes
+                self.errors[mode] = exc
                 out[f"<{mode}>"] = Observed(f"<{mode}>", mode, False, detail=str(exc))
         return out
 
@@ -328,6 +330,9 @@ def _stop_all(ctx: Ctx, timeout: float, force: bool, emit: Emit) -> list[str]:
     errors = {n: o.error for n, o in outcomes.items() if o.state == "failed"}
     if errors:
         raise RuntimeError("; ".join(f"{n}: {e}" for n, e in errors.items()))
+    for mode, exc in ctx.errors.items():  # what could not even be listed may still run: never report "nothing"
+        raise exc if isinstance(exc, EngineUnavailable) else EngineUnavailable(
+            f"could not list the {mode} services of stack {ctx.name!r}: {exc}") from None
     return stopped
 
 
@@ -336,8 +341,14 @@ def kill(target: str | Path | None, all_stacks: bool = False, emit: Emit = _noop
     names = known_stacks() if all_stacks else []
     ctxs = [Ctx(n, StackState(n)) for n in names] if all_stacks else [ctx_for(target or "")]
     killed = []
+    unreachable: list[EngineUnavailable] = []
     for ctx in ctxs:
-        killed += [f"{ctx.name}/{n}" for n in _stop_all(ctx, 0, True, emit)]
+        try:
+            killed += [f"{ctx.name}/{n}" for n in _stop_all(ctx, 0, True, emit)]
+        except EngineUnavailable as exc:  # the other stacks are still killed
+            unreachable.append(exc)
+    if unreachable:
+        raise unreachable[0]
     return killed
 
 
@@ -358,6 +369,7 @@ class Row:
     restarts: int = 0
     last_exit: int | None = None
     last_probe_failure: str | None = None
+    gateway: str | None = None  # a gradio front's OpenAI-compatible base URL
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -403,6 +415,13 @@ def status(target: str | Path | None = None, probe: bool = True) -> list[Row]:
 
         executor.run_graph({n: [] for n in names}, probe_health)
         for name in names:
+            entry_mode = entries.get(name, {}).get("mode")
+            if name not in observed and entry_mode in ctx.errors:  # its runtime could not be asked
+                entry = entries[name]
+                rows.append(Row(ctx.name, name, entry.get("kind", "?"), entry_mode, "unknown", "-",
+                                entry.get("gpus", []), entry.get("url"), "", None, None,
+                                str(ctx.errors[entry_mode])))
+                continue
             if name.startswith("<"):
                 obs = observed[name]
                 rows.append(Row(ctx.name, name, "-", obs.mode, "unknown", "-", [], None, "", None, None, obs.detail))
@@ -416,8 +435,14 @@ def status(target: str | Path | None = None, probe: bool = True) -> list[Row]:
                             time.time() - obs.started_at if obs and obs.alive and obs.started_at else None,
                             obs.exit_code if obs else None, obs.detail if obs else "",
                             obs.restarts if obs else 0, obs.last_exit if obs else None,
-                            obs.last_probe_failure if obs else None))
+                            obs.last_probe_failure if obs else None, gateway_url(entry)))
     return rows
+
+
+def gateway_url(entry: dict[str, Any]) -> str | None:
+    """Where a built-in front serves its gateway (under /v1 on the front's own port)."""
+    url = entry.get("url")
+    return f"{url.rstrip('/')}/v1" if url and "models" in entry and entry.get("kind") == "gradio" else None
 
 
 def health_probe(path: str) -> Any:
@@ -432,6 +457,9 @@ def log_sources(target: str | Path, service: str | None = None) -> list[tuple[st
     saved = (ctx.state.load_plan() or {}).get("plan", {})
     names = [e["name"] for e in [*saved.get("services", []), *saved.get("fronts", [])] if e.get("mode") != "external"]
     names += [n for n in observed if n not in names and not n.startswith("<")]
+    if ctx.errors and (not names or (service is not None and service not in names)):
+        _, exc = next(iter(ctx.errors.items()))  # what could not be listed may be what was asked for
+        raise exc if isinstance(exc, EngineUnavailable) else EngineUnavailable(str(exc))
     if service is not None:
         if service not in names:
             raise NotFound(f"no started service named {service!r} in stack {ctx.name!r}")

@@ -257,6 +257,11 @@ def status(stack: Annotated[str | None, typer.Argument(help="The stack file or n
     else:
         t, rows = table()
         _console().print(t) if rows else _console().print("no stacks are running", markup=False)
+        for r in rows:
+            if r.gateway and r.state == "running":
+                _console().print(f"gateway {r.stack}/{r.service}: {r.gateway} (OpenAI-compatible)", markup=False)
+        for why in dict.fromkeys(r.detail for r in rows if r.state == "unknown" and r.detail):
+            _console(stderr=True).print(f"error: {why}", markup=False)
     ok = bool(rows) and all(r.health == "healthy" or r.state == "external" and r.health != "unreachable"
                             for r in rows)
     raise typer.Exit(0 if ok else 1)
@@ -308,7 +313,7 @@ def logs(stack: Annotated[str, typer.Argument(help="The stack file, or a stack's
 
     sources = _guard(lambda: api.log_sources(stack, service))
     try:
-        _follow(sources, tail, follow)
+        _guard(lambda: _follow(sources, tail, follow))
     except KeyboardInterrupt:
         return
 

@@ -120,16 +120,30 @@ def check_environments(plan: Any, stack: Any) -> list[Check]:
     return out
 
 
-def check_ports(plan: Any) -> list[Check]:
+def check_ports(plan: Any, own: dict[int, str] | None = None) -> list[Check]:
+    """`own`: ports held by this stack's running services (no conflict for `up`, which keeps them)."""
     from h2ostack.facts import port_free
 
     out = []
     for sp in plan.all().values():
         if sp.started and sp.port:
+            if sp.port in (own or {}):
+                out.append(Check(f"port {sp.port} ({sp.name})", True, f"held by this stack's {own[sp.port]}, "
+                                                                       "which is running"))
+                continue
             free = port_free(sp.port, plan.bind if plan.bind not in ("0.0.0.0", "::") else "127.0.0.1")
             out.append(Check(f"port {sp.port} ({sp.name})", free, "free" if free else "in use",
                              "" if free else "stop what holds it (or h2ostack down), or pick another port"))
     return out
+
+
+def running_ports(stack_name: str) -> dict[int, str]:
+    """Ports of this stack's live services, found the way `status` finds them."""
+    from h2ostack.api import Ctx
+    from h2ostack.state import StackState
+
+    ctx = Ctx(stack_name, StackState(stack_name))
+    return {o.port: n for n, o in ctx.observe().items() if o.alive and o.port and not n.startswith("<")}
 
 
 def run(stack_file: str | None, gpus: str | None = None, gpu_memory: float | None = None) -> list[Check]:
@@ -143,5 +157,5 @@ def run(stack_file: str | None, gpus: str | None = None, gpu_memory: float | Non
     checks.append(check_gpus(gpus, gpu_memory))
     checks.append(check_hf_cache(stack))
     if stack is not None and plan is not None:
-        checks += check_tokens(stack) + check_environments(plan, stack) + check_ports(plan)
+        checks += check_tokens(stack) + check_environments(plan, stack) + check_ports(plan, running_ports(stack.name))
     return checks

@@ -306,6 +306,10 @@ class _Planner:
         local = local_model_path(svc.model, stack.base_dir)
         model = str(local) if local else (svc.model or "")
         bind = stack.defaults.bind
+        if "api_key" in svc.args:
+            self.problem((*loc, "args", "api_key"), "a flag's value shows in `ps` and `docker inspect`: set "
+                                                     "`api_key:` on the service, which reaches the server through "
+                                                     "its environment")
         env: dict[str, EnvValue] = {}
         if stack.defaults.hf_home:
             env["HF_HOME"] = _path(stack.base_dir, stack.defaults.hf_home)
@@ -335,6 +339,8 @@ class _Planner:
             port = self.port(loc, svc.port, 8080)
             ctx = Context(name, gpus, port, bind, python, svc.model or "", svc.model or "", svc.args, svc.revision)
             probes, t, api = tgi.probes(ctx), tgi.DEFAULT_HEALTH_TIMEOUT, "tgi"
+            if svc.api_key is not None:
+                env["API_KEY"] = svc.api_key  # never --api-key: argv shows in `ps` and `docker inspect`
             if svc.launcher:
                 command = tgi.launcher_command(ctx, _path(stack.base_dir, svc.launcher))
             else:

@@ -136,6 +136,7 @@ class TGIService(_Service):
     shm_size: str | None = None
     volumes: list[str] = Field(default_factory=list)
     auth: BasicAuth | None = None
+    api_key: SecretStr | None = None  # TGI 2.3+: clients send `Bearer KEY`; reaches the server as $API_KEY
 
     @property
     def starts_something(self) -> bool:

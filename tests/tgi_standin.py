@@ -4,8 +4,10 @@ Everything after the image name is launcher flags, as with TGI's own image: `--m
 `--port` (default $PORT or 80), `--hostname`, and any others, which `/info` reports back in
 `args` so tests can compare them with the plan. While "loading" (`--load-delay` seconds, or
 $STANDIN_LOAD_DELAY) nothing listens, so `/health` is refused, as TGI's is. `--crash-at-start`
-logs an error and exits 1. With $STANDIN_AUTH set, generation needs that authorization header.
-Endpoints: GET /health, GET /info, POST /generate,
+logs an error and exits 1. With $STANDIN_AUTH set, generation needs that authorization header;
+with `--api-key` (or $API_KEY, as TGI 2.3+) it needs `Bearer KEY`, while /health and /info stay
+open, as TGI's do. SIGTERM stops it at once, as it stops TGI's launcher (a bare Python as the
+container's PID 1 would ignore it and make `docker stop` wait out its timeout). Endpoints: GET /health, GET /info, POST /generate,
 POST /generate_stream (server-sent events in TGI's shape, no [DONE]), POST / with `stream`.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -40,6 +43,7 @@ def parse(argv: list[str]) -> tuple[dict[str, str | bool], list[str]]:
 
 
 def main(argv: list[str]) -> None:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     flags, raw = parse(argv)
     print(f"stand-in launcher args: {' '.join(raw)}", flush=True)
     if flags.get("crash-at-start"):
@@ -49,6 +53,7 @@ def main(argv: list[str]) -> None:
     port = int(str(flags.get("port", os.environ.get("PORT", "80"))))
     host = str(flags.get("hostname", "0.0.0.0"))
     delay = float(str(flags.get("load-delay", os.environ.get("STANDIN_LOAD_DELAY", "0"))))
+    api_key = str(flags.get("api-key") or os.environ.get("API_KEY") or "")
     token_delay = float(os.environ.get("STANDIN_TOKEN_DELAY", "0.01"))
     max_total = int(str(flags.get("max-total-tokens", 2048)))
     info = {"model_id": model, "model_sha": "0" * 40, "model_dtype": "torch.float16", "model_device_type": "cpu",
@@ -114,6 +119,8 @@ def main(argv: list[str]) -> None:
 
         def do_POST(self) -> None:
             want = os.environ.get("STANDIN_AUTH")  # h2oGPT's form: `authorization: USER TOKEN`
+            if api_key:
+                want = f"Bearer {api_key}"
             if want and self.headers.get("authorization") != want:
                 self.send_json(401, {"error": "Unauthorized", "error_type": "authentication"})
                 return

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -32,10 +31,14 @@ def labels_for(stack: str, plan: ServicePlan) -> dict[str, str]:
             LABEL + "version": __version__, LABEL + "port": str(plan.port or ""), LABEL + "kind": plan.kind}
 
 
+def engine_host() -> str:
+    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock (the default; DOCKER_HOST is not set)"
+
+
 def engine() -> Any:
     import docker
 
-    host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock (the default; DOCKER_HOST is not set)"
+    host = engine_host()
     try:
         client = docker.from_env()
         client.ping()
@@ -127,7 +130,25 @@ class DockerRuntime:
             kwargs["restart_policy"] = dict(spec["restart_policy"])
         return kwargs
 
+    def ensure_image(self, image: str) -> None:
+        """Pull the image when the engine does not have it, as `docker run` would."""
+        import docker.errors
+
+        try:
+            self.client.images.get(image)
+            return
+        except docker.errors.ImageNotFound:
+            pass
+        try:
+            self.client.images.pull(image)
+        except docker.errors.DockerException as exc:
+            why = getattr(exc, "explanation", None) or str(exc)
+            raise RuntimeError(f"image {image} is not on the Docker engine at {engine_host()} and could not be "
+                               f"pulled: {why}. Pull or load it there first (docker pull {image}, or "
+                               "docker load -i FILE)") from None
+
     def create(self, plan: ServicePlan) -> Any:
+        self.ensure_image(plan.image or "")
         for old in self.containers(plan.name):  # an exited or changed one under the same name
             old.remove(force=True)
         return self.client.containers.create(**self.create_kwargs(plan))
@@ -169,7 +190,8 @@ class DockerRuntime:
         def pump() -> None:
             for c in self.containers(name):
                 buf = b""
-                for chunk in c.logs(stream=True, follow=True, since=int(time.time())):
+                # tail=0: only what comes after the tail `logs` has just printed
+                for chunk in c.logs(stream=True, follow=True, tail=0):
                     buf += chunk
                     while b"\n" in buf:
                         line, buf = buf.split(b"\n", 1)

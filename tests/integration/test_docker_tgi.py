@@ -9,7 +9,9 @@ import shutil
 import socket
 import subprocess
 import tarfile
+import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +19,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.conftest import H2O, ROOT, free_port, marked_processes
+from tests.conftest import H2O, ROOT, free_port, marked_processes, wait_for
 
 pytestmark = pytest.mark.integration
 IMAGE = "h2ostack/tgi-standin:test"
@@ -86,12 +88,22 @@ def info(port: int) -> dict:
         return json.loads(r.read())
 
 
-def test_tgi_container_lifecycle(dh2o: H2O, docker_host: str, write_stack, stack_name: str) -> None:
+LIFECYCLE_EXTRA = """\
+    api_key: "${TGI_KEY:-sk-tgi-key-77}"
+    volumes: ["~/hf-cache:/data"]
+"""
+
+
+def test_tgi_container_lifecycle(dh2o: H2O, docker_host: str, write_stack, stack_name: str,
+                                 tmp_path: Path) -> None:
     port = free_port()
-    path = write_stack(tgi_stack(stack_name, port))
+    dh2o.env["HOME"] = str(tmp_path / "home")  # `~` in volumes is this HOME
+    (tmp_path / "home" / "hf-cache").mkdir(parents=True)
+    path = write_stack(tgi_stack(stack_name, port, extra=LIFECYCLE_EXTRA))
     plan = json.loads(dh2o("plan", str(path), "--json", check=True).stdout)
     spec = plan["services"][0]["container"]
     assert spec["name"] == f"{stack_name}-falcon" and plan["services"][0]["env"]["HF_TOKEN"] == "***"
+    assert plan["services"][0]["env"]["API_KEY"] == "***" and "sk-tgi-key-77" not in json.dumps(plan)
 
     up = dh2o("up", str(path), timeout=300)
     assert up.returncode == 0, up.stderr
@@ -99,13 +111,21 @@ def test_tgi_container_lifecycle(dh2o: H2O, docker_host: str, write_stack, stack
     assert container.name == f"{stack_name}-falcon"
     labels = container.labels
     assert labels["io.h2ostack.service"] == "falcon" and labels["io.h2ostack.config-hash"]
-    assert "hf_dockersecret42" not in json.dumps(labels) + " ".join(container.attrs["Config"]["Cmd"])
+    for secret in ("hf_dockersecret42", "sk-tgi-key-77"):
+        assert secret not in json.dumps(labels) + " ".join(container.attrs["Config"]["Cmd"])
+        assert secret in " ".join(container.attrs["Config"]["Env"])  # secrets reach it as env only
     assert container.attrs["HostConfig"]["ShmSize"] == 256 * 2**20
+    assert container.attrs["HostConfig"]["Binds"] == [f"{tmp_path}/home/hf-cache:/data"]
     assert container.attrs["HostConfig"]["PortBindings"]["80/tcp"] == [{"HostIp": "127.0.0.1",
                                                                          "HostPort": str(port)}]
     # the launcher flags seen inside the container are the plan's
     assert info(port)["args"] == spec["command"]
     assert info(port)["max_stop_sequences"] == 6
+    # the api key arrived inside: generation without it is refused; up's probes and check send it
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/generate", method="POST",
+                                                      data=b'{"inputs": "x"}'), timeout=5)
+    assert refused.value.code == 401
 
     rows = dh2o.status(str(path))
     assert rows["falcon"]["state"] == "running" and rows["falcon"]["health"] == "healthy"
@@ -118,19 +138,43 @@ def test_tgi_container_lifecycle(dh2o: H2O, docker_host: str, write_stack, stack
     logs = dh2o("logs", str(path), "falcon", "--tail", "50")
     assert "stand-in launcher args: --model-id h2oai/h2ogpt-gm-oasst1-en-2048-falcon-7b-v2" in logs.stdout
     for text in (up.stdout, up.stderr, logs.stdout, dh2o("render", str(path)).stdout):
-        assert "hf_dockersecret42" not in text
+        assert "hf_dockersecret42" not in text and "sk-tgi-key-77" not in text
+    assert_logs_follow(dh2o, path, port)
+    doctor = dh2o("doctor", str(path)).stdout
+    assert f"ok    port {port} (falcon)" in doctor and "held by this stack's falcon, which is running" in doctor
 
     # unchanged: left alone; changed: recreated
     assert "kept     falcon" in dh2o("up", str(path), check=True).stderr
     assert ours(docker_host, stack_name)[0].id == container.id
-    path.write_text(tgi_stack(stack_name, port, ", max_batch_prefill_tokens: 512"))
+    path.write_text(tgi_stack(stack_name, port, ", max_batch_prefill_tokens: 512", extra=LIFECYCLE_EXTRA))
     again = dh2o("up", str(path), check=True, timeout=300)
     assert "stopping falcon (config changed)" in again.stderr
     [recreated] = ours(docker_host, stack_name)
     assert recreated.id != container.id and "--max-batch-prefill-tokens" in info(port)["args"]
 
+    t0 = time.monotonic()
     assert dh2o("down", str(path), check=True).returncode == 0
+    assert time.monotonic() - t0 < 20, "the server stops on SIGTERM: down must not wait out its timeout"
     assert ours(docker_host, stack_name) == []
+
+
+def assert_logs_follow(dh2o: H2O, path: Path, port: int) -> None:
+    """`logs -f` prints the tail once, then lines the container writes afterwards."""
+    proc = dh2o.popen("logs", str(path), "falcon", "-f", "--tail", "1")
+    assert proc.stdout is not None
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: lines, 30, "the tail of the log")
+        time.sleep(1)  # the follower is attached
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/info?follow-marker", timeout=5)
+        wait_for(lambda: any("/info?follow-marker" in ln for ln in lines), 30, "a followed log line")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert len(lines) >= 2 and sum("/info?follow-marker" in ln for ln in lines) == 1
 
 
 def test_gpu_container_device_requests(dh2o: H2O, docker_host: str, write_stack, stack_name: str) -> None:
@@ -188,7 +232,25 @@ def test_found_by_labels_with_the_state_dir_gone(dh2o: H2O, docker_host: str, wr
     shutil.rmtree(dh2o.state_dir)
     rows = dh2o.status(stack_name)
     assert rows["falcon"]["state"] == "running" and rows["falcon"]["mode"] == "container"
+    # an engine that does not answer is an error, never "nothing was running"
+    gone = {"DOCKER_HOST": f"unix://{dh2o.workdir}/none.sock"}
+    for cmd in (("down", stack_name), ("kill", stack_name), ("status", stack_name), ("logs", stack_name)):
+        out = dh2o(*cmd, env=gone)
+        assert out.returncode == 1, (cmd, out.stdout, out.stderr)
+        assert f"no Docker engine answers at unix://{dh2o.workdir}/none.sock" in out.stderr, (cmd, out.stderr)
+        assert "Traceback" not in out.stderr and "nothing" not in out.stderr, (cmd, out.stderr)
+    assert len(ours(docker_host, stack_name)) == 1
     assert dh2o("kill", stack_name, check=True).returncode == 0
+    assert ours(docker_host, stack_name) == []
+
+
+def test_an_image_that_cannot_be_had_is_a_clear_error(dh2o: H2O, docker_host: str, write_stack,
+                                                      stack_name: str) -> None:
+    path = write_stack(tgi_stack(stack_name, free_port()).replace(IMAGE, "h2ostack/not-here:1"))
+    out = dh2o("up", str(path), timeout=120)
+    assert out.returncode == 1
+    assert "image h2ostack/not-here:1 is not on the Docker engine" in out.stderr
+    assert "docker pull h2ostack/not-here:1" in out.stderr and "Traceback" not in out.stderr
     assert ours(docker_host, stack_name) == []
 
 

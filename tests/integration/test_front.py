@@ -56,6 +56,10 @@ def test_gradio_apis(front_stack: FrontStack) -> None:
 
 def test_gateway_on_the_front_port(front_stack: FrontStack) -> None:
     base = front_stack.front_url + "/v1"
+    # status names the gateway's base URL, in its table and in --json
+    assert front_stack.h2o.status(str(front_stack.path))["chat"]["gateway"] == base
+    shown = front_stack.h2o("status", str(front_stack.path)).stdout
+    assert f"gateway frontstack/chat: {base} (OpenAI-compatible)" in shown
     client = openai.OpenAI(base_url=base, api_key="sk-front-key", max_retries=0)
     models = client.models.list().data
     assert [(m.id, m.model_extra["backend"]) for m in models] == [
