@@ -62,6 +62,15 @@ def _error(status: int, message: str, kind: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": kind, "code": status, **extra}}, status_code=status)
 
 
+def _stream_error(route: Route_, exc: BaseException) -> bytes:
+    """The event that ends a stream whose backend failed mid-answer (OpenAI clients raise it)."""
+    timeout = isinstance(exc, TimeoutError)
+    err = {"message": f"backend {route.name} {'timed out' if timeout else 'failed'} mid-answer "
+                      f"({type(exc).__name__})", "type": "backend_timeout" if timeout else "backend_unavailable",
+           "code": 504 if timeout else 503}
+    return b"data: " + json.dumps({"error": err}).encode() + b"\n\n"
+
+
 def _ms(t0: float) -> str:
     return f"{(time.perf_counter() - t0) * 1000:.3f}"
 
@@ -168,9 +177,13 @@ class Gateway:
             return Response(data, status_code=resp.status, media_type=ctype, headers=headers)
 
         async def relay() -> AsyncIterator[bytes]:
+            tail = b"\n\n"
             try:
                 async for chunk in resp.content.iter_any():
+                    tail = chunk[-2:]
                     yield chunk
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:  # the backend died mid-answer
+                yield (b"" if tail == b"\n\n" else b"\n\n") + _stream_error(route, exc)
             finally:
                 resp.release()
 
@@ -254,6 +267,7 @@ class Gateway:
             try:
                 if chat:
                     yield chunk(None, None, first=True)
+                finished = False
                 async for raw in resp.content:
                     if not raw.startswith(b"data:"):
                         continue
@@ -261,15 +275,21 @@ class Gateway:
                     if "error" in event:
                         err = {"error": {"message": str(event["error"]), "type": event.get("error_type", "backend")}}
                         yield b"data: " + json.dumps(err).encode() + b"\n\n"
-                        break
+                        return
                     token = event.get("token") or {}
                     if not token.get("special"):
                         yield chunk(token.get("text", ""), None)
                     details = event.get("details")
                     if event.get("generated_text") is not None:
+                        finished = True
                         reason = FINISH.get((details or {}).get("finish_reason", ""), "stop")
                         yield chunk(None if chat else "", reason)
+                if not finished:  # the socket closed cleanly, but before TGI's last event
+                    yield _stream_error(route, ConnectionResetError("stream ended before its last token"))
+                    return
                 yield b"data: [DONE]\n\n"
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:  # the backend died mid-answer
+                yield _stream_error(route, exc)
             finally:
                 resp.release()
 

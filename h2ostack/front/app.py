@@ -30,7 +30,7 @@ from typing import Any
 import gradio as gr
 
 from h2ostack import __version__
-from h2ostack.front.clients import Backend, backend_for, probe, stream_answer
+from h2ostack.front.clients import Backend, backend_for, fast_timeout, probe, stream_answer
 from h2ostack.front.prompts import PROMPT_TYPES
 
 EXTRA_SLOTS = 4
@@ -161,7 +161,9 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
             idx = active(slot_list, visible)
             events: queue.Queue[tuple[int, str, Any]] = queue.Queue()
             stopping = threading.Event()
+            abandoned: set[int] = set()  # panes given up on: their thread stops at its next piece
             stats: dict[int, dict[str, Any]] = {}
+            first_byte = fast_timeout()  # REQUEST_TIMEOUT_FAST bounds each pane's connection and first piece
 
             def work(i: int) -> None:
                 b = Backend(**slot_list[i])
@@ -173,7 +175,7 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
                 count = 0
                 try:
                     for piece in stream_answer(b, turns, message, int(max_toks[i]), float(temperatures[i])):
-                        if stopping.is_set():
+                        if stopping.is_set() or i in abandoned:
                             break
                         last_at = time.time()
                         if first is None:
@@ -195,13 +197,27 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
                 t.start()
             yield ["", *hists, *heads_out, records]
             pending = set(idx)
+            waiting = set(idx)  # no first piece yet
+            deadline = time.perf_counter() + first_byte
             last = 0.0
             try:
                 while pending:
+                    if waiting and time.perf_counter() > deadline:
+                        for i in waiting:  # given up on; the others keep streaming
+                            abandoned.add(i)
+                            pending.discard(i)
+                            hists[i][-1] = {"role": "assistant", "content": "⚠ error: no answer within "
+                                            f"REQUEST_TIMEOUT_FAST ({first_byte:g} s)"}
+                        waiting.clear()
+                        yield ["", *hists, *heads_out, records]
+                        continue
                     try:
-                        i, kind, value = events.get(timeout=0.5)
+                        i, kind, value = events.get(timeout=0.1)
                     except queue.Empty:
                         continue
+                    if i not in pending:  # a pane already given up on
+                        continue
+                    waiting.discard(i)
                     if kind == "piece":
                         hists[i][-1] = {"role": "assistant", "content": hists[i][-1]["content"] + value}
                     elif kind == "error":
@@ -278,11 +294,10 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
             if not free:
                 return [f"all {EXTRA_SLOTS} extra panes are in use", slot_list, *no_change, *no_change]
             try:
-                b = backend_for(name, server, prompt_type or None, timeout=float(os.environ.get("REQUEST_TIMEOUT_FAST",
-                                                                                                 "10")))
+                b = backend_for(name, server, prompt_type or None, timeout=fast_timeout())
             except ValueError as exc:
                 return [f"⚠ {exc}", slot_list, *no_change, *no_change]
-            ok, detail = probe(b, float(os.environ.get("REQUEST_TIMEOUT_FAST", "10")))
+            ok, detail = probe(b, fast_timeout())
             b.health = "healthy" if ok else detail
             slot_list = list(slot_list)
             slot_list[free[0]] = asdict(b)

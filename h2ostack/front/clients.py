@@ -92,10 +92,25 @@ def stream_answer(b: Backend, history: Sequence[tuple[str, str]], message: str, 
                                   "stop": stops or None}
         if temperature > 0:
             kwargs.update(temperature=temperature, do_sample=True)
-        tokens = (ev.token.text for ev in client.text_generation(prompt, **kwargs) if not ev.token.special)
-        yield from _trimmed(tokens, stops)
+        yield from _trimmed(_tgi_tokens(client.text_generation(prompt, **kwargs)), stops)
         return
     yield _h2ogpt_answer(b, message, max_new_tokens, temperature)
+
+
+class StreamCut(ConnectionError):
+    """The server closed a stream before its last event (it died or was killed mid-answer)."""
+
+
+def _tgi_tokens(events: Any) -> Iterator[str]:
+    """TGI's stream events to token texts; its last event carries `details` (asked for), so a
+    stream that ends without them was cut, even where the socket closed cleanly."""
+    finished = False
+    for ev in events:
+        if not ev.token.special:
+            yield ev.token.text
+        finished = ev.details is not None or ev.generated_text is not None
+    if not finished:
+        raise StreamCut("the server closed the stream before its last token")
 
 
 def _trimmed(pieces: Iterator[str], stops: Sequence[str]) -> Iterator[str]:
