@@ -3,10 +3,12 @@
 #   docker-engine.sh start DIR   install docker.io if needed, start dockerd on DIR/docker.sock,
 #                                make sure the base image h2ostack/base:bookworm exists;
 #                                the last line printed is `export DOCKER_HOST=...`
-#   docker-engine.sh stop DIR    stop that dockerd (by its pidfile, never by name)
+#   docker-engine.sh stop DIR    stop that dockerd (by its pidfile, never by name) and remove its data
+#   docker-engine.sh halt DIR    stop that dockerd but keep its data: `start DIR` brings the same
+#                                engine back (its images and containers), as a daemon restart does
 set -euo pipefail
 cmd=${1:-}; dir=${2:-}
-[ -n "$cmd" ] && [ -n "$dir" ] || { echo "usage: $0 start|stop DIR" >&2; exit 2; }
+[ -n "$cmd" ] && [ -n "$dir" ] || { echo "usage: $0 start|stop|halt DIR" >&2; exit 2; }
 CACHE=${H2OSTACK_CACHE:-$HOME/.cache/h2ostack}
 BASE_IMAGE=h2ostack/base:bookworm
 log() { echo "docker-engine: $*" >&2; }
@@ -68,7 +70,7 @@ start() {
   echo "export DOCKER_HOST=unix://$sock"
 }
 
-stop() {
+halt() {
   [ -d "$dir" ] || exit 0
   dir=$(cd "$dir" && pwd)
   local pidfile="$dir/docker.pid"
@@ -79,9 +81,15 @@ stop() {
     if kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "--data-root $dir/data"; then
       kill -TERM "$pid"
       for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-      kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+      if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid"; fi
     fi
   fi
+  log "dockerd halted"
+}
+
+stop() {
+  [ -d "$dir" ] || exit 0
+  halt
   # vfs layers and the exec root can hold mounts: release them before removal
   grep -o " $dir/[^ ]*" /proc/mounts | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
   rm -rf "$dir/exec" "$dir/data" 2>/dev/null || true
@@ -91,5 +99,6 @@ stop() {
 case "$cmd" in
   start) start ;;
   stop) stop ;;
-  *) echo "usage: $0 start|stop DIR" >&2; exit 2 ;;
+  halt) halt ;;
+  *) echo "usage: $0 start|stop|halt DIR" >&2; exit 2 ;;
 esac

@@ -328,3 +328,51 @@ def test_doctor(dh2o: H2O, docker_host: str, write_stack, stack_name: str, tiny_
     assert out.returncode == 1
     assert "ok    python of a" in out.stdout and "imports transformers.cli.transformers" in out.stdout
     assert "FAIL  python of b" in out.stdout and "pip install vllm" in out.stdout
+
+
+def engine(action: str, docker_host: str) -> None:
+    """Halt or start the tests' own engine (scripts/docker-engine.sh), keeping its data."""
+    engine_dir = Path(docker_host.removeprefix("unix://")).parent
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "docker-engine.sh"), action, str(engine_dir)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
+def test_engine_restart_while_the_stack_runs(dh2o: H2O, docker_host: str, write_stack, stack_name: str) -> None:
+    """dockerd goes away and comes back under a running stack: status says the engine is gone
+    (never "nothing runs"), the `restart: always` service is back by Docker's own policy, the
+    other is shown stopped and `up` brings it back while keeping the first; `down` clears all."""
+    ports = {"keep": free_port(), "plain": free_port()}
+    text = tgi_stack(stack_name, ports["keep"])
+    service = text[text.index("  falcon:"):]
+    path = write_stack(text.replace("  falcon:", "  keep:").replace("    shm_size:", "    restart: always\n"
+                                                                     "    shm_size:")
+                       + service.replace("  falcon:", "  plain:").replace(str(ports["keep"]), str(ports["plain"])))
+    assert dh2o("up", str(path), timeout=300).returncode == 0
+    before = {c.name: c.id for c in ours(docker_host, stack_name)}
+    assert set(before) == {f"{stack_name}-keep", f"{stack_name}-plain"}
+
+    engine("halt", docker_host)
+    try:
+        gone = dh2o("status", str(path))
+        assert gone.returncode == 1 and "no Docker engine answers at" in gone.stderr, gone.stderr
+        assert "Traceback" not in gone.stderr
+    finally:
+        engine("start", docker_host)
+
+    def settled() -> dict | None:
+        rows = dh2o.status(str(path))
+        return rows if rows["keep"]["health"] == "healthy" and rows["plain"]["state"] != "running" else None
+
+    rows = wait_for(settled, 90, "keep back and healthy after the engine restart")
+    assert rows["plain"]["state"] in ("exited", "stopped"), rows["plain"]  # type: ignore[index]
+    assert {c.name: c.id for c in ours(docker_host, stack_name)} == before  # the same containers, found by labels
+
+    again = dh2o("up", str(path), timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "kept     keep" in again.stderr
+    rows = dh2o.status(str(path))
+    assert rows["keep"]["health"] == "healthy" and rows["plain"]["health"] == "healthy"
+    assert info(ports["plain"])["model_id"] == "h2oai/h2ogpt-gm-oasst1-en-2048-falcon-7b-v2"
+    assert dh2o("down", str(path), check=True).returncode == 0
+    assert ours(docker_host, stack_name) == []
