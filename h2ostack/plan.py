@@ -314,6 +314,8 @@ class _Planner:
         if stack.defaults.hf_home:
             env["HF_HOME"] = _path(stack.base_dir, stack.defaults.hf_home)
         if gpus:
+            # NVML's indices are PCI bus order; CUDA's own default order is "fastest first"
+            env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
         elif self.facts.gpus:
             env["CUDA_VISIBLE_DEVICES"] = ""  # keep a CPU service off the machine's GPUs
@@ -387,6 +389,7 @@ class _Planner:
             if svc.restart == "always":
                 spec["restart_policy"] = {"Name": "always"}
         env.pop("CUDA_VISIBLE_DEVICES", None)  # the device request decides what the container sees
+        env.pop("CUDA_DEVICE_ORDER", None)
         return spec
 
     def volume(self, text: str) -> str:

@@ -4,7 +4,7 @@ It is the process group's leader, so `down` signals the group and reaches every 
 forked (vLLM's EngineCore and workers included). When the server exits, the shim records how
 (`run/<service>.exit`, read by `status`), sweeps what is left of the group so nothing is
 orphaned holding a GPU, and either restarts the server (the service's `restart:` policy, with
-backoff, once the old port is free) or exits with the server's code. With a liveness URL it also
+backoff, once the old port is free and NVML shows the old server's GPU memory released) or exits with the server's code. With a liveness URL it also
 restarts a server that stops answering for `unhealthy_after` seconds.
 
 It ignores SIGTERM itself, so the signal sent to the group reaches the server and the shim stays
@@ -16,7 +16,8 @@ reach the server through the environment it inherits.
 Usage: python -S h2ostack/shim.py EXIT_FILE -- ARGV...
 Policy (environment, optional): H2OSTACK_RESTART=no|on-failure|always, H2OSTACK_MAX_RESTARTS,
 H2OSTACK_LIVENESS_URL, H2OSTACK_UNHEALTHY_AFTER, H2OSTACK_LIVENESS_INTERVAL, H2OSTACK_PORT,
-H2OSTACK_CANARY (a JSON body: the liveness probe then asks for a token).
+H2OSTACK_CANARY (a JSON body: the liveness probe then asks for a token), H2OSTACK_GPU_IDS and
+H2OSTACK_NVML_PATH (the service's GPUs, and where nvidia-ml-py's `pynvml` module lives).
 """
 
 from __future__ import annotations
@@ -32,9 +33,11 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 
 BACKOFF_START, BACKOFF_MAX = 1.0, 30.0
 PORT_FREE_TIMEOUT = 60.0
+GPU_RELEASE_TIMEOUT = 120.0
 
 
 class Shim:
@@ -48,6 +51,8 @@ class Shim:
         self.interval = float(env.get("H2OSTACK_LIVENESS_INTERVAL") or 5)
         self.probe_timeout = max(1.0, min(10.0, self.unhealthy_after / 2))
         self.port = int(env["H2OSTACK_PORT"]) if env.get("H2OSTACK_PORT") else None
+        self.gpus = [int(g) for g in env.get("H2OSTACK_GPU_IDS", "").split(",") if g.strip()]
+        self.nvml_path = env.get("H2OSTACK_NVML_PATH")
         self.stopping = False
         self.restarts = 0
         self.last_probe_failure: str | None = None
@@ -105,7 +110,7 @@ class Shim:
             rc = self.child.wait()
             how = f"signal {-rc}" if rc < 0 else f"code {rc}"
             self.say(f"server exited with {how}")
-            self.sweep()
+            old = {self.child.pid} | self.sweep()
             restart = self.wants_restart(rc)
             self.record(rc, restart)
             if not restart:
@@ -120,6 +125,7 @@ class Shim:
             if self.stopping:
                 return rc if rc >= 0 else 128 - rc
             self.wait_port_free()
+            self.wait_gpu_release(old)
             backoff = min(backoff * 2, BACKOFF_MAX)
 
     def wait_port_free(self) -> None:
@@ -134,8 +140,22 @@ class Shim:
                     return
             time.sleep(0.2)
 
-    def sweep(self) -> None:
-        """Leave nothing of the group behind (forked workers outlive a killed parent)."""
+    def wait_gpu_release(self, old: set[int]) -> None:
+        """A restart must not fail for want of memory the old server's processes still hold:
+        wait until none of them is among the GPUs' processes in NVML (the driver frees a dead
+        process's memory a little after it is gone)."""
+        if not self.gpus:
+            return
+        holders = nvml_holders(self.gpus, self.nvml_path)
+        if holders is None:
+            self.say("NVML cannot be read: restarting without waiting for GPU memory")
+            return
+        left = wait_released(old, holders, GPU_RELEASE_TIMEOUT, lambda: self.stopping)
+        if left:
+            self.say(f"GPU memory still held by {sorted(left)} after {GPU_RELEASE_TIMEOUT:g} s; restarting anyway")
+
+    def sweep(self) -> set[int]:
+        """Leave nothing of the group behind (forked workers outlive a killed parent); the pids found."""
         me, pgid = os.getpid(), os.getpgid(0)
         others = _group_members(pgid, me)
         for pid in others:
@@ -145,6 +165,7 @@ class Shim:
             time.sleep(0.1)
         for pid in _group_members(pgid, me):
             _signal(pid, signal.SIGKILL)
+        return set(others)
 
     # -- liveness -----------------------------------------------------------------------
     def watch(self) -> None:
@@ -188,6 +209,45 @@ def probe(url: str, timeout: float) -> str | None:
     except Exception as exc:  # refused, timed out, reset: all mean "not healthy"
         reason = getattr(exc, "reason", None) or exc
         return f"{type(reason).__name__}: {reason}"
+
+
+def wait_released(old: set[int], holders: Callable[[], set[int]], timeout: float, stop: Callable[[], bool],
+                  sleep: Callable[[float], None] = time.sleep,
+                  clock: Callable[[], float] = time.monotonic) -> set[int]:
+    """Poll `holders()` (the pids using the GPUs) until none of `old` is among them, `stop()`
+    says to give up, or `timeout` passes; the old pids still holding memory (empty: released)."""
+    deadline = clock() + timeout
+    while True:
+        try:
+            left = old & holders()
+        except Exception:  # NVML went away: nothing more to learn from it
+            return set()
+        if not left or stop() or clock() >= deadline:
+            return left
+        sleep(0.5)
+
+
+def nvml_holders(gpus: list[int], path: str | None) -> Callable[[], set[int]] | None:
+    """A function giving the pids with memory on these GPUs, by NVML; None where NVML is not there."""
+    if path and path not in sys.path:
+        sys.path.append(path)
+    try:
+        import pynvml  # nvidia-ml-py
+
+        pynvml.nvmlInit()
+        handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in gpus]
+    except Exception:  # no module, no driver, no such GPU
+        return None
+
+    def holders() -> set[int]:
+        pids: set[int] = set()
+        for h in handles:
+            for get in (pynvml.nvmlDeviceGetComputeRunningProcesses, pynvml.nvmlDeviceGetGraphicsRunningProcesses):
+                with contextlib.suppress(pynvml.NVMLError):
+                    pids |= {p.pid for p in get(h)}
+        return pids
+
+    return holders
 
 
 def _group_members(pgid: int, me: int) -> list[int]:

@@ -50,6 +50,12 @@ def process_env(plan: ServicePlan, state: StackState) -> dict[str, str]:
     env["H2OSTACK_MAX_RESTARTS"] = "" if plan.max_restarts is None else str(plan.max_restarts)
     if plan.port:
         env["H2OSTACK_PORT"] = str(plan.port)
+    if plan.gpus:  # before a restart the shim waits until NVML shows the old server's memory released
+        env["H2OSTACK_GPU_IDS"] = ",".join(str(g) for g in plan.gpus)
+        with contextlib.suppress(ImportError):
+            import pynvml  # nvidia-ml-py: one module, which the stdlib-only shim may import from here
+
+            env["H2OSTACK_NVML_PATH"] = str(Path(pynvml.__file__).parent)
     if plan.liveness is not None and plan.unhealthy_after:
         env["H2OSTACK_LIVENESS_URL"] = (plan.url or "") + plan.liveness.path
         env["H2OSTACK_UNHEALTHY_AFTER"] = str(plan.unhealthy_after)

@@ -87,6 +87,30 @@ def test_on_failure_restarts_a_killed_server(h2o: H2O, write_stack, stack_name: 
     assert marked_processes(h2o.state_dir) == []
 
 
+def test_a_gpu_service_restarts_after_its_gpu_memory_check(h2o: H2O, write_stack, stack_name: str) -> None:
+    """A service given GPU 0 (stated with --gpus: this machine may have none): on a crash the shim
+    asks NVML whether the old server's memory is released before it restarts it."""
+    import os
+    import signal
+
+    from h2ostack.shim import nvml_holders
+    from tests.conftest import wait_for
+
+    path = write_stack(standin_stack(stack_name, [free_port()], ", gpus: [0], restart: on-failure"))
+    h2o("up", str(path), "--gpus", "0", check=True)
+    first = h2o.status(str(path))["s0"]
+    assert first["gpus"] == [0]
+    os.kill(int(first["ident"]), signal.SIGKILL)
+    wait_for(lambda: (r := h2o.status(str(path))["s0"])["restarts"] == 1 and r["health"] == "healthy", 60,
+             "a restart")
+    log = h2o("logs", str(path), "s0", "--tail", "100").stdout
+    assert "restarting in 1 s (restart 1, policy on-failure)" in log
+    if nvml_holders([0], None) is None:  # no driver here: said, and not waited for
+        assert "NVML cannot be read: restarting without waiting for GPU memory" in log
+    else:
+        assert "GPU memory still held" not in log
+
+
 def test_liveness_restarts_a_server_whose_health_hangs(h2o: H2O, write_stack, stack_name: str,
                                                        tmp_path: Path) -> None:
     from tests.conftest import wait_for
