@@ -4,8 +4,8 @@
    way gateway benchmarks are published), direct and through the gateway interleaved, so drift on
    this shared machine hits both alike: added latency at the median and p99
    (targets: at most 1 ms and 5 ms), and the gateway's own `x-h2ostack-overhead-ms`.
-2. Streams at 1, 16 and 64 at once, direct and through the gateway: time to first token and
-   tokens/s, against the real CPU vLLM (passed through) and the TGI stand-in (translated);
+2. Streams at 1, 16 and 64 at once, direct and through the gateway in turn, BENCH_ROUNDS times
+   (medians): time to first token and tokens/s, against the real CPU vLLM (passed through) and the TGI stand-in (translated);
    target: throughput at 64 streams at least 98% of direct.
 3. The gateway process's memory (target: at most 200 MB).
 
@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 N_SEQ = int(os.environ.get("BENCH_N", "300"))
 MAX_TOKENS = int(os.environ.get("BENCH_TOKENS", "32"))
 LEVELS = [int(x) for x in os.environ.get("BENCH_LEVELS", "1,16,64").split(",")]
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "7"))
 
 
 def free_port() -> int:
@@ -70,16 +71,22 @@ def sequential(direct: str, via: str, model: str, gw_model: str) -> dict[str, fl
 
 
 async def one_stream(session: aiohttp.ClientSession, url: str, body: dict) -> tuple[float, int, float]:
+    """Time to first token, tokens, seconds. Tokens come from the stream's `usage` where the server
+    sends it (vLLM merges tokens that end inside a UTF-8 character into one event), else one per event."""
     t0 = time.perf_counter()
     first = None
-    n = 0
+    events = 0
+    usage = None
     async with session.post(url, json=body) as r:
         async for line in r.content:
             if line.startswith(b"data:") and b"[DONE]" not in line:
+                if b'"usage":{' in line.replace(b" ", b""):
+                    usage = json.loads(line[5:])["usage"]["completion_tokens"]
+                    continue
                 if first is None:
                     first = time.perf_counter() - t0
-                n += 1
-    return first or float("nan"), n, time.perf_counter() - t0
+                events += 1
+    return first or float("nan"), usage if usage is not None else events, time.perf_counter() - t0
 
 
 async def streams(url: str, body: dict, concurrency: int) -> dict[str, float]:
@@ -90,6 +97,20 @@ async def streams(url: str, body: dict, concurrency: int) -> dict[str, float]:
     ttfts = [r[0] for r in res]
     tokens = sum(r[1] for r in res)
     return {"ttft_p50_ms": statistics.median(ttfts) * 1000, "tokens_per_s": tokens / wall, "tokens": tokens}
+
+
+def rounds(direct: tuple[str, dict], via: tuple[str, dict], level: int) -> tuple[dict, dict]:
+    """ROUNDS rounds, direct and through the gateway in turn (so drift on this shared machine hits
+    both alike); the median of each figure."""
+    ds, gs = [], []
+    for _ in range(ROUNDS):
+        ds.append(asyncio.run(streams(*direct, level)))
+        gs.append(asyncio.run(streams(*via, level)))
+
+    def med(xs: list[dict]) -> dict[str, float]:
+        return {k: statistics.median(x[k] for x in xs) for k in xs[0]}
+
+    return med(ds), med(gs)
 
 
 def main() -> None:
@@ -140,17 +161,18 @@ fronts:
         for name, direct_url, body_direct, gw_model in (
             ("vLLM (CPU), passed through", f"http://127.0.0.1:{ports['vllm']}/v1/completions",
              {"model": "tiny", "prompt": "Hello", "max_tokens": MAX_TOKENS, "stream": True,
-              "ignore_eos": True}, "vllm"),
+              "ignore_eos": True, "stream_options": {"include_usage": True}}, "vllm"),
             ("TGI stand-in, translated", f"http://127.0.0.1:{ports['tgi']}/generate_stream",
              {"inputs": "Hello", "parameters": {"max_new_tokens": MAX_TOKENS}}, "tgi"),
         ):
             via_body = ({**body_direct, "model": gw_model} if gw_model == "vllm" else
                         {"model": gw_model, "prompt": "Hello", "max_tokens": MAX_TOKENS, "stream": True})
+            asyncio.run(streams(direct_url, body_direct, 4))  # warm both paths
+            asyncio.run(streams(base + "/completions", via_body, 4))
             for level in LEVELS:
-                d = asyncio.run(streams(direct_url, body_direct, level))
-                g = asyncio.run(streams(base + "/completions", via_body, level))
+                d, g = rounds((direct_url, body_direct), (base + "/completions", via_body), level)
                 rows.append((name, level, d, g))
-        print(f"\nStreams ({MAX_TOKENS} tokens each)")
+        print(f"\nStreams ({MAX_TOKENS} tokens each; median of {ROUNDS} rounds, direct and gateway in turn)")
         print(f"  {'backend':<30}{'streams':>8}{'ttft direct':>13}{'ttft gw':>10}{'tok/s direct':>14}"
               f"{'tok/s gw':>10}{'ratio':>8}")
         for name, level, d, g in rows:
