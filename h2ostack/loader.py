@@ -26,7 +26,7 @@ MAX_FILE_BYTES = 1_000_000
 MAX_NODES = 100_000
 
 _VAR_RE = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}|\{([^}]*)\})")
-USER_TOP_KEYS = ("version", "name", "env_file", "defaults", "services", "fronts")
+USER_TOP_KEYS = ("version", "name", "env_file", "defaults", "hosts", "services", "fronts")
 
 
 def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
@@ -333,7 +333,12 @@ def _service_rules(loc: Loc, svc: Any, smap: SourceMap) -> list[Problem]:
         add("model", "this field is required")
     if svc.starts_something and svc.port is None and kind == "tgi" and svc.image:
         add("port", "a TGI container needs a host `port:` (the container listens on 80)")
-    if svc.external and (svc.gpus or svc.port):
+    nodes = getattr(svc, "nodes", None)
+    if nodes and svc.url:
+        add("url", "give either `url:` (an existing server) or `nodes:` (one model across hosts), not both")
+    if nodes and not svc.gpus:
+        add("nodes", "a multi-node service needs `gpus:` (the GPUs it uses on each node)")
+    if svc.external and not nodes and (svc.gpus or svc.port):
         add("gpus" if svc.gpus else "port", "an external service (`url:`) is not started: it takes no gpus or port")
     return out
 

@@ -54,6 +54,7 @@ class ServicePlan:
     max_restarts: int | None = None
     unhealthy_after: float | None = None
     liveness: Probe | None = None  # what the supervisor probes to tell a hung server
+    nodes: tuple[tuple[str, str, str], ...] = ()  # multi-node: (host name, ssh target, address), head first
 
     @property
     def started(self) -> bool:
@@ -75,6 +76,8 @@ class ServicePlan:
             out["container"] = mask(dict(self.container or {}))
         if self.is_front:
             out["models"] = list(self.models)
+        if self.nodes:
+            out["nodes"] = [{"host": n, "ssh": ssh, "address": addr} for n, ssh, addr in self.nodes]
         out["health"] = {"timeout": self.health_timeout, "probes": [p.path for p in self.probes]}
         if self.started:
             out["restart"] = {"policy": self.restart, "max_restarts": self.max_restarts,
@@ -287,6 +290,8 @@ class _Planner:
         timeout = svc.health.timeout
         common = dict(name=name, kind=svc.kind, depends_on=tuple(svc.depends_on), prompt_type=svc.prompt_type,
                       health_interval=svc.health.interval)
+        if svc.kind == "vllm" and svc.nodes:
+            return self.multinode(name, svc, common)
         if svc.external:
             if svc.kind == "openai":
                 url = svc.url or openai.DEFAULT_URL
@@ -391,6 +396,45 @@ class _Planner:
         env.pop("CUDA_VISIBLE_DEVICES", None)  # the device request decides what the container sees
         env.pop("CUDA_DEVICE_ORDER", None)
         return spec
+
+    def multinode(self, name: str, svc: Any, common: dict[str, Any]) -> ServicePlan:
+        """vLLM across hosts with Ray: tensor parallel over each node's GPUs, pipeline parallel across
+        the nodes. Not started by `up`: `render` writes its recipe; then it is wired like an endpoint."""
+        loc = ("services", name)
+        hosts = self.stack.hosts
+        unknown = [n for n in svc.nodes if n not in hosts]
+        if unknown:
+            self.problem((*loc, "nodes"), f"unknown host(s) {', '.join(unknown)}: `hosts:` names "
+                                          f"{', '.join(hosts) or 'none'}")
+            return ServicePlan(**common, mode="external", api="openai")
+        if len(set(svc.nodes)) != len(svc.nodes):
+            self.problem((*loc, "nodes"), "a host is named twice")
+        gpus = tuple(svc.gpu_ids if svc.gpu_ids is not None else range(svc.gpu_count))
+        if not gpus:
+            self.problem((*loc, "gpus"), "a multi-node service needs `gpus:` (the GPUs it uses on each node)")
+        port = svc.port or vllm.DEFAULT_PORT
+        head = hosts[svc.nodes[0]]
+        python = os.path.expanduser(svc.python or "python3")
+        served = vllm.served_model(svc.model or "", svc.args)
+        ctx = Context(name, (), port, "0.0.0.0", python, svc.model or "", served, svc.args, svc.revision)
+        command = vllm.command(ctx)
+        if "tensor_parallel_size" not in svc.args:
+            command += ["--tensor-parallel-size", str(len(gpus))]
+        if "pipeline_parallel_size" not in svc.args:
+            command += ["--pipeline-parallel-size", str(len(svc.nodes))]
+        if "distributed_executor_backend" not in svc.args:
+            command += ["--distributed-executor-backend", "ray"]
+        env: dict[str, EnvValue] = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+                                    "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus))}
+        if svc.api_key is not None:
+            env["VLLM_API_KEY"] = svc.api_key
+        env.update(svc.env)
+        nodes = tuple((n, hosts[n].ssh_target, hosts[n].reach) for n in svc.nodes)
+        plan = ServicePlan(**common, mode="external", api="openai", gpus=gpus, port=port,
+                           url=f"http://{head.reach}:{port}", served_model=served, env=env, command=tuple(command),
+                           probes=tuple(vllm.probes(ctx)), health_timeout=svc.health.timeout or
+                           vllm.DEFAULT_HEALTH_TIMEOUT, nodes=nodes)
+        return replace(plan, config_hash=self.hash_of(plan))
 
     def volume(self, text: str) -> str:
         host, sep, rest = text.partition(":")

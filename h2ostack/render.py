@@ -6,12 +6,15 @@ Secrets are never written: a secret env var is passed by name (`-e NAME` for Doc
 
 from __future__ import annotations
 
+import os
 import shlex
 from collections.abc import Callable, Iterable
 
 from pydantic import SecretStr
 
 from h2ostack.plan import Plan, ServicePlan
+
+RAY_PORT = 6379
 
 
 def shell_words(argv: Iterable[str]) -> str:
@@ -34,6 +37,42 @@ def _process_lines(sp: ServicePlan, log_dir: str) -> list[str]:
     return lines
 
 
+def _multinode_lines(sp: ServicePlan, log_dir: str) -> list[str]:
+    """vLLM across hosts, as vLLM documents it: a Ray head, Ray workers, then the server on the head.
+    Each step runs over ssh as a script on stdin, so a secret travels inside the script and never in
+    an argv (`ps` here or there)."""
+    (head, head_ssh, head_addr), workers = sp.nodes[0], sp.nodes[1:]
+    q = shlex.quote
+    command = list(sp.command or ())
+    bindir = os.path.dirname(command[0]) if "/" in command[0] else ""
+    ray = os.path.join(bindir, "ray") if bindir else "ray"
+    n_gpus = len(sp.gpus)
+    exports = [f"{k}={q(str(v))}" for k, v in sp.env.items() if not isinstance(v, SecretStr)]
+    secrets = [k for k, v in sp.env.items() if isinstance(v, SecretStr)]
+    lines = [f"# {sp.name}: vLLM across {len(sp.nodes)} nodes with Ray (head {head}, workers "
+             f"{', '.join(w[0] for w in workers)}); GPUs {','.join(map(str, sp.gpus))} on each node",
+             *[f': "${{{k}:?set {k} in the environment}}"' for k in secrets]]
+
+    def on(node: tuple[str, str, str], step: str, argv: list[str]) -> str:
+        name, target, addr = node
+        script = [f"printf 'export %s=%q\\n' {k} \"${k}\"" for k in secrets]
+        script.append("echo " + q("export " + " ".join([*exports, f"VLLM_HOST_IP={addr}"])))
+        script.append("echo " + q("exec " + shell_words(argv)))
+        return (f"{{ {'; '.join(script)}; }} | on_host {q(target)} >{log_dir}/{sp.name}-{name}-{step}.log 2>&1 &")
+
+    lines.append(on(sp.nodes[0], "ray", [ray, "start", "--head", f"--port={RAY_PORT}", f"--num-gpus={n_gpus}",
+                                         "--block"]))
+    for node in workers:
+        lines.append(on(node, "ray", [ray, "start", f"--address={head_addr}:{RAY_PORT}", f"--num-gpus={n_gpus}",
+                                      "--block"]))
+    joined = (f'{command[0]} -c "import ray, sys; ray.init(address=sys.argv[1], logging_level=40); '
+              f'sys.exit(sum(n[sys.argv[2]] for n in ray.nodes()) < {len(sp.nodes)})" auto Alive')
+    lines.append(f"until on_host {q(head_ssh)} <<<{q(joined)} >/dev/null 2>&1; do sleep 2; done  # all nodes joined")
+    lines.append(on(sp.nodes[0], "vllm", command))
+    lines.append(f"wait_ready {q((sp.url or '') + (sp.probes[0].path if sp.probes else '/health'))}")
+    return lines
+
+
 def render_shell(plan: Plan) -> str:
     from h2ostack.runtimes import docker_render
 
@@ -47,13 +86,19 @@ def render_shell(plan: Plan) -> str:
         "wait_ready() {  # poll a health URL until it answers 2xx",
         '  until curl -fsS -o /dev/null "$1"; do sleep 1; done',
         "}",
-        "",
     ]
     everything = plan.all()
+    if any(sp.nodes for sp in everything.values()):
+        out += ["on_host() {  # run stdin as a bash script on another machine",
+                '  ssh -T -o BatchMode=yes "$1" bash -s',
+                "}"]
+    out.append("")
     for level in plan.order:
         for name in level:
             sp = everything[name]
-            if not sp.started:
+            if sp.nodes:
+                out += _multinode_lines(sp, '"$LOGS"')
+            elif not sp.started:
                 out.append(f"# {name}: external {sp.kind} endpoint {sp.url} (not started)")
             elif sp.mode == "container":
                 out += docker_render.docker_run_lines(sp, plan)

@@ -63,6 +63,42 @@ class FrontAuth(_Model):
     password: SecretStr
 
 
+class Host(_Model):
+    """A machine the stack spans: its Docker endpoint, how others reach it, its GPUs."""
+
+    docker: str | None = Field(default=None, description="ssh://user@gpu2, tcp://host:2376 or unix:///path")
+    address: str | None = Field(default=None, description="how clients and other hosts reach it (default: the "
+                                "host of its docker URL; 127.0.0.1 for a unix socket)")
+    ssh: str | None = Field(default=None, description="user@host for recipes run there (default: from an "
+                            "ssh:// docker URL, else the address)")
+    gpus: list[Annotated[int, Field(ge=0)]] | None = None
+
+    @field_validator("docker")
+    @classmethod
+    def _docker_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("ssh://", "tcp://", "unix://", "http://", "https://")):
+            raise ValueError("a Docker endpoint is ssh://user@host, tcp://host:port or unix:///path")
+        return value
+
+    @property
+    def reach(self) -> str:
+        if self.address:
+            return self.address
+        if self.docker and not self.docker.startswith("unix://"):
+            from urllib.parse import urlsplit
+
+            return urlsplit(self.docker).hostname or "127.0.0.1"
+        return "127.0.0.1"
+
+    @property
+    def ssh_target(self) -> str:
+        if self.ssh:
+            return self.ssh
+        if self.docker and self.docker.startswith("ssh://"):
+            return self.docker[len("ssh://"):].split("/", 1)[0]
+        return self.reach
+
+
 class Defaults(_Model):
     bind: str = "127.0.0.1"
     hf_home: str | None = None
@@ -147,10 +183,17 @@ class VLLMService(_Service):
     kind: Literal["vllm"]
     python: str | None = None
     api_key: SecretStr | None = None
+    # hosts (of `hosts:`) one model spans with Ray: the first is the head; `gpus` is per node
+    nodes: list[str] | None = Field(default=None, min_length=2)
 
     @property
     def starts_something(self) -> bool:
-        return self.url is None
+        return self.url is None and not self.nodes
+
+    @property
+    def external(self) -> bool:
+        """Multi-node: started from its rendered Ray recipe, then wired and health-checked."""
+        return self.url is not None or bool(self.nodes)
 
 
 class TransformersService(_Service):
@@ -217,6 +260,7 @@ class Stack(_Model):
     name: str
     env_file: str | None = None
     defaults: Defaults = Field(default_factory=Defaults)
+    hosts: dict[str, Host] = Field(default_factory=dict)
     services: dict[str, Service] = Field(default_factory=dict)
     fronts: dict[str, Front] = Field(default_factory=dict)
     # where the stack file lives: relative paths (models, env_file, volumes) resolve against it
