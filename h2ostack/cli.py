@@ -349,15 +349,19 @@ def check(stack: StackArg,
 
 @app.command()
 def render(stack: StackArg,
-           fmt: Annotated[str, typer.Option("--format", help="shell")] = "shell",
+           fmt: Annotated[str, typer.Option("--format", help="shell (a script), compose (a compose file), "
+                                                         "k8s (Deployments and Services)")] = "shell",
+           vllm_image: Annotated[str, typer.Option("--vllm-image", help="compose/k8s: the image vLLM services "
+                                                   "run in (pin a tag)")] = "vllm/vllm-openai:latest",
            gpus: GpusOpt = None, gpu_memory: GpuMemOpt = None) -> None:
-    """The equivalent plain commands (`docker run ...`, `python -m vllm...`) as a script a person could run."""
+    """The plan for other hands: plain commands (`docker run ...`, `python -m vllm...`), a compose
+    file or Kubernetes manifests. No secret is written: each is read from the environment or a Secret."""
     from h2ostack.render import FORMATS
 
     if fmt not in FORMATS:
         raise _fail(f"error: unknown format {fmt!r}; one of {', '.join(FORMATS)}", 2)
     _, _, p = _plan(stack, gpus, gpu_memory, check_ports=False)
-    sys.stdout.write(FORMATS[fmt](p))
+    sys.stdout.write(FORMATS[fmt](p) if fmt == "shell" else FORMATS[fmt](p, vllm_image))  # type: ignore[call-arg]
 
 
 @app.command()

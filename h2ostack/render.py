@@ -108,4 +108,16 @@ def render_shell(plan: Plan) -> str:
     return "\n".join(out) + "\n"
 
 
-FORMATS: dict[str, Callable[[Plan], str]] = {"shell": render_shell}
+def _compose(plan: Plan, vllm_image: str = "vllm/vllm-openai:latest") -> str:
+    from h2ostack.render_deploy import render_compose
+
+    return render_compose(plan, vllm_image)
+
+
+def _k8s(plan: Plan, vllm_image: str = "vllm/vllm-openai:latest") -> str:
+    from h2ostack.render_deploy import render_k8s
+
+    return render_k8s(plan, vllm_image)
+
+
+FORMATS: dict[str, Callable[..., str]] = {"shell": render_shell, "compose": _compose, "k8s": _k8s}
