@@ -466,3 +466,30 @@ def log_sources(target: str | Path, service: str | None = None) -> list[tuple[st
         names = [service]
     modes = {e["name"]: e.get("mode", "process") for e in [*saved.get("services", []), *saved.get("fronts", [])]}
     return [(n, ctx.runtime(modes.get(n, observed[n].mode if n in observed else "process"))) for n in names]
+
+
+# -- lock files ---------------------------------------------------------------------------
+def lock(stack_file: str | Path, gpus: str | None = None, gpu_memory: float | None = None) -> tuple[Path, dict]:
+    """Write STACK.lock: what the stack resolves to now (see h2ostack/lock.py)."""
+    from h2ostack import lock as lk
+
+    stack, _, plan = load_plan(stack_file, gpus, gpu_memory, check_ports=False)
+    data = lk.compute(stack, plan)
+    path = lk.lock_path(stack_file)
+    lk.write(path, data)
+    return path, data
+
+
+def lock_differences(stack_file: str | Path, gpus: str | None = None, gpu_memory: float | None = None) -> list[str]:
+    """How the stack now differs from its lock file (empty: the same)."""
+    from h2ostack import lock as lk
+
+    path = lk.lock_path(stack_file)
+    if not path.exists():
+        raise NotFound(f"{path} does not exist: write it with `h2ostack lock {stack_file}`")
+    try:
+        locked = lk.read(path)
+    except (ValueError, OSError) as exc:
+        raise NotFound(str(exc)) from None
+    stack, _, plan = load_plan(stack_file, gpus, gpu_memory, check_ports=False)
+    return lk.diff(locked, lk.compute(stack, plan))

@@ -103,12 +103,22 @@ def up(stack: StackArg,
        gpus: GpusOpt = None, gpu_memory: GpuMemOpt = None,
        attach: Annotated[bool, typer.Option("--attach", help="Stay and stream logs; Ctrl-C stops the stack.")] = False,
        timeout: Annotated[float, typer.Option("--timeout", help="Grace period when stopping, seconds.")] = 30.0,
+       locked: Annotated[bool, typer.Option("--locked", help="Refuse to start if anything differs from "
+                                            "STACK.lock (images, model revisions, packages, GPUs).")] = False,
        ) -> None:
     """Plan, start what is not already running with the same config, wait until every server answers."""
     from h2ostack import api
     from h2ostack.errors import UpError
 
     con = _console(stderr=True)
+    if locked:
+        differences = _guard(lambda: api.lock_differences(stack, gpus, gpu_memory))
+        if differences:
+            con.print(f"error: {stack} differs from {stack}.lock; nothing was started:", markup=False)
+            for line in differences:
+                con.print(f"  {line}", markup=False)
+            raise typer.Exit(2)
+        con.print(f"{stack}.lock: everything matches", markup=False)
     printer = _Progress(con)
     try:
         with printer:
@@ -345,6 +355,23 @@ def check(stack: StackArg,
                   (r.text if r.ok else r.error).replace("\n", " ")[:80])
     _console().print(t)
     raise typer.Exit(0 if all(r.ok for r in results.values()) else 1)
+
+
+@app.command()
+def lock(stack: StackArg, gpus: GpusOpt = None, gpu_memory: GpuMemOpt = None) -> None:
+    """Write STACK.lock: image digests from the engine, model revisions, each environment's package
+    versions, the h2ostack version and the planned GPU ids. `up --locked` then refuses any change."""
+    from h2ostack import api
+
+    path, data = _guard(lambda: api.lock(stack, gpus, gpu_memory))
+    out = _console()
+    for name, entry in data["services"].items():
+        what = entry.get("image_id") or ", ".join(f"{k} {v}" for k, v in (entry.get("packages") or {}).items()
+                                                   if k != "python") or entry.get("url") or entry.get("launcher") or ""
+        model = entry.get("model") or {}
+        rev = model.get("revision") or model.get("digest") or ""
+        out.print(f"{name:<16} {entry['kind']:<13} {what}" + (f"  model {rev}" if rev else ""), markup=False)
+    out.print(f"wrote {path}", markup=False)
 
 
 @app.command()

@@ -6,11 +6,13 @@ loudly; nothing here skips.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,6 +23,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("H2OSTACK_CACHE") or Path.home() / ".cache" / "h2ostack")
+IMAGE = "h2ostack/tgi-standin:test"  # the TGI stand-in as a container image (built by `docker_host`)
 
 
 def free_port() -> int:
@@ -197,3 +200,47 @@ fronts:
     yield FrontStack(runner, path, outer, ports)
     runner("kill", "--all", timeout=120)
     assert marked_processes(runner.state_dir) == []
+
+
+@pytest.fixture(scope="session")
+def docker_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The engine the tests own: H2OSTACK_TEST_DOCKER_HOST (scripts/test.sh starts it), or one started here."""
+    given = os.environ.get("H2OSTACK_TEST_DOCKER_HOST")
+    started = None
+    if not given:
+        started = tmp_path_factory.mktemp("docker")
+        out = subprocess.run(["bash", str(ROOT / "scripts" / "docker-engine.sh"), "start", str(started)],
+                             capture_output=True, text=True, timeout=900)
+        assert out.returncode == 0, f"could not start a Docker engine:\n{out.stderr[-3000:]}"
+        given = out.stdout.strip().splitlines()[-1].split("=", 1)[1]
+    import docker
+
+    client = docker.DockerClient(base_url=given)
+    client.ping()
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        dockerfile = (b"FROM h2ostack/base:bookworm\nCOPY tgi_standin.py /tgi_standin.py\nENV PORT=80\n"
+                      b'ENTRYPOINT ["python3", "-u", "/tgi_standin.py"]\n')
+        for name, data in (("Dockerfile", dockerfile), ("tgi_standin.py", (ROOT / "tests" / "tgi_standin.py").read_bytes())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    context.seek(0)
+    client.images.build(fileobj=context, custom_context=True, tag=IMAGE, rm=True)
+    yield given
+    client.close()
+    if started is not None:
+        subprocess.run(["bash", str(ROOT / "scripts" / "docker-engine.sh"), "stop", str(started)], timeout=120)
+
+
+@pytest.fixture
+def dh2o(h2o: H2O, docker_host: str) -> H2O:
+    h2o.env["DOCKER_HOST"] = docker_host
+    return h2o
+
+
+def ours(docker_host: str, stack: str) -> list:
+    import docker
+
+    client = docker.DockerClient(base_url=docker_host)
+    return client.containers.list(all=True, filters={"label": f"io.h2ostack.stack={stack}"})
