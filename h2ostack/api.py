@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from h2ostack import executor, health
 from h2ostack.errors import EngineUnavailable, NotFound, UpError
-from h2ostack.runtimes.base import Observed
+from h2ostack.runtimes.base import Observed, runtime_key
 from h2ostack.state import StackState, known_stacks, state_root
 
 if TYPE_CHECKING:  # the models (pydantic) load only for commands that read a stack file
@@ -56,25 +56,39 @@ class Ctx:
     errors: dict[str, Exception] = field(default_factory=dict)  # runtimes that could not be asked (by mode)
 
     def runtime(self, mode: str) -> Runtime:
+        """The runtime for a key: `process`, `container` (the default engine) or `container@HOST`."""
         if mode not in self.runtimes:
-            if mode == "container":
+            if mode.startswith("container"):
                 from h2ostack.runtimes.docker import DockerRuntime
 
-                self.runtimes[mode] = DockerRuntime(self.name)
+                host = mode.partition("@")[2]
+                self.runtimes[mode] = DockerRuntime(self.name, base_url=self.docker_urls().get(host) if host
+                                                    else None, key=mode)
             else:
                 from h2ostack.runtimes.process import ProcessRuntime
 
                 self.runtimes[mode] = ProcessRuntime(self.state)
         return self.runtimes[mode]
 
+    def entries(self) -> list[dict[str, Any]]:
+        """The services as planned: this command's plan and the one saved by the last `up`."""
+        saved = (self.state.load_plan() or {}).get("plan", {})
+        out = [*saved.get("services", []), *saved.get("fronts", [])]
+        if self.plan is not None:
+            out += [{"name": s.name, "mode": s.mode, "host": s.host, "docker": s.docker_url}
+                    for s in self.plan.all().values()]
+        return out
+
+    def docker_urls(self) -> dict[str, str]:
+        return {e["host"]: e["docker"] for e in self.entries() if e.get("host") and e.get("docker")}
+
     def modes(self) -> list[str]:
         """Runtimes worth asking about this stack: the plan's, or, without one, any that may hold it."""
         modes = {"process"}
-        saved = self.state.load_plan()
-        plans = [s.get("mode") for s in (saved or {}).get("plan", {}).get("services", [])]
-        if self.plan is not None:
-            plans += [s.mode for s in self.plan.services.values()]
-        if "container" in plans or (saved is None and self.plan is None and docker_configured()):
+        entries = self.entries()
+        keys = {runtime_key(e.get("mode"), e.get("host")) for e in entries}
+        modes |= {k for k in keys if k.startswith("container")}
+        if not entries and self.state.load_plan() is None and docker_configured():
             modes.add("container")
         return sorted(modes, key=lambda m: m != "process")
 
@@ -258,7 +272,7 @@ def up(path: str | Path, only: Iterable[str] = (), gpus: str | None = None, gpu_
                 except health.NotReady as exc:
                     emit(Event(name, "warn", f"external endpoint {sp.url} is not reachable: {exc}"))
                 return 0.0
-            runtime = ctx.runtime(sp.mode)
+            runtime = ctx.runtime(sp.runtime_key)
             emit(Event(name, "start", " ".join(sp.command or ()) if sp.mode == "process" else sp.image or ""))
             handle = runtime.start(sp)
             with lock:
@@ -289,7 +303,7 @@ def up(path: str | Path, only: Iterable[str] = (), gpus: str | None = None, gpu_
             mine = set(started)
             stop_deps = {n: [d for d in deps[n] if d in mine] for n in deps if n in mine}
             executor.run_graph(executor.reverse(stop_deps),
-                               lambda n: ctx.runtime(everything[n].mode).stop(n, stop_timeout))
+                               lambda n: ctx.runtime(everything[n].runtime_key).stop(n, stop_timeout))
             for name in mine:
                 if everything[name].mode == "process":
                     state.forget(name)
@@ -415,7 +429,7 @@ def status(target: str | Path | None = None, probe: bool = True) -> list[Row]:
 
         executor.run_graph({n: [] for n in names}, probe_health)
         for name in names:
-            entry_mode = entries.get(name, {}).get("mode")
+            entry_mode = runtime_key(entries.get(name, {}).get("mode"), entries.get(name, {}).get("host"))
             if name not in observed and entry_mode in ctx.errors:  # its runtime could not be asked
                 entry = entries[name]
                 rows.append(Row(ctx.name, name, entry.get("kind", "?"), entry_mode, "unknown", "-",
@@ -464,7 +478,8 @@ def log_sources(target: str | Path, service: str | None = None) -> list[tuple[st
         if service not in names:
             raise NotFound(f"no started service named {service!r} in stack {ctx.name!r}")
         names = [service]
-    modes = {e["name"]: e.get("mode", "process") for e in [*saved.get("services", []), *saved.get("fronts", [])]}
+    modes = {e["name"]: runtime_key(e.get("mode", "process"), e.get("host"))
+             for e in [*saved.get("services", []), *saved.get("fronts", [])]}
     return [(n, ctx.runtime(modes.get(n, observed[n].mode if n in observed else "process"))) for n in names]
 
 

@@ -333,6 +333,9 @@ def _service_rules(loc: Loc, svc: Any, smap: SourceMap) -> list[Problem]:
         add("model", "this field is required")
     if svc.starts_something and svc.port is None and kind == "tgi" and svc.image:
         add("port", "a TGI container needs a host `port:` (the container listens on 80)")
+    if svc.host is not None and not (kind == "tgi" and svc.image):
+        add("host", f"a {kind} service runs as a process on this machine; only container services (tgi with "
+                    "`image:`) take `host:`")
     nodes = getattr(svc, "nodes", None)
     if nodes and svc.url:
         add("url", "give either `url:` (an existing server) or `nodes:` (one model across hosts), not both")
@@ -354,6 +357,13 @@ def cross_checks(stack: Stack, smap: SourceMap | None = None) -> list[Problem]:
         out.append(Problem(loc, msg, line, col))
 
     for name, svc in stack.services.items():
+        if svc.host is not None and svc.host not in stack.hosts:
+            add(("services", name, "host"), f"no host named '{svc.host}' in `hosts:`"
+                                            f"{did_you_mean(svc.host, list(stack.hosts))}")
+        for node in getattr(svc, "nodes", None) or []:
+            if node not in stack.hosts:
+                add(("services", name, "nodes"), f"no host named '{node}' in `hosts:`"
+                                                 f"{did_you_mean(node, list(stack.hosts))}")
         for i, dep in enumerate(svc.depends_on):
             if dep not in stack.services:
                 add(("services", name, "depends_on", i), f"no service named '{dep}'{did_you_mean(dep, names)}")

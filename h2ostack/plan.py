@@ -19,6 +19,7 @@ from h2ostack.backends import h2ogpt, openai, tgi, transformers, vllm
 from h2ostack.backends.base import Context, Probe
 from h2ostack.facts import Facts, local_model_path
 from h2ostack.loader import Problem, StackError, find_cycle
+from h2ostack.runtimes.base import runtime_key
 from h2ostack.spec import EnvValue, Front, Service, Stack, mask, reveal
 
 # weights x 1.2: activations, CUDA context and allocator slack, the usual rule of thumb
@@ -55,6 +56,13 @@ class ServicePlan:
     unhealthy_after: float | None = None
     liveness: Probe | None = None  # what the supervisor probes to tell a hung server
     nodes: tuple[tuple[str, str, str], ...] = ()  # multi-node: (host name, ssh target, address), head first
+    host: str | None = None  # the `hosts:` entry a container runs on (None: this machine's engine)
+    docker_url: str | None = None  # that host's Docker endpoint
+
+    @property
+    def runtime_key(self) -> str:
+        """Which runtime holds it: `process`, `container` (the default engine) or `container@HOST`."""
+        return runtime_key(self.mode, self.host)
 
     @property
     def started(self) -> bool:
@@ -76,6 +84,8 @@ class ServicePlan:
             out["container"] = mask(dict(self.container or {}))
         if self.is_front:
             out["models"] = list(self.models)
+        if self.host:
+            out["host"], out["docker"] = self.host, self.docker_url
         if self.nodes:
             out["nodes"] = [{"host": n, "ssh": ssh, "address": addr} for n, ssh, addr in self.nodes]
         out["health"] = {"timeout": self.health_timeout, "probes": [p.path for p in self.probes]}
@@ -179,12 +189,28 @@ class _Planner:
 
     # -- GPUs ---------------------------------------------------------------------------
     def assign_gpus(self) -> dict[str, tuple[int, ...]]:
-        ids = [g.index for g in self.facts.gpus]
-        where = {"stated": "stated with --gpus / H2OSTACK_GPUS", "nvml": "found by NVML",
-                 "none": "found (no NVML; state them with --gpus)"}[self.facts.gpu_source]
+        """GPU ids per started service, machine by machine: this one's (NVML or stated), and each
+        host's as stated in `hosts.NAME.gpus` (without them, explicit ids are taken as given)."""
+        by_host: dict[str | None, dict[str, Service]] = {}
+        for n, s in self.stack.services.items():
+            if s.starts_something:
+                by_host.setdefault(s.host if s.host in self.stack.hosts else None, {})[n] = s
+        out: dict[str, tuple[int, ...]] = {}
+        for host, started in by_host.items():
+            if host is None:
+                ids: list[int] | None = [g.index for g in self.facts.gpus]
+                where = {"stated": "stated with --gpus / H2OSTACK_GPUS", "nvml": "found by NVML",
+                         "none": "found (no NVML; state them with --gpus)"}[self.facts.gpu_source]
+            else:
+                ids = self.stack.hosts[host].gpus
+                where = f"of host {host} (hosts.{host}.gpus)"
+            out.update(self.assign_on(started, ids, where))
+        return out
+
+    def assign_on(self, started: dict[str, Service], ids: list[int] | None, where: str
+                  ) -> dict[str, tuple[int, ...]]:
         owners: dict[int, list[str]] = {}
         out: dict[str, tuple[int, ...]] = {}
-        started = {n: s for n, s in self.stack.services.items() if s.starts_something}
         for name, svc in started.items():
             explicit = svc.gpu_ids
             if explicit is None:
@@ -192,7 +218,7 @@ class _Planner:
             if len(set(explicit)) != len(explicit):
                 self.problem(("services", name, "gpus"), f"GPU ids {explicit} name a device twice")
             for gid in explicit:
-                if gid not in ids:
+                if ids is not None and gid not in ids:
                     self.problem(("services", name, "gpus"),
                                  f"GPU {gid} does not exist: the GPUs {where} are {ids or 'none'}")
                 owners.setdefault(gid, []).append(name)
@@ -200,6 +226,11 @@ class _Planner:
         for name, svc in started.items():
             if svc.gpu_ids is not None or not svc.gpu_count:
                 out.setdefault(name, ())
+                continue
+            if ids is None:
+                self.problem(("services", name, "gpus"), f"a GPU count needs the GPUs {where}: state them, "
+                                                         "or give this service GPU ids")
+                out[name] = ()
                 continue
             free = [g for g in ids if g not in owners]
             if svc.share_gpus and len(free) < svc.gpu_count:
@@ -226,7 +257,7 @@ class _Planner:
         need: dict[int, list[tuple[str, float]]] = {}
         for name, ids in gpus.items():
             svc = self.stack.services[name]
-            if not ids:
+            if not ids or svc.host in self.stack.hosts:  # another machine's memory is not known here
                 continue
             per_gpu = None
             how = ""
@@ -368,7 +399,11 @@ class _Planner:
         liveness = None
         if svc.health.unhealthy_after:
             liveness = probes[-1] if svc.health.canary else probes[0]
-        plan = ServicePlan(**common, mode=mode, api=api, gpus=gpus, port=port, url=url_for(bind, port),
+        host = self.stack.hosts.get(svc.host) if svc.host else None
+        url = f"http://{host.reach}:{port}" if host is not None else url_for(bind, port)
+        if host is not None:
+            common.update(host=svc.host, docker_url=host.docker)
+        plan = ServicePlan(**common, mode=mode, api=api, gpus=gpus, port=port, url=url,
                            served_model=ctx.served_model, env=env, command=tuple(command) if command else None,
                            workdir=workdir if command else None, image=image, container=container,
                            probes=tuple(probes), health_timeout=timeout or t, restart=svc.restart,
@@ -381,7 +416,8 @@ class _Planner:
         spec: dict[str, Any] = {
             "name": f"{self.stack.name}-{name}",
             "command": tgi.launcher_flags(ctx, "0.0.0.0"),
-            "ports": {f"{tgi.CONTAINER_PORT}/tcp": [self.stack.defaults.bind, ctx.port]},
+            "ports": {f"{tgi.CONTAINER_PORT}/tcp": [self.stack.hosts[svc.host].publish_on if svc.host in
+                                                    self.stack.hosts else self.stack.defaults.bind, ctx.port]},
             "volumes": [self.volume(v) for v in svc.volumes],
         }
         if svc.shm_size:

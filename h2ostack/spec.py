@@ -72,6 +72,8 @@ class Host(_Model):
     ssh: str | None = Field(default=None, description="user@host for recipes run there (default: from an "
                             "ssh:// docker URL, else the address)")
     gpus: list[Annotated[int, Field(ge=0)]] | None = None
+    bind: str | None = Field(default=None, description="where its containers publish ports (default: 127.0.0.1 "
+                             "when reached at 127.0.0.1, else 0.0.0.0 so the fronts can reach them)")
 
     @field_validator("docker")
     @classmethod
@@ -89,6 +91,12 @@ class Host(_Model):
 
             return urlsplit(self.docker).hostname or "127.0.0.1"
         return "127.0.0.1"
+
+    @property
+    def publish_on(self) -> str:
+        if self.bind:
+            return self.bind
+        return "127.0.0.1" if self.reach in ("127.0.0.1", "localhost", "::1") else "0.0.0.0"
 
     @property
     def ssh_target(self) -> str:
@@ -125,6 +133,7 @@ class _Service(_Model):
     health: Health = Field(default_factory=Health)
     prompt_type: str | None = None
     prompt_dict: dict[str, str] | None = None
+    host: str | None = None  # a name of `hosts:`: where a container service runs
 
     @field_validator("restart", mode="before")
     @classmethod

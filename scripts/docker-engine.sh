@@ -4,6 +4,7 @@
 #                                make sure the base image h2ostack/base:bookworm exists;
 #                                the last line printed is `export DOCKER_HOST=...`
 #   docker-engine.sh stop DIR    stop that dockerd (by its pidfile, never by name) and remove its data
+#   (with H2OSTACK_ENGINE_BRIDGE=10.x.y.1/24: a bridge of its own, for a second engine beside the first)
 #   docker-engine.sh halt DIR    stop that dockerd but keep its data: `start DIR` brings the same
 #                                engine back (its images and containers), as a daemon restart does
 set -euo pipefail
@@ -43,9 +44,20 @@ start() {
     log "already running ($(cat "$dir/docker.pid"))"
   else
     log "starting dockerd in $dir"
-    # own data, exec root, socket and bridge-less network: nothing shared with another engine
+    # own data, exec root and socket: nothing shared with another engine
+    local net=()
+    if [ -n "${H2OSTACK_ENGINE_BRIDGE:-}" ]; then
+      # a second engine beside the first: a bridge of its own (H2OSTACK_ENGINE_BRIDGE=10.x.y.1/24), and
+      # iptables left to the first engine; published ports then go through docker-proxy
+      local br
+      br="h2o$(echo -n "$dir" | sha256sum | cut -c1-10)"
+      ip link show "$br" >/dev/null 2>&1 || { ip link add "$br" type bridge && ip addr add "$H2OSTACK_ENGINE_BRIDGE" dev "$br"; }
+      ip link set "$br" up
+      echo "$br" >"$dir/bridge"
+      net=(--bridge "$br" --iptables=false --ip-masq=false)
+    fi
     dockerd --storage-driver=vfs --data-root "$dir/data" --exec-root "$dir/exec" -H "unix://$sock" \
-      --pidfile "$dir/docker.pid" >"$dir/dockerd.log" 2>&1 &
+      --pidfile "$dir/docker.pid" "${net[@]}" >"$dir/dockerd.log" 2>&1 &
     for _ in $(seq 1 120); do
       docker -H "unix://$sock" info >/dev/null 2>&1 && break
       sleep 0.5
@@ -91,8 +103,9 @@ stop() {
   [ -d "$dir" ] || exit 0
   halt
   # vfs layers and the exec root can hold mounts: release them before removal
-  grep -o " $dir/[^ ]*" /proc/mounts | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  { grep -o " $dir/[^ ]*" /proc/mounts || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
   rm -rf "$dir/exec" "$dir/data" 2>/dev/null || true
+  if [ -f "$dir/bridge" ]; then ip link del "$(cat "$dir/bridge")" 2>/dev/null || true; rm -f "$dir/bridge"; fi
   log "stopped"
 }
 

@@ -217,16 +217,7 @@ def docker_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     client = docker.DockerClient(base_url=given)
     client.ping()
-    context = io.BytesIO()
-    with tarfile.open(fileobj=context, mode="w") as tar:
-        dockerfile = (b"FROM h2ostack/base:bookworm\nCOPY tgi_standin.py /tgi_standin.py\nENV PORT=80\n"
-                      b'ENTRYPOINT ["python3", "-u", "/tgi_standin.py"]\n')
-        for name, data in (("Dockerfile", dockerfile), ("tgi_standin.py", (ROOT / "tests" / "tgi_standin.py").read_bytes())):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    context.seek(0)
-    client.images.build(fileobj=context, custom_context=True, tag=IMAGE, rm=True)
+    build_standin(client)
     yield given
     client.close()
     if started is not None:
@@ -244,3 +235,17 @@ def ours(docker_host: str, stack: str) -> list:
 
     client = docker.DockerClient(base_url=docker_host)
     return client.containers.list(all=True, filters={"label": f"io.h2ostack.stack={stack}"})
+
+
+def build_standin(client: object) -> None:
+    """Build the TGI stand-in image (IMAGE) on an engine, from the base image docker-engine.sh made."""
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        dockerfile = (b"FROM h2ostack/base:bookworm\nCOPY tgi_standin.py /tgi_standin.py\nENV PORT=80\n"
+                      b'ENTRYPOINT ["python3", "-u", "/tgi_standin.py"]\n')
+        for name, data in (("Dockerfile", dockerfile), ("tgi_standin.py", (ROOT / "tests" / "tgi_standin.py").read_bytes())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    context.seek(0)
+    client.images.build(fileobj=context, custom_context=True, tag=IMAGE, rm=True)  # type: ignore[attr-defined]

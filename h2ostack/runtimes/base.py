@@ -44,3 +44,8 @@ class Runtime(Protocol):
     def log_tail(self, name: str, lines: int) -> str: ...
 
     def log_path(self, name: str) -> str | None: ...
+
+
+def runtime_key(mode: str | None, host: str | None) -> str:
+    """Which runtime holds a service: `process`, `container` (the default engine) or `container@HOST`."""
+    return f"{mode}@{host}" if host and mode == "container" else (mode or "process")

@@ -31,16 +31,21 @@ def labels_for(stack: str, plan: ServicePlan) -> dict[str, str]:
             LABEL + "version": __version__, LABEL + "port": str(plan.port or ""), LABEL + "kind": plan.kind}
 
 
-def engine_host() -> str:
-    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock (the default; DOCKER_HOST is not set)"
+def engine_host(base_url: str | None = None) -> str:
+    return base_url or os.environ.get("DOCKER_HOST") or ("unix:///var/run/docker.sock (the default; DOCKER_HOST "
+                                                         "is not set)")
 
 
-def engine() -> Any:
+def engine(base_url: str | None = None) -> Any:
+    """A client of the engine at `base_url` (a host of `hosts:`), else of DOCKER_HOST / the default."""
     import docker
 
-    host = engine_host()
+    host = engine_host(base_url)
     try:
-        client = docker.from_env()
+        if base_url:  # ssh:// through the system's ssh client (keys, agent and config as the user has them)
+            client = docker.DockerClient(base_url=base_url, use_ssh_client=base_url.startswith("ssh://"))
+        else:
+            client = docker.from_env()
         client.ping()
     except Exception as exc:  # the SDK raises DockerException, requests' errors, FileNotFoundError...
         raise EngineUnavailable(f"no Docker engine answers at {host}: {exc}. Start one, or point DOCKER_HOST "
@@ -75,16 +80,16 @@ class _ContainerHandle:
 
 
 class DockerRuntime:
-    mode = "container"
-
-    def __init__(self, stack: str, client: Any = None):
+    def __init__(self, stack: str, client: Any = None, base_url: str | None = None, key: str = "container"):
         self.stack = stack
         self._client = client
+        self.base_url = base_url
+        self.mode = key  # `container`, or `container@HOST` for a host of `hosts:`
 
     @property
     def client(self) -> Any:
         if self._client is None:
-            self._client = engine()
+            self._client = engine(self.base_url)
         return self._client
 
     def containers(self, service: str | None = None) -> list[Any]:
@@ -102,7 +107,7 @@ class DockerRuntime:
             alive = bool(state.get("Running") or state.get("Restarting"))
             code = None if alive or state.get("Status") == "created" else state.get("ExitCode")
             port = labels.get(LABEL + "port")
-            out[name] = Observed(name, "container", alive, labels.get(LABEL + "config-hash", ""),
+            out[name] = Observed(name, self.mode, alive, labels.get(LABEL + "config-hash", ""),
                                  int(port) if port else None, c.short_id, _started_at(c.attrs), code,
                                  "" if state.get("Status") != "created" else "created, not started",
                                  int(c.attrs.get("RestartCount") or 0))
@@ -143,7 +148,8 @@ class DockerRuntime:
             self.client.images.pull(image)
         except docker.errors.DockerException as exc:
             why = getattr(exc, "explanation", None) or str(exc)
-            raise RuntimeError(f"image {image} is not on the Docker engine at {engine_host()} and could not be "
+            raise RuntimeError(f"image {image} is not on the Docker engine at {engine_host(self.base_url)} and "
+                               "could not be "
                                f"pulled: {why}. Pull or load it there first (docker pull {image}, or "
                                "docker load -i FILE)") from None
 
