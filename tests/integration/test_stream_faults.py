@@ -16,7 +16,7 @@ import openai
 import pytest
 from playwright.sync_api import Page, sync_playwright
 
-from tests.conftest import H2O, ROOT, free_port, marked_processes, wait_for
+from tests.conftest import H2O, ROOT, cpu_vllm, free_port, marked_processes, wait_for
 
 pytestmark = pytest.mark.integration
 CHROMIUM = "/usr/bin/chromium"
@@ -52,13 +52,7 @@ services:
   slow_a: {{{standin}, port: {ports['a']}, restart: on-failure, env: {{STANDIN_TOKEN_DELAY: "0.1"}}}}
   slow_b: {{{standin}, port: {ports['b']}, restart: on-failure, env: {{STANDIN_TOKEN_DELAY: "0.1"}}}}
   tiny: {{kind: transformers, model: {tiny_model}, port: {ports['tiny']}}}
-  vllm:
-    kind: vllm
-    python: {vllm_python}
-    model: {tiny_model}
-    port: {ports['vllm']}
-    args: {{served_model_name: tiny-vllm, dtype: float32, max_model_len: 256, gpu_memory_utilization: 0.1}}
-    env: {{VLLM_CPU_KVCACHE_SPACE: "1"}}
+  vllm: {cpu_vllm(vllm_python, tiny_model, ports['vllm'])}
 fronts:
   chat:
     port: {ports['chat']}

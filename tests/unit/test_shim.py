@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 from h2ostack.shim import Shim, nvml_holders, wait_released
+from tests.unit.test_executor_health import FakeClock
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
+class Clock(FakeClock):
     def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, s: float) -> None:
-        self.now += s
+        return self.t
 
 
 def scripted(*answers: set[int]):
@@ -30,19 +25,19 @@ def test_waits_until_no_old_pid_holds_gpu_memory() -> None:
     # the old server (100) and its worker (101) linger in NVML a while after they are gone; 7 is a stranger
     holders = scripted({100, 101, 7}, {101, 7}, {101, 7}, {7})
     assert wait_released({100, 101}, holders, 120, lambda: False, clock.sleep, clock) == set()
-    assert clock.now == 1.5  # three polls half a second apart: the stranger is never waited for
+    assert clock.t == 1.5  # three polls half a second apart: the stranger is never waited for
 
 
 def test_gives_up_after_the_timeout_and_says_who_holds_it() -> None:
     clock = Clock()
     assert wait_released({100}, scripted({100, 7}), 10, lambda: False, clock.sleep, clock) == {100}
-    assert 10 <= clock.now <= 10.5
+    assert 10 <= clock.t <= 10.5
 
 
 def test_stops_at_once_when_told_and_survives_nvml_going_away() -> None:
     clock = Clock()
     assert wait_released({100}, scripted({100}), 120, lambda: True, clock.sleep, clock) == {100}
-    assert clock.now == 0
+    assert clock.t == 0
 
     def broken() -> set[int]:
         raise RuntimeError("NVML_ERROR_GPU_IS_LOST")
