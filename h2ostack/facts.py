@@ -6,6 +6,7 @@ made (and tested) on a machine without GPUs by stating them (`--gpus`, `--gpu-me
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
@@ -33,6 +34,7 @@ class Facts:
     busy_ports: frozenset[int] = frozenset()
     python: str = sys.executable
     model_gib: dict[str, float] = field(default_factory=dict)  # local model path -> weight size
+    host_gpus: dict[str, tuple[GPU, ...]] = field(default_factory=dict)  # from the engines of `hosts:`
 
     def gpu(self, index: int) -> GPU | None:
         return next((g for g in self.gpus if g.index == index), None)
@@ -134,6 +136,52 @@ def model_size_gib(path: Path) -> float | None:
     return total / 2**30 if total else None
 
 
+SMI_QUERY = ["--query-gpu=index,memory.total,memory.free,name", "--format=csv,noheader,nounits"]
+
+
+def parse_smi_csv(text: str) -> list[GPU]:
+    """`nvidia-smi --query-gpu=index,memory.total,memory.free,name --format=csv,noheader,nounits` (MiB)."""
+    out = []
+    for line in text.strip().splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) >= 3 and parts[0].isdigit():
+            out.append(GPU(int(parts[0]), round(float(parts[1]) / 1024, 2), round(float(parts[2]) / 1024, 2),
+                           parts[3] if len(parts) > 3 else ""))
+    return out
+
+
+def engine_gpus(host: str, base_url: str, image: str) -> tuple[GPU, ...]:
+    """A host's GPUs as its engine sees them: `nvidia-smi` in a throwaway container of the service's
+    image with every GPU requested (the NVIDIA runtime mounts nvidia-smi into it)."""
+    from docker.types import DeviceRequest
+
+    from h2ostack.runtimes.docker import engine
+
+    container = None
+    try:
+        client = engine(base_url)
+        try:
+            client.images.get(image)
+        except Exception:
+            client.images.pull(image)
+        container = client.containers.create(image, entrypoint="nvidia-smi", command=SMI_QUERY,
+                                             device_requests=[DeviceRequest(count=-1, capabilities=[["gpu"]])])
+        container.start()
+        container.wait(timeout=60)
+        found = parse_smi_csv(container.logs(stdout=True, stderr=False).decode(errors="replace"))
+        if not found:
+            raise RuntimeError("nvidia-smi listed no GPU")
+    except Exception as exc:  # no engine, no NVIDIA runtime, no image
+        why = getattr(exc, "explanation", None) or str(exc)
+        raise FactsError(f"could not ask host {host}'s engine ({base_url}) for its GPUs: {why}. State them in "
+                         f"`hosts.{host}.gpus`") from None
+    finally:
+        if container is not None:  # created even when the start fails (no NVIDIA runtime)
+            with contextlib.suppress(Exception):
+                container.remove(force=True)
+    return tuple(found)
+
+
 def gather(stack: Stack, gpus: str | None = None, gpu_memory: float | None = None,
            check_ports: bool = True) -> Facts:
     devices, source = machine_gpus(gpus, gpu_memory)
@@ -153,4 +201,9 @@ def gather(stack: Stack, gpus: str | None = None, gpu_memory: float | None = Non
             size = model_size_gib(path)
             if size:
                 sizes[str(path)] = size
-    return Facts(devices, source, frozenset(busy), sys.executable, sizes)
+    host_gpus = {}
+    for name, h in stack.hosts.items():
+        users = [s for s in stack.services.values() if s.host == name and s.starts_something and s.gpus]
+        if h.gpus is None and h.docker and users:
+            host_gpus[name] = engine_gpus(name, h.docker, getattr(users[0], "image", None) or "")
+    return Facts(devices, source, frozenset(busy), sys.executable, sizes, host_gpus)

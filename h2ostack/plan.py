@@ -201,9 +201,14 @@ class _Planner:
                 ids: list[int] | None = [g.index for g in self.facts.gpus]
                 where = {"stated": "stated with --gpus / H2OSTACK_GPUS", "nvml": "found by NVML",
                          "none": "found (no NVML; state them with --gpus)"}[self.facts.gpu_source]
-            else:
+            elif self.stack.hosts[host].gpus is not None:
                 ids = self.stack.hosts[host].gpus
                 where = f"of host {host} (hosts.{host}.gpus)"
+            else:
+                found = self.facts.host_gpus.get(host)
+                ids = [g.index for g in found] if found is not None else None
+                where = f"of host {host} (" + ("as its engine lists them)" if found is not None
+                                               else f"hosts.{host}.gpus)")
             out.update(self.assign_on(started, ids, where))
         return out
 

@@ -97,3 +97,21 @@ services:
     out = h2o("up", str(path))
     assert out.returncode == 2
     assert "a transformers service runs as a process on this machine; only container services" in out.stderr
+
+
+def test_gpus_asked_of_an_engine_without_the_nvidia_runtime(h2o: H2O, second_engine: str, write_stack,
+                                                              stack_name: str) -> None:
+    """No `hosts.NAME.gpus`: planning asks the host's engine (nvidia-smi in a container with every
+    GPU requested). This engine has no NVIDIA runtime: a clear error, exit 2, nothing started."""
+    path = write_stack(f"""\
+name: {stack_name}
+hosts: {{lab2: {{docker: "{second_engine}"}}}}
+services:
+  fb: {{kind: tgi, image: {IMAGE}, host: lab2, model: m, port: {free_port()}, gpus: 1}}
+""")
+    out = h2o("plan", str(path))
+    assert out.returncode == 2, out.stderr
+    assert f"could not ask host lab2's engine ({second_engine}) for its GPUs" in out.stderr
+    assert "State them in `hosts.lab2.gpus`" in out.stderr and "Traceback" not in out.stderr
+    assert ours(second_engine, stack_name) == [] and docker.DockerClient(base_url=second_engine).containers.list(
+        all=True) == []  # the throwaway container is gone too

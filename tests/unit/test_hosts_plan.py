@@ -75,3 +75,17 @@ def test_host_reference_mistakes() -> None:
     with pytest.raises(StackError) as err:
         plan("a: {kind: vllm, model: m, host: far}")
     assert "a vllm service runs as a process on this machine" in str(err.value)
+
+
+def test_gpus_from_a_hosts_engine() -> None:
+    from h2ostack.facts import parse_smi_csv
+
+    smi = "0, 81559, 81000, NVIDIA H100 80GB HBM3\n1, 81559, 1024, NVIDIA H100 80GB HBM3\n"
+    assert parse_smi_csv(smi)[1] == GPU(1, 79.65, 1.0, "NVIDIA H100 80GB HBM3")
+    stack = load_text(HEAD + f"  a: {{{TGI}, host: tcp, gpus: 2, port: 7002}}\n", "s.yaml", {}, Path("/x"))
+    facts = Facts((), "none", frozenset(), "/py", {}, {"tcp": tuple(parse_smi_csv(smi))})
+    assert make_plan(stack, facts).services["a"].gpus == (0, 1)
+    with pytest.raises(PlanError) as err:
+        make_plan(load_text(HEAD + f"  a: {{{TGI}, host: tcp, gpus: 3, port: 7002}}\n", "s.yaml", {}, Path("/x")),
+                  facts)
+    assert "only 2 of the GPUs of host tcp (as its engine lists them)" in str(err.value)
