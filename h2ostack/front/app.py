@@ -190,12 +190,23 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
                 except Exception as exc:  # a backend down or dying mid-answer: its pane says so
                     events.put((i, "error", f"{type(exc).__name__}: {exc}"))
 
+            skip = gr.skip()
+
+            def frame(bots_changed: set[int], heads_changed: set[int] = frozenset(), box: Any = skip,
+                      log: Any = skip) -> list[Any]:
+                """Only what changed since the last update: Gradio then postprocesses and sends nothing for
+                the other panes (the grid has n_fixed + EXTRA_SLOTS of each), whatever their length."""
+                return [box, *(hists[i] if i in bots_changed else skip for i in range(n)),
+                        *(heads_out[i] if i in heads_changed else skip for i in range(n)), log]
+
             for i in idx:
                 hists[i] = [*hists[i], {"role": "user", "content": message}, {"role": "assistant", "content": ""}]
             threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in idx]
             for t in threads:
                 t.start()
-            yield ["", *hists, *heads_out, records]
+            yield frame(set(idx), box="")
+            dirty: set[int] = set()
+            dirty_heads: set[int] = set()
             pending = set(idx)
             waiting = set(idx)  # no first piece yet
             deadline = time.perf_counter() + first_byte
@@ -208,39 +219,50 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
                             pending.discard(i)
                             hists[i][-1] = {"role": "assistant", "content": "⚠ error: no answer within "
                                             f"REQUEST_TIMEOUT_FAST ({first_byte:g} s)"}
+                            dirty.add(i)
                         waiting.clear()
-                        yield ["", *hists, *heads_out, records]
+                        yield frame(dirty, dirty_heads)
+                        dirty, dirty_heads = set(), set()
                         continue
                     try:
-                        i, kind, value = events.get(timeout=0.1)
+                        got = [events.get(timeout=0.1)]
                     except queue.Empty:
                         continue
-                    if i not in pending:  # a pane already given up on
-                        continue
-                    waiting.discard(i)
-                    if kind == "piece":
-                        hists[i][-1] = {"role": "assistant", "content": hists[i][-1]["content"] + value}
-                    elif kind == "error":
-                        text = hists[i][-1]["content"]
-                        hists[i][-1] = {"role": "assistant", "content": (text + "\n\n" if text else "")
-                                        + f"⚠ error: {value}"}
-                        pending.discard(i)
-                    else:
-                        stats[i] = value
-                        b = Backend(**slot_list[i])
-                        heads_out[i] = header(b, value)
-                        pending.discard(i)
+                    while True:  # everything already queued, then one update
+                        try:
+                            got.append(events.get_nowait())
+                        except queue.Empty:
+                            break
+                    for i, kind, value in got:
+                        if i not in pending:  # a pane already given up on
+                            continue
+                        waiting.discard(i)
+                        dirty.add(i)
+                        if kind == "piece":
+                            hists[i][-1] = {"role": "assistant", "content": hists[i][-1]["content"] + value}
+                        elif kind == "error":
+                            text = hists[i][-1]["content"]
+                            hists[i][-1] = {"role": "assistant", "content": (text + "\n\n" if text else "")
+                                            + f"⚠ error: {value}"}
+                            pending.discard(i)
+                        else:
+                            stats[i] = value
+                            b = Backend(**slot_list[i])
+                            heads_out[i] = header(b, value)
+                            dirty_heads.add(i)
+                            pending.discard(i)
                     now = time.perf_counter()
-                    if now - last >= YIELD_EVERY or not pending:
+                    if dirty and (now - last >= YIELD_EVERY or not pending):
                         last = now
-                        yield ["", *hists, *heads_out, records]
+                        yield frame(dirty, dirty_heads)
+                        dirty, dirty_heads = set(), set()
             finally:
                 stopping.set()
             at = time.time()
             new = [{"time": at, "model": slot_list[i]["name"], "backend": slot_list[i]["kind"], "prompt": message,
                     "answer": hists[i][-1]["content"], "max_new_tokens": int(max_toks[i]),
                     "temperature": float(temperatures[i]), **stats.get(i, {})} for i in idx]
-            yield ["", *hists, *heads_out, records + new]
+            yield frame(set(idx), {i for i in idx if i in stats}, log=records + new)
 
         chat_inputs = [box, shown, slots, log, *bots, *tokens, *temps]
         chat_outputs = [box, *bots, *heads, log]
