@@ -87,13 +87,13 @@ def image_facts(client: Any, image: str) -> dict[str, Any]:
     return {"image": image, "image_id": img.id, "digest": digests[0] if digests else None}
 
 
-def compute(stack: Any, plan: Any, docker_client: Callable[[], Any] | None = None,
+def compute(stack: Any, plan: Any, docker_client: Callable[[str | None], Any] | None = None,
             resolve_hub: Callable[[str, str | None], str | None] = hub_revision) -> dict[str, Any]:
     """What the stack resolves to now (the lock's content)."""
     from h2ostack.facts import local_model_path
 
     pythons: dict[tuple[str, str], dict[str, str]] = {}
-    client = None
+    clients: dict[str | None, Any] = {}  # one per engine: the default, and each host's
     services: dict[str, Any] = {}
     for name, sp in plan.all().items():
         entry: dict[str, Any] = {"kind": sp.kind, "gpus": list(sp.gpus)}
@@ -110,9 +110,9 @@ def compute(stack: Any, plan: Any, docker_client: Callable[[], Any] | None = Non
         if sp.mode == "external":
             entry["url"] = sp.url
         elif sp.mode == "container":
-            if client is None:
-                client = (docker_client or _docker)()
-            entry.update(image_facts(client, sp.image or ""))
+            if sp.docker_url not in clients:
+                clients[sp.docker_url] = (docker_client or _docker)(sp.docker_url)
+            entry.update(image_facts(clients[sp.docker_url], sp.image or ""))
         elif sp.kind == "tgi":  # a local launcher: its own install, not a Python environment
             entry["launcher"] = sp.command[0] if sp.command else None
         elif sp.command:
@@ -125,10 +125,10 @@ def compute(stack: Any, plan: Any, docker_client: Callable[[], Any] | None = Non
     return {"h2ostack": __version__, "stack": plan.stack, "services": services}
 
 
-def _docker() -> Any:
+def _docker(base_url: str | None) -> Any:
     from h2ostack.runtimes.docker import engine
 
-    return engine()
+    return engine(base_url)
 
 
 def write(path: Path, data: dict[str, Any]) -> None:
