@@ -7,32 +7,32 @@ servers go through gradio_client. Errors are ones a client can act on: unknown m
 the list, backend down 503, backend timeout 504, a backend's own 4xx passed through, never a
 traceback. With `api_keys` every request needs `Authorization: Bearer KEY`.
 
-Everything is async with one connection pool per backend (aiohttp's client: a fraction of
-httpx's per-request cost, which matters for a hop meant to be invisible), so a slow client holds
-only its own stream. Each response carries `x-h2ostack-overhead-ms`: the gateway's own time before the
+Everything is async with one keep-alive connection pool per backend (h2ostack.upstream: a
+fraction of a general-purpose client's per-request cost, which matters for a hop meant to be
+invisible) and no framework between uvicorn and the handlers, so a slow client holds only its own
+stream. Each response carries `x-h2ostack-overhead-ms`: the gateway's own time before the
 first byte (routing, rewriting, connecting excluded the backend's own work).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import json
+import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from h2ostack.upstream import Pool
 
 OVERHEAD_HEADER = "x-h2ostack-overhead-ms"
-JSON_HEADERS = {"content-type": "application/json"}
+PATHS = {"/v1/models": "GET", "/v1/chat/completions": "POST", "/v1/completions": "POST"}
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[dict[str, Any], Receive, Send], Awaitable[None]]
 FINISH = {"length": "length", "eos_token": "stop", "stop_sequence": "stop"}
 # messages -> (prompt, stop sequences), by prompt type; the front supplies h2oGPT's prompt types
 PromptFn = Callable[[Sequence[Mapping[str, Any]], "Route_"], tuple[str, list[str]]]
@@ -58,8 +58,30 @@ class Route_:
         return base if self.kind == "openai" or base.endswith("/v1") else base + "/v1"
 
 
-def _error(status: int, message: str, kind: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "code": status, **extra}}, status_code=status)
+# an ASGI reply: status, headers, and a body given whole or piece by piece
+Body = bytes | AsyncIterator[bytes]
+
+
+@dataclass
+class Reply:
+    status: int
+    body: Body
+    ctype: str = "application/json"
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    # called once the reply is sent or given up (a stream's upstream connection)
+    done: Callable[[], None] | None = None
+
+
+def _json(data: Any, status: int = 200, overhead: str | None = None) -> Reply:
+    return Reply(status, json.dumps(data).encode(), headers=_overhead(overhead))
+
+
+def _overhead(value: str | None) -> list[tuple[bytes, bytes]]:
+    return [(OVERHEAD_HEADER.encode(), value.encode())] if value is not None else []
+
+
+def _error(status: int, message: str, kind: str, **extra: Any) -> Reply:
+    return _json({"error": {"message": message, "type": kind, "code": status, **extra}}, status)
 
 
 def _stream_error(route: Route_, exc: BaseException) -> bytes:
@@ -71,13 +93,27 @@ def _stream_error(route: Route_, exc: BaseException) -> bytes:
     return b"data: " + json.dumps({"error": err}).encode() + b"\n\n"
 
 
-def _ms(t0: float) -> str:
-    return f"{(time.perf_counter() - t0) * 1000:.3f}"
+def _ms(before: float, t_head: float) -> str:
+    """The gateway's own milliseconds: before sending, and after the backend's headers came."""
+    return f"{(before + time.perf_counter() - t_head) * 1000:.3f}"
+
+
+def _env_seconds(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name, default))
+    except ValueError:
+        return default
 
 
 class Gateway:
+    """A raw ASGI app for `/v1` (no framework in the hop: routing is three paths), mounted in front
+    of the front's own app by `mount`, or served alone by `python -m h2ostack.gateway`.
+
+    Connecting to a backend is bounded by REQUEST_TIMEOUT_FAST (as the front's panes are), each
+    wait for a backend's next bytes by H2OSTACK_GATEWAY_READ_TIMEOUT (default 600 s)."""
+
     def __init__(self, routes: Sequence[Route_], api_keys: Sequence[str] = (), to_prompt: PromptFn | None = None,
-                 connect_timeout: float = 10.0, read_timeout: float = 600.0):
+                 connect_timeout: float | None = None, read_timeout: float | None = None):
         self.routes = {r.name: r for r in routes}
         # clients may also name a model as its server knows it
         for r in routes:
@@ -85,60 +121,111 @@ class Gateway:
         self.listed = list(routes)
         self.api_keys = [k.encode() for k in api_keys]
         self.to_prompt = to_prompt
-        self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
-        self.clients: dict[str, aiohttp.ClientSession] = {}
+        self.connect_timeout = (connect_timeout if connect_timeout is not None
+                                else _env_seconds("REQUEST_TIMEOUT_FAST", 10.0))
+        self.read_timeout = (read_timeout if read_timeout is not None
+                             else _env_seconds("H2OSTACK_GATEWAY_READ_TIMEOUT", 600.0))
+        self.pools: dict[str, Pool] = {}
 
-    def client(self, route: Route_) -> aiohttp.ClientSession:
+    def pool(self, route: Route_) -> Pool:
         """One pool per backend, made on first use inside the server's event loop."""
-        c = self.clients.get(route.name)
-        if c is None or c.closed:
-            c = self.clients[route.name] = aiohttp.ClientSession(
-                headers=route.headers, timeout=self.timeout, connector=aiohttp.TCPConnector(limit=0),
-                auto_decompress=False, skip_auto_headers=("User-Agent",))
-        return c
+        p = self.pools.get(route.name)
+        if p is None:
+            base = route.openai_base if route.api == "openai" else route.base
+            p = self.pools[route.name] = Pool(base, route.headers, self.connect_timeout, self.read_timeout)
+        return p
 
     async def aclose(self) -> None:
-        await asyncio.gather(*(c.close() for c in self.clients.values()))
+        await asyncio.gather(*(p.close() for p in self.pools.values()))
 
-    # -- the app ------------------------------------------------------------------------
-    def routes_v1(self) -> list[Route]:
-        return [Route("/v1/models", self.models, methods=["GET"]),
-                Route("/v1/chat/completions", self.chat, methods=["POST"]),
-                Route("/v1/completions", self.completions, methods=["POST"])]
+    # -- ASGI ---------------------------------------------------------------------------
+    def mount(self, app: ASGIApp) -> ASGIApp:
+        """`app` with this gateway answering everything under /v1."""
+        async def both(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+            if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+                await self(scope, receive, send)
+            else:
+                await app(scope, receive, send)
+        return both
 
-    def app(self) -> Starlette:
-        @contextlib.asynccontextmanager
-        async def lifespan(_: Starlette) -> AsyncIterator[None]:
-            yield
-            await self.aclose()
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await self.aclose()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        t0 = time.perf_counter()
+        path, method = scope["path"], scope["method"]
+        if path not in PATHS:
+            reply = _error(404, f"no such endpoint: {path}", "not_found")
+        elif method != PATHS[path]:
+            reply = _error(405, f"{path} takes {PATHS[path]}", "method_not_allowed")
+        elif not self.authorized(scope):
+            reply = _error(401, "missing or wrong API key", "authentication_error")
+        elif method == "GET":
+            reply = self.models()
+        else:
+            chunks = []
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body"):
+                    break
+            reply = await self.handle(b"".join(chunks), path == "/v1/chat/completions", t0)
+        await self.send(reply, receive, send)
 
-        return Starlette(routes=self.routes_v1(), lifespan=lifespan)
+    async def send(self, reply: Reply, receive: Receive, send: Send) -> None:
+        headers = [(b"content-type", reply.ctype.encode()), *reply.headers]
+        try:
+            if isinstance(reply.body, bytes):
+                headers.append((b"content-length", str(len(reply.body)).encode()))
+                await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+                await send({"type": "http.response.body", "body": reply.body})
+                return
+            await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+            # a client that leaves mid-stream: stop reading its backend (closing the connection
+            # tells the backend to stop generating)
+            gone = asyncio.ensure_future(receive())
+            try:
+                async for piece in reply.body:
+                    if gone.done():
+                        break
+                    await send({"type": "http.response.body", "body": piece, "more_body": True})
+                await send({"type": "http.response.body", "body": b""})
+            finally:
+                gone.cancel()
+                aclose = getattr(reply.body, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+        finally:
+            if reply.done is not None:
+                reply.done()
 
-    def authorized(self, request: Request) -> bool:
+    def authorized(self, scope: dict[str, Any]) -> bool:
         if not self.api_keys:
             return True
-        got = request.headers.get("authorization", "")
-        token = got[7:].encode() if got.lower().startswith("bearer ") else b""
+        got = b""
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                got = value
+                break
+        token = got[7:] if got[:7].lower() == b"bearer " else b""
         return any(hmac.compare_digest(token, k) for k in self.api_keys)
 
-    async def models(self, request: Request) -> Response:
-        if not self.authorized(request):
-            return _error(401, "missing or wrong API key", "authentication_error")
+    def models(self) -> Reply:
         data = [{"id": r.name, "object": "model", "created": 0, "owned_by": "h2ostack", "backend": r.kind,
                  "served_model": r.served_model, "health": r.health} for r in self.listed]
-        return JSONResponse({"object": "list", "data": data})
+        return _json({"object": "list", "data": data})
 
-    async def chat(self, request: Request) -> Response:
-        return await self.handle(request, chat=True)
-
-    async def completions(self, request: Request) -> Response:
-        return await self.handle(request, chat=False)
-
-    async def handle(self, request: Request, chat: bool) -> Response:
-        t0 = time.perf_counter()
-        if not self.authorized(request):
-            return _error(401, "missing or wrong API key", "authentication_error")
-        raw = await request.body()
+    async def handle(self, raw: bytes, chat: bool, t0: float) -> Reply:
         try:
             body = json.loads(raw)
             assert isinstance(body, dict)
@@ -152,43 +239,41 @@ class Gateway:
                           "model_not_found", models=names)
         try:
             if route.api == "openai":
-                return await self.passthrough(route, body, chat, t0)
+                return await self.passthrough(route, body, raw, chat, t0)
             if route.api == "tgi":
                 return await self.tgi(route, body, chat, t0)
             return await self.h2ogpt(route, body, chat, t0)
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        except TimeoutError as exc:
             return _error(504, f"backend {route.name} timed out ({type(exc).__name__})", "backend_timeout")
-        except (aiohttp.ClientError, OSError) as exc:
+        except (OSError, ValueError) as exc:
             return _error(503, f"backend {route.name} is not reachable ({type(exc).__name__})", "backend_unavailable")
 
     # -- OpenAI-compatible: bytes through ---------------------------------------------------
-    async def passthrough(self, route: Route_, body: dict[str, Any], chat: bool, t0: float) -> Response:
-        body["model"] = route.served_model
-        url = route.openai_base + ("/chat/completions" if chat else "/completions")
-        data = json.dumps(body).encode()
+    async def passthrough(self, route: Route_, body: dict[str, Any], raw: bytes, chat: bool, t0: float) -> Reply:
+        if body["model"] != route.served_model:
+            body["model"] = route.served_model
+            raw = json.dumps(body).encode()
         before = time.perf_counter() - t0
-        resp = await self.client(route).post(url, data=data, headers=JSON_HEADERS)
+        resp = await self.pool(route).post("/chat/completions" if chat else "/completions", raw)
         t_head = time.perf_counter()
         ctype = resp.headers.get("content-type", "application/json")
         if not body.get("stream") or resp.status >= 400:
-            data = await resp.read()
-            resp.release()
-            headers = {OVERHEAD_HEADER: f"{(before + time.perf_counter() - t_head) * 1000:.3f}"}
-            return Response(data, status_code=resp.status, media_type=ctype, headers=headers)
+            try:
+                data = await resp.read()
+            finally:
+                resp.release()
+            return Reply(resp.status, data, ctype, _overhead(_ms(before, t_head)))
 
         async def relay() -> AsyncIterator[bytes]:
             tail = b"\n\n"
             try:
-                async for chunk in resp.content.iter_any():
+                async for chunk in resp.chunks():
                     tail = chunk[-2:]
                     yield chunk
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:  # the backend died mid-answer
+            except (OSError, TimeoutError) as exc:  # the backend died mid-answer
                 yield (b"" if tail == b"\n\n" else b"\n\n") + _stream_error(route, exc)
-            finally:
-                resp.release()
 
-        headers = {OVERHEAD_HEADER: f"{(before + time.perf_counter() - t_head) * 1000:.3f}"}
-        return StreamingResponse(relay(), status_code=resp.status, media_type=ctype, headers=headers)
+        return Reply(resp.status, relay(), ctype, _overhead(_ms(before, t_head)), resp.release)
 
     # -- TGI native: translated ---------------------------------------------------------
     def tgi_request(self, route: Route_, body: dict[str, Any], chat: bool) -> dict[str, Any]:
@@ -214,26 +299,30 @@ class Gateway:
             params["stop"] = stops
         return {"inputs": prompt, "parameters": params}
 
-    async def tgi(self, route: Route_, body: dict[str, Any], chat: bool, t0: float) -> Response:
+    async def tgi(self, route: Route_, body: dict[str, Any], chat: bool, t0: float) -> Reply:
         payload = self.tgi_request(route, body, chat)
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
         stream = bool(body.get("stream"))
-        url = route.base.rstrip("/") + ("/generate_stream" if stream else "/generate")
         before = time.perf_counter() - t0
-        resp = await self.client(route).post(url, data=json.dumps(payload).encode(), headers=JSON_HEADERS)
+        resp = await self.pool(route).post("/generate_stream" if stream else "/generate",
+                                           json.dumps(payload).encode())
         t_head = time.perf_counter()
         if resp.status >= 400:
-            raw = await resp.read()
-            resp.release()
+            try:
+                raw = await resp.read()
+            finally:
+                resp.release()
             try:
                 message = json.loads(raw).get("error", raw.decode(errors="replace"))
             except (ValueError, AttributeError):
                 message = raw.decode(errors="replace")
             return _error(resp.status, f"backend {route.name}: {message}", "backend_error")
         if not stream:
-            data = json.loads(await resp.read())
-            resp.release()
+            try:
+                data = json.loads(await resp.read())
+            finally:
+                resp.release()
             text = data.get("generated_text", "") if isinstance(data, dict) else ""
             details = (data.get("details") or {}) if isinstance(data, dict) else {}
             finish = FINISH.get(details.get("finish_reason", ""), "stop")
@@ -247,8 +336,7 @@ class Gateway:
                 choice["text"] = text
                 out = {"id": rid, "object": "text_completion", "created": created, "model": route.name,
                        "choices": [choice], "usage": usage}
-            headers = {OVERHEAD_HEADER: f"{(before + time.perf_counter() - t_head) * 1000:.3f}"}
-            return JSONResponse(out, headers=headers)
+            return _json(out, overhead=_ms(before, t_head))
 
         obj = "chat.completion.chunk" if chat else "text_completion"
 
@@ -268,7 +356,7 @@ class Gateway:
                 if chat:
                     yield chunk(None, None, first=True)
                 finished = False
-                async for raw in resp.content:
+                async for raw in resp.lines():
                     if not raw.startswith(b"data:"):
                         continue
                     event = json.loads(raw[5:])
@@ -288,16 +376,13 @@ class Gateway:
                     yield _stream_error(route, ConnectionResetError("stream ended before its last token"))
                     return
                 yield b"data: [DONE]\n\n"
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:  # the backend died mid-answer
+            except (OSError, TimeoutError) as exc:  # the backend died mid-answer
                 yield _stream_error(route, exc)
-            finally:
-                resp.release()
 
-        headers = {OVERHEAD_HEADER: f"{(before + time.perf_counter() - t_head) * 1000:.3f}"}
-        return StreamingResponse(translate(), media_type="text/event-stream", headers=headers)
+        return Reply(200, translate(), "text/event-stream", _overhead(_ms(before, t_head)), resp.release)
 
     # -- h2oGPT Gradio servers ----------------------------------------------------------
-    async def h2ogpt(self, route: Route_, body: dict[str, Any], chat: bool, t0: float) -> Response:
+    async def h2ogpt(self, route: Route_, body: dict[str, Any], chat: bool, t0: float) -> Reply:
         if chat:
             messages = body.get("messages") or []
             instruction = str(messages[-1].get("content", "")) if messages else ""
@@ -326,7 +411,7 @@ class Gateway:
             return _error(503, f"backend {route.name} failed: {type(exc).__name__}: {exc}", "backend_unavailable")
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
-        headers = {OVERHEAD_HEADER: f"{before * 1000:.3f}"}
+        overhead = _overhead(f"{before * 1000:.3f}")
         if chat:
             choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text},
                                       "finish_reason": "stop"}
@@ -336,7 +421,7 @@ class Gateway:
             out = {"id": rid, "object": "text_completion", "created": created, "model": route.name,
                    "choices": [{"index": 0, "text": text, "finish_reason": "stop"}]}
         if not body.get("stream"):
-            return JSONResponse(out, headers=headers)
+            return Reply(200, json.dumps(out).encode(), headers=overhead)
 
         async def once() -> AsyncIterator[bytes]:
             if chat:
@@ -350,7 +435,7 @@ class Gateway:
                 yield b"data: " + json.dumps(out).encode() + b"\n\n"
             yield b"data: [DONE]\n\n"
 
-        return StreamingResponse(once(), media_type="text/event-stream", headers=headers)
+        return Reply(200, once(), "text/event-stream", overhead)
 
 
 def routes_from_plan(plan: Any, stack: Any, models: Sequence[str]) -> list[Route_]:
@@ -394,8 +479,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=7860)
     args = ap.parse_args(argv)
-    app = build(args.stack_file, args.front).app()
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    uvicorn.run(build(args.stack_file, args.front), host=args.host, port=args.port, log_level="warning", access_log=False)
 
 
 if __name__ == "__main__":

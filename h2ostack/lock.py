@@ -28,7 +28,7 @@ PACKAGES = {
     "transformers": ["transformers", "torch", "tokenizers", "accelerate", "safetensors"],
     "h2ogpt": ["h2ogpt", "gradio", "transformers", "torch", "text-generation"],
     "tgi": ["text-generation-server", "torch", "transformers"],  # a local launcher's environment
-    "gradio": ["h2ostack", "gradio", "gradio_client", "openai", "huggingface_hub", "aiohttp"],
+    "gradio": ["h2ostack", "gradio", "gradio_client", "openai", "huggingface_hub", "httptools"],
 }
 HEADER = ("# Written by `h2ostack lock`. `h2ostack up --locked` refuses to start anything that differs.\n"
           "# Commit it beside the stack file.\n")

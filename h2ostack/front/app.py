@@ -394,8 +394,8 @@ def build_app(stack_file: str, front: str) -> Any:
     def healthz() -> JSONResponse:
         return JSONResponse({"ok": True, "models": [b.name for b in backends]})
 
-    app.router.routes[:0] = gateway.routes_v1()
     auth = (spec.auth.user, reveal(spec.auth.password) or "") if spec.auth else None
     blocks = build_blocks(backends, spec.columns, reveal(spec.admin_pass) if spec.admin_pass else None,
                           title=f"h2ostack · {stack.name}")
-    return gr.mount_gradio_app(app, blocks, path="/", auth=auth)
+    # /v1 goes straight to the gateway, ahead of FastAPI's routing and middleware
+    return gateway.mount(gr.mount_gradio_app(app, blocks, path="/", auth=auth))
