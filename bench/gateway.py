@@ -9,6 +9,10 @@
    target: throughput at 64 streams at least 98% of direct.
 3. The gateway process's memory (target: at most 200 MB).
 
+For the streams, the gateway gets half of the cores to itself and the backends and the load
+generator, which both arms of the comparison share, the other half (bench/cores.py;
+BENCH_SHARED=1 leaves every process on every core).
+
 Run: .venv/bin/python bench/gateway.py   (needs scripts/vllm-env.sh and the tiny model)
 """
 
@@ -28,10 +32,11 @@ from pathlib import Path
 import aiohttp
 import httpx
 import psutil
+from cores import split  # bench/cores.py
 
 ROOT = Path(__file__).resolve().parents[1]
 N_SEQ = int(os.environ.get("BENCH_N", "300"))
-MAX_TOKENS = int(os.environ.get("BENCH_TOKENS", "32"))
+MAX_TOKENS = int(os.environ.get("BENCH_TOKENS", "128"))
 LEVELS = [int(x) for x in os.environ.get("BENCH_LEVELS", "1,16,64").split(",")]
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "7"))
 
@@ -156,6 +161,8 @@ fronts:
         print(f"  {'through the gateway':<22}{seq['gw_p50']:>8.2f}ms{seq['gw_p99']:>8.2f}ms")
         print(f"  {'added':<22}{seq['added_p50']:>8.2f}ms{seq['added_p99']:>8.2f}ms   (targets 1 ms / 5 ms)")
         print(f"  {'x-h2ostack-overhead-ms':<22}{seq['overhead_p50']:>8.2f}ms{seq['overhead_p99']:>8.2f}ms")
+        # the streams against the CPU vLLM: the backends on their own cores from here on
+        print(f"\nCores: {split(h2o, str(stack), env, (gw.pid,), load_with_backends=True)}")
 
         rows = []
         for name, direct_url, body_direct, gw_model in (

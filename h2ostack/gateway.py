@@ -393,9 +393,9 @@ class Gateway:
         before = time.perf_counter() - t0
 
         def call() -> str:
-            from gradio_client import Client
+            from h2ostack.front.clients import h2ogpt_client
 
-            client = Client(route.base, verbose=False)
+            client = h2ogpt_client(route.base, route.headers)
             try:
                 out = client.predict(str(kwargs), api_name="/submit_nochat_api")
             finally:

@@ -393,7 +393,7 @@ class _Planner:
         elif kind == "h2ogpt":
             port = self.port(loc, svc.port, h2ogpt.DEFAULT_PORT)
             ctx = Context(name, gpus, port, bind, python, model, svc.model or "", svc.args, svc.revision)
-            command = h2ogpt.command(ctx, svc.prompt_type, svc.prompt_dict)
+            command = h2ogpt.command(ctx, svc.prompt_type, svc.prompt_dict, svc.workdir)
             env.update(h2ogpt.env(ctx))
             workdir = _path(stack.base_dir, svc.workdir) if svc.workdir else stack.base_dir
             probes, t, api = h2ogpt.probes(), h2ogpt.DEFAULT_HEALTH_TIMEOUT, "h2ogpt"
@@ -490,7 +490,8 @@ class _Planner:
         env: dict[str, EnvValue] = {"PYTHONUNBUFFERED": "1", **front.env}
         python = _path(self.stack.base_dir, front.python or self.facts.python)
         if front.kind == "h2ogpt":
-            command = [python, "generate.py", *h2ogpt.model_lock_args(front, services)]
+            command = [*h2ogpt.launcher(python, front.workdir), *h2ogpt.model_lock_args(front, services),
+                       *h2ogpt.flags(h2ogpt.DEFAULT_FLAGS)]
             env.update({"GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": bind})
             workdir = _path(self.stack.base_dir, front.workdir) if front.workdir else self.stack.base_dir
             probes = h2ogpt.probes()

@@ -27,7 +27,7 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tiny_model(path: Path, force: bool = False) -> Path:
+def build_tiny_model(path: Path, force: bool = False, max_position_embeddings: int = 512) -> Path:
     path = Path(path)
     if (path / "config.json").exists() and (path / "tokenizer.json").exists() and not force:
         return path
@@ -43,11 +43,12 @@ def build_tiny_model(path: Path, force: bool = False) -> Path:
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     bpe.train_from_iterator([line for line in TEXT.splitlines() if line] * 20, trainer)
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                  pad_token="<pad>")
+                                  pad_token="<pad>", model_input_names=["input_ids", "attention_mask"])
     tok.chat_template = CHAT_TEMPLATE
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+                         num_attention_heads=2, num_key_value_heads=2,
+                         max_position_embeddings=max_position_embeddings,
                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                          pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
     model = LlamaForCausalLM(config)

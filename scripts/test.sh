@@ -9,6 +9,12 @@ H2OSTACK_VLLM_PYTHON=$(bash scripts/vllm-env.sh | tail -n 1)
 export H2OSTACK_VLLM_PYTHON
 "$H2OSTACK_VLLM_PYTHON" -c 'import vllm' || { echo "the vLLM environment is broken" >&2; exit 1; }
 
+echo "== h2oGPT environment"
+H2OSTACK_TEST_H2OGPT_PYTHON=$(bash scripts/h2ogpt-env.sh | tail -n 1)
+export H2OSTACK_TEST_H2OGPT_PYTHON
+"$H2OSTACK_TEST_H2OGPT_PYTHON" -c 'import h2ogpt, gradio, transformers' \
+  || { echo "the h2oGPT environment is broken" >&2; exit 1; }
+
 echo "== Docker engine (private, for the tests)"
 DOCKER_DIR=$(mktemp -d /tmp/h2ostack-docker.XXXXXX)
 trap 'bash scripts/docker-engine.sh stop "$DOCKER_DIR" || true' EXIT

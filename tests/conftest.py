@@ -56,6 +56,36 @@ def vllm_python() -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
+class H2OGPTEnv:
+    """h2oGPT 0.2.1 in its own environment (scripts/h2ogpt-env.sh): its interpreter, the tiny model its
+    transformers reads, and the tiktoken cache it needs offline."""
+
+    def __init__(self, python: str):
+        self.python = python
+        self.root = Path(python).parent.parent
+        self.model = self.root / "tiny-model"
+        self.tiktoken_cache = self.root / "tiktoken_cache"
+        for need in (Path(python), self.model / "config.json", self.tiktoken_cache):
+            assert need.exists(), f"the h2oGPT environment lacks {need}: rerun scripts/h2ogpt-env.sh"
+
+    @property
+    def env(self) -> str:
+        """The `env:` a stack gives h2oGPT's processes here, as a flow mapping."""
+        return f"{{TIKTOKEN_CACHE_DIR: {self.tiktoken_cache}, HF_HUB_OFFLINE: '1'}}"
+
+
+@pytest.fixture(scope="session")
+def h2ogpt_env() -> H2OGPTEnv:
+    """H2OSTACK_TEST_H2OGPT_PYTHON (scripts/test.sh sets it), or the environment made here."""
+    given = os.environ.get("H2OSTACK_TEST_H2OGPT_PYTHON")
+    if not given:
+        out = subprocess.run(["bash", str(ROOT / "scripts" / "h2ogpt-env.sh")], capture_output=True, text=True,
+                             timeout=1800)
+        assert out.returncode == 0, f"scripts/h2ogpt-env.sh failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+        given = out.stdout.strip().splitlines()[-1]
+    return H2OGPTEnv(given)
+
+
 class H2O:
     """Runs `h2ostack` in a subprocess against a private state dir."""
 

@@ -5,25 +5,49 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from h2ostack.backends.base import Context, Probe, args_to_flags
+from h2ostack.backends.base import Context, Probe
 
 API = "h2ogpt"
 DEFAULT_HEALTH_TIMEOUT = 600.0
 DEFAULT_PORT = 7860
 
 
-def command(ctx: Context, prompt_type: str | None, prompt_dict: dict | None) -> list[str]:
-    argv = [ctx.python, "generate.py", f"--base_model={ctx.model}"]
+# generate.py of a pip-installed h2oGPT (the `h2ogpt` wheel keeps it inside the package), run the way a git
+# checkout runs it: its folder first on sys.path, so that its `src` is found before any other
+RUN_INSTALLED = ("import os,runpy,sys,h2ogpt;d=os.path.dirname(h2ogpt.__file__);sys.path.insert(0,d);"
+                 "sys.argv[0]=os.path.join(d,'generate.py');runpy.run_path(sys.argv[0],run_name='__main__')")
+# h2oGPT starts its own OpenAI-compatible server (port 5000) and function server (5002) unless told not to:
+# ports h2ostack did not plan, and (without sse_starlette) a crash at start. The stack's gateway is the API.
+DEFAULT_FLAGS = {"openai_server": False, "function_server": False}
+
+
+def launcher(python: str, workdir: str | None) -> list[str]:
+    """`python generate.py` in a git checkout (`workdir:`), else generate.py of the installed package."""
+    return [python, "generate.py"] if workdir else [python, "-c", RUN_INSTALLED]
+
+
+def flags(args: Mapping[str, Any]) -> list[str]:
+    """h2oGPT's CLI (fire) takes --key=value with the names as written; booleans as True/False."""
+    out = []
+    for key, value in args.items():
+        if value is None:
+            continue
+        out.append("--" + key.replace("-", "_") + "=" + str(value))
+    return out
+
+
+def command(ctx: Context, prompt_type: str | None, prompt_dict: dict | None, workdir: str | None = None
+            ) -> list[str]:
+    argv = [*launcher(ctx.python, workdir), f"--base_model={ctx.model}"]
     if prompt_type:
         argv.append(f"--prompt_type={prompt_type}")
     if prompt_dict:
         argv.append(f"--prompt_dict={prompt_dict!r}")
     if ctx.revision:
         argv.append(f"--revision={ctx.revision}")
-    # h2oGPT's CLI (fire) takes --key=value with the names as written
-    for flag in args_to_flags(ctx.args, equals=True):
-        name, sep, value = flag[2:].partition("=")
-        argv.append("--" + name.replace("-", "_") + (sep + value if sep else ""))
+    given = {k.replace("-", "_") for k in ctx.args}
+    argv += flags({k: v for k, v in DEFAULT_FLAGS.items() if k not in given})
+    argv += flags(ctx.args)
     return argv
 
 

@@ -136,10 +136,21 @@ def _trimmed(pieces: Iterator[str], stops: Sequence[str]) -> Iterator[str]:
         yield final[sent:]
 
 
-def _h2ogpt_answer(b: Backend, message: str, max_new_tokens: int, temperature: float) -> str:
+def h2ogpt_client(url: str, headers: dict[str, str] | None = None) -> Any:
+    """A gradio_client for an h2oGPT server. h2oGPT 0.2.x runs Gradio 4.2x, whose config marks its
+    hidden events `api_name: false`; this gradio_client joins those names into a message on every
+    call ("can only concatenate str (not "bool") to str"), so they are made strings first."""
     from gradio_client import Client
 
-    client = Client(b.url, verbose=False, headers=b.headers or None)
+    client = Client(url, verbose=False, headers=headers or None)
+    for dep in (getattr(client, "config", None) or {}).get("dependencies", []):
+        if isinstance(dep, dict) and not isinstance(dep.get("api_name"), str):
+            dep["api_name"] = str(dep.get("api_name"))
+    return client
+
+
+def _h2ogpt_answer(b: Backend, message: str, max_new_tokens: int, temperature: float) -> str:
+    client = h2ogpt_client(b.url, b.headers)
     try:
         out = client.predict(str({"instruction": message, "max_new_tokens": max_new_tokens,
                                   "temperature": temperature}), api_name="/submit_nochat_api")

@@ -301,5 +301,31 @@ def test_h2ogpt_front_model_lock() -> None:
                          "'h2oai/h2ogpt-gm-oasst1-en-2048-falcon-7b-v2','prompt_type':'prompt_answer'},"
                          "{'inference_server':'vllm_chat:127.0.0.1:5000','base_model':'m/l'},"
                          "{'inference_server':'openai_chat','base_model':'gpt-3.5-turbo'}]",
-                         "--model_lock_columns=3")
-    assert f.env["GRADIO_SERVER_PORT"] == "7861"
+                         "--model_lock_columns=3", "--openai_server=False", "--function_server=False")
+    assert f.env["GRADIO_SERVER_PORT"] == "7861" and f.workdir == "/h"
+
+
+
+def test_h2ogpt_installed_package_service_and_front() -> None:
+    """No `workdir:`: generate.py of the pip-installed package, its folder first on sys.path."""
+    from h2ostack.backends.h2ogpt import RUN_INSTALLED
+
+    s = stack("""\
+        name: f
+        services:
+          own: {kind: h2ogpt, python: /e/bin/python, model: h2oai/h2ogpt-oasst1-512-12b, port: 7680,
+                prompt_type: human_bot, args: {max_seq_len: 2048, openai_server: true, load_8bit: false}}
+          tiny: {kind: vllm, model: m/t, port: 5001}
+        fronts:
+          h: {kind: h2ogpt, python: /e/bin/python, port: 7861, models: [tiny]}
+        """)
+    p = make_plan(s, facts(0))
+    own = p.services["own"]
+    assert own.command == ("/e/bin/python", "-c", RUN_INSTALLED, "--base_model=h2oai/h2ogpt-oasst1-512-12b",
+                           "--prompt_type=human_bot", "--function_server=False", "--max_seq_len=2048",
+                           "--openai_server=True", "--load_8bit=False")
+    assert own.workdir == s.base_dir
+    assert p.fronts["h"].command == ("/e/bin/python", "-c", RUN_INSTALLED,
+                                     "--model_lock=[{'inference_server':'vllm_chat:127.0.0.1:5001','base_model':'m/t'}]",
+                                     "--openai_server=False", "--function_server=False")
+    assert "h2ogpt/generate.py" not in RUN_INSTALLED and "'generate.py'" in RUN_INSTALLED

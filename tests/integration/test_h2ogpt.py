@@ -1,0 +1,133 @@
+"""h2oGPT itself (0.2.1, pip-installed, scripts/h2ogpt-env.sh): its generate.py started by `up` as a
+service that loads a model, and as a front (`--model_lock`) over a real streaming server."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from h2ostack.backends.h2ogpt import RUN_INSTALLED
+from h2ostack.front.clients import h2ogpt_client
+from tests.conftest import H2O, H2OGPTEnv, free_port, marked_processes
+
+pytestmark = pytest.mark.integration
+
+
+def nochat(url: str, question: str = "Hello, how are you?") -> dict:
+    client = h2ogpt_client(url)
+    try:
+        out = client.predict(str({"instruction": question, "max_new_tokens": 8}), api_name="/submit_nochat_api")
+    finally:
+        client.close()
+    parsed = ast.literal_eval(out)
+    assert isinstance(parsed, dict), out
+    return parsed
+
+
+def started_commands(h2o: H2O, stack: str) -> dict[str, str]:
+    """The command line of each live process `up` started, by the service it serves."""
+    import psutil
+
+    out = {}
+    for pid, _ in marked_processes(h2o.state_dir, stack):
+        proc = psutil.Process(pid)
+        out[proc.environ()["H2OSTACK_SERVICE"]] = " ".join(proc.cmdline())
+    return out
+
+
+def test_h2ogpt_service_behind_the_builtin_front(h2o: H2O, write_stack, stack_name: str, tiny_model: Path,
+                                                 h2ogpt_env: H2OGPTEnv) -> None:
+    ports = {k: free_port() for k in ("own", "tiny", "chat")}
+    path = write_stack(f"""\
+version: 1
+name: {stack_name}
+services:
+  own:
+    kind: h2ogpt
+    python: {h2ogpt_env.python}
+    model: {h2ogpt_env.model}
+    prompt_type: plain
+    port: {ports['own']}
+    env: {h2ogpt_env.env}
+  tiny: {{kind: transformers, model: {tiny_model}, port: {ports['tiny']}}}
+fronts:
+  chat: {{port: {ports['chat']}, models: [own, tiny]}}
+""")
+    up = h2o("up", str(path), timeout=900)
+    assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-4000:]
+    rows = h2o.status(str(path))
+    assert {n: (r["state"], r["health"]) for n, r in rows.items()} == {
+        "own": ("running", "healthy"), "tiny": ("running", "healthy"), "chat": ("running", "healthy")}
+    assert rows["own"]["kind"] == "h2ogpt"
+    # generate.py of the installed package, no checkout, with the flags h2oGPT needs here
+    own = started_commands(h2o, stack_name)["own"]
+    assert RUN_INSTALLED in own and f"--base_model={h2ogpt_env.model}" in own
+    assert "--openai_server=False --function_server=False" in own
+
+    # h2oGPT answers itself...
+    direct = nochat(f"http://127.0.0.1:{ports['own']}")
+    assert isinstance(direct["response"], str) and direct["response"].strip(), direct
+    assert direct["error"] == ""
+    # ...and through the front, whose nochat API the first model (own) answers
+    via_front = nochat(f"http://127.0.0.1:{ports['chat']}")
+    assert via_front["model"] == "own" and "error" not in via_front, via_front
+    assert isinstance(via_front["response"], str) and via_front["response"].strip()
+    # ...and through the front's OpenAI-compatible gateway (gradio_client behind it), streaming and not
+    gateway = openai.OpenAI(base_url=f"http://127.0.0.1:{ports['chat']}/v1", api_key="x", max_retries=0, timeout=120)
+    reply = gateway.chat.completions.create(model="own", messages=[{"role": "user", "content": "Hello"}], max_tokens=8)
+    assert reply.choices[0].message.content and reply.choices[0].message.content.strip(), reply
+    pieces = [c.choices[0].delta.content or "" for c in gateway.chat.completions.create(
+        model="own", messages=[{"role": "user", "content": "Hello"}], max_tokens=8, stream=True) if c.choices]
+    assert "".join(pieces).strip()
+
+    down = h2o("down", str(path), timeout=180)
+    assert down.returncode == 0, down.stderr[-3000:]
+    assert marked_processes(h2o.state_dir, stack_name) == []
+    after = h2o.status(str(path))
+    assert after and not any(r["state"] == "running" for r in after.values()), after
+
+
+def test_h2ogpt_front_over_a_streaming_server(h2o: H2O, write_stack, stack_name: str,
+                                              h2ogpt_env: H2OGPTEnv) -> None:
+    # transformers serve (this project's transformers) of the tiny model h2oGPT's own transformers made:
+    # h2oGPT reads the model folder named in --model_lock for its tokenizer, so both must read it
+    ports = {k: free_port() for k in ("tiny", "h")}
+    path = write_stack(f"""\
+version: 1
+name: {stack_name}
+services:
+  tiny: {{kind: transformers, model: {h2ogpt_env.model}, port: {ports['tiny']}}}
+fronts:
+  h:
+    kind: h2ogpt
+    python: {h2ogpt_env.python}
+    port: {ports['h']}
+    models: [tiny]
+    env: {h2ogpt_env.env}
+""")
+    up = h2o("up", str(path), timeout=900)
+    assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-4000:]
+    rows = h2o.status(str(path))
+    assert (rows["h"]["state"], rows["h"]["health"]) == ("running", "healthy"), rows
+    assert f"--model_lock=[{{'inference_server':'vllm_chat:127.0.0.1:{ports['tiny']}'" in started_commands(
+        h2o, stack_name)["h"]
+
+    url = f"http://127.0.0.1:{ports['h']}"
+    config = httpx.get(url + "/config", timeout=10, trust_env=False)
+    assert config.status_code == 200
+    assert "submit_nochat_api" in {d.get("api_name") for d in config.json()["dependencies"]}
+
+    out = nochat(url)
+    assert isinstance(out["response"], str) and out["response"].strip(), out
+    assert out["error"] == ""
+    # the answer came from the backend, over h2oGPT's streaming OpenAI client
+    assert out["save_dict"]["where_from"] == "vllm_chat"
+    assert out["save_dict"]["extra_dict"]["inference_server"] == f"vllm_chat:127.0.0.1:{ports['tiny']}"
+
+    down = h2o("down", str(path), timeout=180)
+    assert down.returncode == 0, down.stderr[-3000:]
+    assert marked_processes(h2o.state_dir, stack_name) == []
