@@ -10,6 +10,7 @@ REQUEST_TIMEOUT_FAST (default 10 s).
 from __future__ import annotations
 
 import ast
+import functools
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -54,12 +55,19 @@ class Backend:
 
 
 def _openai(b: Backend, read_timeout: float) -> Any:
+    key = b.headers.get("authorization", "Bearer none").split(" ", 1)[-1]
+    return _openai_client(b.openai_base, key, read_timeout, fast_timeout())
+
+
+@functools.lru_cache(maxsize=256)
+def _openai_client(base: str, key: str, read_timeout: float, connect_timeout: float) -> Any:
+    """One client (and connection pool) per server, shared by the panes' threads (the client is
+    thread-safe): making one costs tens of milliseconds of CPU (its TLS context), which a turn
+    would otherwise spend on every pane just as the first tokens arrive."""
     import httpx
     from openai import OpenAI
 
-    key = b.headers.get("authorization", "Bearer none").split(" ", 1)[-1]
-    return OpenAI(base_url=b.openai_base, api_key=key, max_retries=0,
-                  timeout=httpx.Timeout(read_timeout, connect=fast_timeout()))
+    return OpenAI(base_url=base, api_key=key, max_retries=0, timeout=httpx.Timeout(read_timeout, connect=connect_timeout))
 
 
 def stream_answer(b: Backend, history: Sequence[tuple[str, str]], message: str, max_new_tokens: int,
