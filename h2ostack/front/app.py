@@ -109,6 +109,7 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
     with gr.Blocks(title=title, fill_width=True) as demo:
         slots = gr.State([asdict(b) for b in backends] + [None] * EXTRA_SLOTS)
         log = gr.State([])
+        last_stats = gr.State({})  # slot -> its last answer's timings, shown in its header
         gr.Markdown(f"## {title}: {', '.join(names) or 'no models yet'}")
         shown = gr.CheckboxGroup(names, value=names, label="Models shown", elem_id="h2o-shown")
         panes: list[gr.Column] = []
@@ -150,13 +151,15 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
         def active(slot_list: list[Any], visible: list[str]) -> list[int]:
             return [i for i, s in enumerate(slot_list) if s is not None and (i >= n_fixed or s["name"] in visible)]
 
-        def submit(message: str, visible: list[str], slot_list: list[Any], records: list[Any], *rest: Any
-                   ) -> Iterator[list[Any]]:
+        def submit(message: str, visible: list[str], slot_list: list[Any], records: list[Any],
+                   shown_stats: dict[Any, Any], *rest: Any) -> Iterator[list[Any]]:
             hists = [list(h or []) for h in rest[:n]]
             max_toks, temperatures = rest[n:2 * n], rest[2 * n:3 * n]
-            heads_out: list[Any] = [gr.update() for _ in range(n)]
+            shown_stats = dict(shown_stats or {})
+            heads_out: list[Any] = [header(Backend(**s), shown_stats.get(i)) if s is not None else header(None)
+                                    for i, s in enumerate(slot_list)]
             if not message or not message.strip():
-                yield ["", *hists, *heads_out, records]
+                yield ["", *hists, *heads_out, records, shown_stats]
                 return
             idx = active(slot_list, visible)
             events: queue.Queue[tuple[int, str, Any]] = queue.Queue()
@@ -192,21 +195,22 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
 
             skip = gr.skip()
 
-            def frame(bots_changed: set[int], heads_changed: set[int] = frozenset(), box: Any = skip,
-                      log: Any = skip) -> list[Any]:
-                """Only what changed since the last update: Gradio then postprocesses and sends nothing for
-                the other panes (the grid has n_fixed + EXTRA_SLOTS of each), whatever their length."""
-                return [box, *(hists[i] if i in bots_changed else skip for i in range(n)),
-                        *(heads_out[i] if i in heads_changed else skip for i in range(n)), log]
+            def frame(box: Any = skip, log: Any = skip) -> list[Any]:
+                """Every pane and header as values, never `gr.skip()`: Gradio handles a skip as a
+                component update, rebuilding the component and its config (its JSON schema) each
+                time, about 6 ms apiece, which with a dozen skipped outputs held every update back
+                by 100 ms. Values cost a postprocess of each history, and Gradio sends only the
+                difference from the last update. (Only the textbox is skipped: the user may be
+                typing the next question; and the State, whose skip costs nothing.)"""
+                return [box, *hists, *heads_out, log, shown_stats]
 
             for i in idx:
                 hists[i] = [*hists[i], {"role": "user", "content": message}, {"role": "assistant", "content": ""}]
             threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in idx]
             for t in threads:
                 t.start()
-            yield frame(set(idx), box="")
+            yield frame(box="")
             dirty: set[int] = set()
-            dirty_heads: set[int] = set()
             pending = set(idx)
             waiting = set(idx)  # no first piece yet
             deadline = time.perf_counter() + first_byte
@@ -221,8 +225,8 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
                                             f"REQUEST_TIMEOUT_FAST ({first_byte:g} s)"}
                             dirty.add(i)
                         waiting.clear()
-                        yield frame(dirty, dirty_heads)
-                        dirty, dirty_heads = set(), set()
+                        yield frame()
+                        dirty = set()
                         continue
                     try:
                         got = [events.get(timeout=0.1)]
@@ -246,26 +250,25 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
                                             + f"⚠ error: {value}"}
                             pending.discard(i)
                         else:
-                            stats[i] = value
+                            stats[i] = shown_stats[i] = value
                             b = Backend(**slot_list[i])
                             heads_out[i] = header(b, value)
-                            dirty_heads.add(i)
                             pending.discard(i)
                     now = time.perf_counter()
                     if dirty and (now - last >= YIELD_EVERY or not pending):
                         last = now
-                        yield frame(dirty, dirty_heads)
-                        dirty, dirty_heads = set(), set()
+                        yield frame()
+                        dirty = set()
             finally:
                 stopping.set()
             at = time.time()
             new = [{"time": at, "model": slot_list[i]["name"], "backend": slot_list[i]["kind"], "prompt": message,
                     "answer": hists[i][-1]["content"], "max_new_tokens": int(max_toks[i]),
                     "temperature": float(temperatures[i]), **stats.get(i, {})} for i in idx]
-            yield frame(set(idx), {i for i in idx if i in stats}, log=records + new)
+            yield frame(log=records + new)
 
-        chat_inputs = [box, shown, slots, log, *bots, *tokens, *temps]
-        chat_outputs = [box, *bots, *heads, log]
+        chat_inputs = [box, shown, slots, log, last_stats, *bots, *tokens, *temps]
+        chat_outputs = [box, *bots, *heads, log, last_stats]
         ev1 = send.click(submit, chat_inputs, chat_outputs, concurrency_limit=None)
         ev2 = box.submit(submit, chat_inputs, chat_outputs, concurrency_limit=None)
         stop.click(None, None, None, cancels=[ev1, ev2])
