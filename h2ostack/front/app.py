@@ -34,7 +34,7 @@ from h2ostack.front.clients import Backend, backend_for, fast_timeout, probe, st
 from h2ostack.front.prompts import PROMPT_TYPES
 
 EXTRA_SLOTS = 4
-YIELD_EVERY = 0.02  # seconds: coalesce token updates so the page never falls behind
+YIELD_EVERY = 0.05  # seconds: coalesce token updates so the page never falls behind
 
 
 def backends_from_plan(plan: Any, stack: Any, models: list[str]) -> list[Backend]:
