@@ -202,12 +202,8 @@ class Pool:
         self.tls = u.scheme == "https"
         self.port = u.port or (443 if self.tls else 80)
         self.prefix = u.path.rstrip("/")
-        default = 443 if self.tls else 80
-        hostport = self.host if self.port == default else f"{self.host}:{self.port}"
-        if ":" in self.host and self.port == default:
-            hostport = f"[{self.host}]"
-        elif ":" in self.host:
-            hostport = f"[{self.host}]:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 literal
+        hostport = host if self.port == (443 if self.tls else 80) else f"{host}:{self.port}"
         lines = [f"host: {hostport}", *(f"{k}: {v}" for k, v in (headers or {}).items())]
         self.fixed = ("\r\n".join(lines) + "\r\n").encode("latin-1")
         self.connect_timeout, self.read_timeout = connect_timeout, read_timeout

@@ -210,7 +210,7 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
             for t in threads:
                 t.start()
             yield frame(box="")
-            dirty: set[int] = set()
+            changed = False  # since the last update
             pending = set(idx)
             waiting = set(idx)  # no first piece yet
             deadline = time.perf_counter() + first_byte
@@ -223,10 +223,10 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
                             pending.discard(i)
                             hists[i][-1] = {"role": "assistant", "content": "⚠ error: no answer within "
                                             f"REQUEST_TIMEOUT_FAST ({first_byte:g} s)"}
-                            dirty.add(i)
+                            changed = True
                         waiting.clear()
                         yield frame()
-                        dirty = set()
+                        changed = False
                         continue
                     try:
                         got = [events.get(timeout=0.1)]
@@ -241,7 +241,7 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
                         if i not in pending:  # a pane already given up on
                             continue
                         waiting.discard(i)
-                        dirty.add(i)
+                        changed = True
                         if kind == "piece":
                             hists[i][-1] = {"role": "assistant", "content": hists[i][-1]["content"] + value}
                         elif kind == "error":
@@ -255,10 +255,10 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
                             heads_out[i] = header(b, value)
                             pending.discard(i)
                     now = time.perf_counter()
-                    if dirty and (now - last >= YIELD_EVERY or not pending):
+                    if changed and (now - last >= YIELD_EVERY or not pending):
                         last = now
                         yield frame()
-                        dirty = set()
+                        changed = False
             finally:
                 stopping.set()
             at = time.time()
