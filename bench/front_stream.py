@@ -37,14 +37,19 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
 # does not wait for a round trip to this process; the offset between the page's clock and this
 # process's is measured separately and taken out
 OBSERVE = """
-(n) => { window.h2oMarks = {}; for (let i = 0; i < n; i++) {
+(n) => { (window.h2oObservers || []).forEach(o => o.disconnect()); window.h2oObservers = [];
+  window.h2oMarks = {}; for (let i = 0; i < n; i++) {
   const el = document.querySelector('#h2o-bot-' + i);
   const marks = window.h2oMarks[i] = [];
+  const before = el.querySelectorAll('[data-testid="bot"]').length;  // answers already shown
+  // the new answer's length: textContent, which (unlike innerText) does not force a layout
   const answer = () => { const b = el.querySelectorAll('[data-testid="bot"]');
-                         return b.length ? b[b.length - 1].innerText.trim().length : 0; };
-  new MutationObserver(() => { marks.push([performance.timeOrigin + performance.now(), answer()]); })
-    .observe(el, {subtree: true, childList: true, characterData: true}); } }
+                         return b.length > before ? b[b.length - 1].textContent.trim().length : 0; };
+  const o = new MutationObserver(() => { marks.push([performance.timeOrigin + performance.now(), answer()]); });
+  o.observe(el, {subtree: true, childList: true, characterData: true}); window.h2oObservers.push(o); } }
 """
+# the first question on a freshly loaded page, then a second one on the same page
+QUESTIONS = [("first question, fresh page", "Hello there"), ("second question, same page", "Tell me more")]
 NOW = "performance.timeOrigin + performance.now()"
 
 
@@ -116,32 +121,51 @@ fronts:
                 page.wait_for_selector("#h2o-input textarea")
                 page.wait_for_timeout(1500)
                 offset, within = clock_offset(page)
-                page.evaluate(OBSERVE, n)
-                page.fill("#h2o-input textarea", "Hello there")
-                page.click("#h2o-submit")
-                for i in range(n):
-                    page.wait_for_function(f"document.querySelector('#h2o-head-{i}').innerText.includes('tok/s')",
-                                           timeout=300_000)
-                page.click("text=Export conversations (JSONL)")
-                link = page.wait_for_selector("a[download]", timeout=30_000)
-                href = link.get_attribute("href") or ""
-                records = [json.loads(x) for x in page.request.get(
-                    href if href.startswith("http") else f"http://127.0.0.1:{fport}{href}").text().splitlines()]
-                marks = page.evaluate("window.h2oMarks")
-                for i in range(n):
-                    rec = records[i]
-                    # the answer's own text: empty until the first token shows
-                    grow = [t / 1000 + offset for t, length in marks[str(i)] if length > 0]
-                    first_seen, last_seen = grow[0], grow[-1]
-                    # the same tokens over the time they took to appear, at the backend and in the page
-                    span = rec["last_token_at"] - rec["first_token_at"]
-                    front_rate = (rec["tokens"] - 1) / span if span > 0 else 0
-                    page_rate = (rec["tokens"] - 1) / (last_seen - first_seen) if last_seen > first_seen else 0
-                    results.append({"panes": n, "pane": i, "backend_direct": backend, "front_received": front_rate,
-                                    "page": page_rate, "first_token_to_page_ms":
-                                        (first_seen - rec["first_token_at"]) * 1000, "tokens": rec["tokens"],
-                                    "last_token_to_page_ms": (last_seen - rec["last_token_at"]) * 1000,
-                                    "clock_within_ms": within * 1000})
+                for turn, (label, question) in enumerate(QUESTIONS):
+                    page.evaluate(OBSERVE, n)
+                    page.fill("#h2o-input textarea", question)
+                    clicked = time.time()
+                    page.click("#h2o-submit")
+                    for i in range(n):
+                        page.wait_for_function(
+                            f"document.querySelectorAll('#h2o-bot-{i} [data-testid=\"bot\"]').length > {turn}",
+                            timeout=300_000)
+                    # the answers are done when no pane has changed for 2 s (asked of the page's
+                    # own stamps, so that waiting does not add work to the page while it streams)
+                    while True:
+                        time.sleep(1)
+                        quiet = page.evaluate("(performance.timeOrigin + performance.now()) - Math.max("
+                                              "...Object.values(window.h2oMarks).map(m => m.length ? m[m.length - 1][0] : 0))")
+                        if quiet > 2000:
+                            break
+                    records: list[dict[str, Any]] = []
+                    for _ in range(20):  # the export holds every answer once the turn has ended
+                        page.click("text=Export conversations (JSONL)")
+                        link = page.wait_for_selector("a[download]", timeout=30_000)
+                        href = link.get_attribute("href") or ""
+                        text = page.request.get(href if href.startswith("http") else
+                                                f"http://127.0.0.1:{fport}{href}").text()
+                        records = [r for r in map(json.loads, text.splitlines()) if r["prompt"] == question]
+                        if len(records) == n:
+                            break
+                        page.wait_for_timeout(500)
+                    marks = page.evaluate("window.h2oMarks")
+                    for i in range(n):
+                        rec = records[i]
+                        # the answer's own text: empty until the first token shows
+                        grow = [t / 1000 + offset for t, length in marks[str(i)] if length > 0]
+                        first_seen, last_seen = grow[0], grow[-1]
+                        # the same tokens over the time they took to appear, at the backend and in the page
+                        span = rec["last_token_at"] - rec["first_token_at"]
+                        front_rate = (rec["tokens"] - 1) / span if span > 0 else 0
+                        page_rate = (rec["tokens"] - 1) / (last_seen - first_seen) if last_seen > first_seen else 0
+                        results.append({"panes": n, "pane": i, "turn": label, "backend_direct": backend,
+                                        "front_received": front_rate, "page": page_rate, "first_token_to_page_ms":
+                                            (first_seen - rec["first_token_at"]) * 1000, "tokens": rec["tokens"],
+                                        "last_token_to_page_ms": (last_seen - rec["last_token_at"]) * 1000,
+                                        "click_to_backend_ms": (rec["first_token_at"] - clicked) * 1000,
+                                        "click_to_page_ms": (first_seen - clicked) * 1000,
+                                        "clock_within_ms": within * 1000})
                 page.close()
             browser.close()
     finally:
@@ -150,11 +174,15 @@ fronts:
     print(f"  {'panes':>5}{'pane':>5}{'backend tok/s':>15}{'in page tok/s':>15}{'page/backend':>14}"
           f"{'first token -> page':>21}")
     for r in results:
+        if r["pane"] == 0:
+            print(f"  {r['panes']} pane(s), {r['turn']}:")
         # the backend's rate as the front received it (with 4 panes, each pane's share of the server)
         ref = r["front_received"]
         print(f"  {r['panes']:>5}{r['pane']:>5}{ref:>15.1f}{r['page']:>15.1f}{r['page'] / ref:>14.1%}"
               f"{r['first_token_to_page_ms']:>19.0f}ms   (last token -> page {r['last_token_to_page_ms']:.0f} ms,"
-              f" {r['tokens']} pieces, clocks matched within {r['clock_within_ms']:.2f} ms)")
+              f" {r['tokens']} pieces, clocks matched within {r['clock_within_ms']:.2f} ms;"
+              f" from the click: first token at the front {r['click_to_backend_ms']:.0f} ms,"
+              f" in the page {r['click_to_page_ms']:.0f} ms)")
     print(f"  (the same request streamed directly from vLLM, no front: {results[0]['backend_direct']:.1f} tok/s)")
     ok = all(r["page"] / r["front_received"] >= 0.9 and r["first_token_to_page_ms"] < 100 for r in results)
     print("  targets met" if ok else "  TARGET MISSED")

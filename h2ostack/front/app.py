@@ -14,6 +14,7 @@ one front can serve as the h2oGPT-style server of another.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import os
 import platform
@@ -30,7 +31,7 @@ from typing import Any
 import gradio as gr
 
 from h2ostack import __version__
-from h2ostack.front.clients import Backend, backend_for, fast_timeout, probe, stream_answer
+from h2ostack.front.clients import Backend, backend_for, fast_timeout, probe, stream_answer, warm
 from h2ostack.front.prompts import PROMPT_TYPES
 
 EXTRA_SLOTS = 4
@@ -62,6 +63,10 @@ def probe_all(backends: list[Backend]) -> None:
     for fut in pending:
         futures[fut].health = "unavailable (no answer within REQUEST_TIMEOUT)"
     pool.shutdown(wait=False, cancel_futures=True)
+    for b in backends:  # the clients the first turn will use, made now rather than then
+        if b.health == "healthy":
+            with contextlib.suppress(Exception):  # the turn itself reports what is wrong
+                warm(b)
 
 
 def header(b: Backend | None, stats: dict[str, Any] | None = None) -> str:
@@ -269,9 +274,13 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
 
         chat_inputs = [box, shown, slots, log, last_stats, *bots, *tokens, *temps]
         chat_outputs = [box, *bots, *heads, log, last_stats]
-        ev1 = send.click(submit, chat_inputs, chat_outputs, concurrency_limit=None)
-        ev2 = box.submit(submit, chat_inputs, chat_outputs, concurrency_limit=None)
-        stop.click(None, None, None, cancels=[ev1, ev2])
+        # progress shows on the input box alone: Gradio's page refreshes the loading status of
+        # every progress target on each streamed update, taking a deep copy of each target's
+        # value (every pane's whole history) as it does; with the panes as targets that cost
+        # grew with the grid and the conversation and held the page back by hundreds of ms
+        busy = {"concurrency_limit": None, "show_progress_on": [box]}
+        ev1 = send.click(submit, chat_inputs, chat_outputs, **busy)
+        ev2 = box.submit(submit, chat_inputs, chat_outputs, **busy)
 
         def pop_last(*hists: Any) -> list[Any]:
             last = ""
@@ -284,15 +293,17 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
                 out.append(h)
             return [last, *out]
 
-        regen.click(pop_last, bots, [box, *bots]).then(submit, chat_inputs, chat_outputs, concurrency_limit=None)
-        clear.click(lambda: [[] for _ in range(n)], None, bots)
+        ev3 = regen.click(pop_last, bots, [box, *bots], show_progress_on=[box]).then(submit, chat_inputs, chat_outputs,
+                                                                                     **busy)
+        stop.click(None, None, None, cancels=[ev1, ev2, ev3])
+        clear.click(lambda: [[] for _ in range(n)], None, bots, show_progress_on=[box])
 
         # -- show / hide, kept in the URL -------------------------------------------------------
         def visibility(visible: list[str], slot_list: list[Any]) -> list[Any]:
             return [gr.update(visible=s is not None and (i >= n_fixed or s["name"] in visible))
                     for i, s in enumerate(slot_list)]
 
-        shown.change(visibility, [shown, slots], panes, js=None).then(
+        shown.change(visibility, [shown, slots], panes, js=None, show_progress_on=[shown]).then(
             None, [shown], None,
             js="(v) => { const u = new URL(window.location); u.searchParams.set('models', v.join(','));"
                " window.history.replaceState(null, '', u); }")
@@ -305,7 +316,7 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
                 slot_list[i] = {**slot_list[i], "health": b.health, "revision": b.revision}
             return [visible, *visibility(visible, slot_list), *fresh, slot_list]
 
-        demo.load(on_load, [slots], [shown, *panes, *heads, slots])
+        demo.load(on_load, [slots], [shown, *panes, *heads, slots], show_progress_on=[shown])
 
         # -- add a model ------------------------------------------------------------------------
         def add(name: str, server: str, prompt_type: str, slot_list: list[Any]) -> list[Any]:
@@ -332,7 +343,8 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
             panes_up[free[0]] = gr.update(visible=True)
             return [f"added {name} ({b.kind}, {b.health})", slot_list, *heads_up, *panes_up]
 
-        add_btn.click(add, [add_name, add_server, add_prompt, slots], [add_status, slots, *heads, *panes])
+        add_btn.click(add, [add_name, add_server, add_prompt, slots], [add_status, slots, *heads, *panes],
+                      show_progress_on=[add_status])
 
         # -- export ---------------------------------------------------------------------------
         def export(records: list[Any]) -> str:

@@ -25,6 +25,8 @@ from h2ostack.front.prompts import (
     trim_partial_stop,
 )
 
+READ_TIMEOUT = 600.0  # seconds: a turn's wait for the backend's next piece
+
 
 def fast_timeout() -> float:
     return float(os.environ.get("REQUEST_TIMEOUT_FAST", "10"))
@@ -70,8 +72,18 @@ def _openai_client(base: str, key: str, read_timeout: float, connect_timeout: fl
     return OpenAI(base_url=base, api_key=key, max_retries=0, timeout=httpx.Timeout(read_timeout, connect=connect_timeout))
 
 
+def warm(b: Backend) -> None:
+    """Import the backend's client library and make the client a turn will use, so the first
+    question after start does not wait for them (importing openai and building its TLS context
+    took about 2 s of CPU on the first turn)."""
+    if b.api == "openai":
+        _openai(b, READ_TIMEOUT)
+    elif b.api == "tgi":
+        import huggingface_hub  # noqa: F401
+
+
 def stream_answer(b: Backend, history: Sequence[tuple[str, str]], message: str, max_new_tokens: int,
-                  temperature: float, read_timeout: float = 600.0) -> Iterator[str]:
+                  temperature: float, read_timeout: float = READ_TIMEOUT) -> Iterator[str]:
     """Yield the answer's pieces as they arrive."""
     if b.api == "openai" and b.chat:
         messages: list[dict[str, str]] = []
