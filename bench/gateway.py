@@ -4,9 +4,16 @@
    way gateway benchmarks are published), direct and through the gateway interleaved, so drift on
    this shared machine hits both alike: added latency at the median and p99
    (targets: at most 1 ms and 5 ms), and the gateway's own `x-h2ostack-overhead-ms`.
-2. Streams at 1, 16 and 64 at once, direct and through the gateway in turn, BENCH_ROUNDS times
-   (medians): time to first token and tokens/s, against the real CPU vLLM (passed through) and the TGI stand-in (translated);
-   target: throughput at 64 streams at least 98% of direct.
+2. Streams at 1, 16 and 64 at once against the real CPU vLLM (passed through) and the TGI
+   stand-in (translated), measured two ways; target: throughput at 64 streams at least 98% of
+   direct.
+   a. In turn: rounds of direct, gateway, gateway, direct (so drift and the order of the rounds
+      hit both arms alike), BENCH_ROUNDS times; medians of time to first token and tokens/s. The
+      two direct rounds of each set, compared with each other, give the noise of this design on
+      this machine (the A/A column): a ratio closer to 100% than that is not resolved.
+   b. In the same batch: N streams direct and N through the gateway sent together, alternately,
+      so both arms share every step of the backend and whatever else the machine is doing;
+      tokens/s of each arm up to its own last token, the median of the per-round ratios.
 3. The gateway process's memory (target: at most 200 MB).
 
 For the streams, the gateway gets half of the cores to itself and the backends and the load
@@ -39,6 +46,8 @@ N_SEQ = int(os.environ.get("BENCH_N", "300"))
 MAX_TOKENS = int(os.environ.get("BENCH_TOKENS", "128"))
 LEVELS = [int(x) for x in os.environ.get("BENCH_LEVELS", "1,16,64").split(",")]
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "7"))
+PARTS = os.environ.get("BENCH_PARTS", "sequential,streams").split(",")
+BACKENDS = [x for x in os.environ.get("BENCH_BACKENDS", "").split(",") if x]  # vllm, tgi (default: both)
 
 
 def free_port() -> int:
@@ -104,18 +113,51 @@ async def streams(url: str, body: dict, concurrency: int) -> dict[str, float]:
     return {"ttft_p50_ms": statistics.median(ttfts) * 1000, "tokens_per_s": tokens / wall, "tokens": tokens}
 
 
-def rounds(direct: tuple[str, dict], via: tuple[str, dict], level: int) -> tuple[dict, dict]:
-    """ROUNDS rounds, direct and through the gateway in turn (so drift on this shared machine hits
-    both alike); the median of each figure."""
-    ds, gs = [], []
+def med(xs: list[dict]) -> dict[str, float]:
+    return {k: statistics.median(x[k] for x in xs) for k in xs[0]}
+
+
+def rounds(direct: tuple[str, dict], via: tuple[str, dict], level: int) -> tuple[dict, dict, float]:
+    """ROUNDS sets of direct, gateway, gateway, direct: the median of each figure, and the median
+    ratio of the second direct round of a set to its first (the A/A noise)."""
+    ds, gs, aa = [], [], []
     for _ in range(ROUNDS):
-        ds.append(asyncio.run(streams(*direct, level)))
+        d1 = asyncio.run(streams(*direct, level))
         gs.append(asyncio.run(streams(*via, level)))
+        gs.append(asyncio.run(streams(*via, level)))
+        d2 = asyncio.run(streams(*direct, level))
+        ds += [d1, d2]
+        aa.append(d2["tokens_per_s"] / d1["tokens_per_s"])
+    return med(ds), med(gs), statistics.median(aa)
 
-    def med(xs: list[dict]) -> dict[str, float]:
-        return {k: statistics.median(x[k] for x in xs) for k in xs[0]}
 
-    return med(ds), med(gs)
+async def together(direct: tuple[str, dict], via: tuple[str, dict], level: int) -> tuple[dict, dict]:
+    """`level` streams direct and `level` through the gateway in one batch, sent alternately; each
+    arm's tokens/s up to its own last token."""
+    async def timed(session: aiohttp.ClientSession, url: str, body: dict, t0: float) -> tuple[float, int, float]:
+        ttft, tokens, _ = await one_stream(session, url, body)
+        return ttft, tokens, time.perf_counter() - t0
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        t0 = time.perf_counter()
+        arms = [(direct, via)[i % 2] for i in range(2 * level)]
+        res = await asyncio.gather(*(timed(session, url, body, t0) for url, body in arms))
+
+    def arm(rs: list[tuple[float, int, float]]) -> dict[str, float]:
+        return {"ttft_p50_ms": statistics.median(r[0] for r in rs) * 1000,
+                "tokens_per_s": sum(r[1] for r in rs) / max(r[2] for r in rs)}
+
+    return arm(res[0::2]), arm(res[1::2])
+
+
+def same_batch(direct: tuple[str, dict], via: tuple[str, dict], level: int) -> tuple[dict, dict, float]:
+    ds, gs, ratios = [], [], []
+    for _ in range(ROUNDS):
+        d, g = asyncio.run(together(direct, via, level))
+        ds.append(d)
+        gs.append(g)
+        ratios.append(g["tokens_per_s"] / d["tokens_per_s"])
+    return med(ds), med(gs), statistics.median(ratios)
 
 
 def main() -> None:
@@ -153,39 +195,49 @@ fronts:
                     break
             except httpx.HTTPError:
                 time.sleep(0.1)
-        seq = sequential(f"http://127.0.0.1:{ports['fixed']}/v1/completions", base + "/completions", "fixed",
-                         "fixed")
-        print(f"Sequential non-streaming, backend with a fixed 50 ms latency ({N_SEQ} requests each, interleaved)")
-        print(f"  {'':<22}{'median':>10}{'p99':>10}")
-        print(f"  {'direct':<22}{seq['direct_p50']:>8.2f}ms{seq['direct_p99']:>8.2f}ms")
-        print(f"  {'through the gateway':<22}{seq['gw_p50']:>8.2f}ms{seq['gw_p99']:>8.2f}ms")
-        print(f"  {'added':<22}{seq['added_p50']:>8.2f}ms{seq['added_p99']:>8.2f}ms   (targets 1 ms / 5 ms)")
-        print(f"  {'x-h2ostack-overhead-ms':<22}{seq['overhead_p50']:>8.2f}ms{seq['overhead_p99']:>8.2f}ms")
-        # the streams against the CPU vLLM: the backends on their own cores from here on
-        print(f"\nCores: {split(h2o, str(stack), env, (gw.pid,), load_with_backends=True)}")
-
-        rows = []
-        for name, direct_url, body_direct, gw_model in (
-            ("vLLM (CPU), passed through", f"http://127.0.0.1:{ports['vllm']}/v1/completions",
-             {"model": "tiny", "prompt": "Hello", "max_tokens": MAX_TOKENS, "stream": True,
-              "ignore_eos": True, "stream_options": {"include_usage": True}}, "vllm"),
-            ("TGI stand-in, translated", f"http://127.0.0.1:{ports['tgi']}/generate_stream",
-             {"inputs": "Hello", "parameters": {"max_new_tokens": MAX_TOKENS}}, "tgi"),
-        ):
-            via_body = ({**body_direct, "model": gw_model} if gw_model == "vllm" else
-                        {"model": gw_model, "prompt": "Hello", "max_tokens": MAX_TOKENS, "stream": True})
-            asyncio.run(streams(direct_url, body_direct, 4))  # warm both paths
-            asyncio.run(streams(base + "/completions", via_body, 4))
-            for level in LEVELS:
-                d, g = rounds((direct_url, body_direct), (base + "/completions", via_body), level)
-                rows.append((name, level, d, g))
-        print(f"\nStreams ({MAX_TOKENS} tokens each; median of {ROUNDS} rounds, direct and gateway in turn)")
-        print(f"  {'backend':<30}{'streams':>8}{'ttft direct':>13}{'ttft gw':>10}{'tok/s direct':>14}"
-              f"{'tok/s gw':>10}{'ratio':>8}")
-        for name, level, d, g in rows:
-            ratio = g["tokens_per_s"] / d["tokens_per_s"] if d["tokens_per_s"] else float("nan")
-            print(f"  {name:<30}{level:>8}{d['ttft_p50_ms']:>11.1f}ms{g['ttft_p50_ms']:>8.1f}ms"
-                  f"{d['tokens_per_s']:>14.0f}{g['tokens_per_s']:>10.0f}{ratio:>8.1%}")
+        seq: dict[str, float] = {}
+        if "sequential" in PARTS:
+            seq = sequential(f"http://127.0.0.1:{ports['fixed']}/v1/completions", base + "/completions", "fixed",
+                             "fixed")
+            print(f"Sequential non-streaming, backend with a fixed 50 ms latency ({N_SEQ} requests each, interleaved)")
+            print(f"  {'':<22}{'median':>10}{'p99':>10}")
+            print(f"  {'direct':<22}{seq['direct_p50']:>8.2f}ms{seq['direct_p99']:>8.2f}ms")
+            print(f"  {'through the gateway':<22}{seq['gw_p50']:>8.2f}ms{seq['gw_p99']:>8.2f}ms")
+            print(f"  {'added':<22}{seq['added_p50']:>8.2f}ms{seq['added_p99']:>8.2f}ms   (targets 1 ms / 5 ms)")
+            print(f"  {'x-h2ostack-overhead-ms':<22}{seq['overhead_p50']:>8.2f}ms{seq['overhead_p99']:>8.2f}ms")
+        if "streams" in PARTS:
+            # the streams against the CPU vLLM: the backends on their own cores from here on
+            print(f"\nCores: {split(h2o, str(stack), env, (gw.pid,), load_with_backends=True)}")
+            rows = []
+            for name, direct_url, body_direct, gw_model in (
+                ("vLLM (CPU), passed through", f"http://127.0.0.1:{ports['vllm']}/v1/completions",
+                 {"model": "tiny", "prompt": "Hello", "max_tokens": MAX_TOKENS, "stream": True,
+                  "ignore_eos": True, "stream_options": {"include_usage": True}}, "vllm"),
+                ("TGI stand-in, translated", f"http://127.0.0.1:{ports['tgi']}/generate_stream",
+                 {"inputs": "Hello", "parameters": {"max_new_tokens": MAX_TOKENS}}, "tgi"),
+            ):
+                if BACKENDS and gw_model not in BACKENDS:
+                    continue
+                via_body = ({**body_direct, "model": gw_model} if gw_model == "vllm" else
+                            {"model": gw_model, "prompt": "Hello", "max_tokens": MAX_TOKENS, "stream": True})
+                direct, via = (direct_url, body_direct), (base + "/completions", via_body)
+                asyncio.run(streams(*direct, 4))  # warm both paths
+                asyncio.run(streams(*via, 4))
+                for level in LEVELS:
+                    rows.append((name, level, *rounds(direct, via, level), *same_batch(direct, via, level)))
+            print(f"\nStreams ({MAX_TOKENS} tokens each; medians of {ROUNDS} sets)")
+            print("  in turn: rounds of direct, gateway, gateway, direct; A/A: the second direct round of a set"
+                  " against the first")
+            print("  same batch: N direct and N through the gateway sent together; ratio: median of the rounds' ratios")
+            print(f"  {'backend':<30}{'streams':>8}{'ttft direct':>13}{'ttft gw':>10}{'tok/s direct':>14}"
+                  f"{'tok/s gw':>10}{'ratio':>8}{'A/A':>8} |{'ttft direct':>13}{'ttft gw':>10}{'tok/s direct':>14}"
+                  f"{'tok/s gw':>10}{'ratio':>8}")
+            for name, level, d, g, aa, bd, bg, bratio in rows:
+                ratio = g["tokens_per_s"] / d["tokens_per_s"] if d["tokens_per_s"] else float("nan")
+                print(f"  {name:<30}{level:>8}{d['ttft_p50_ms']:>11.1f}ms{g['ttft_p50_ms']:>8.1f}ms"
+                      f"{d['tokens_per_s']:>14.0f}{g['tokens_per_s']:>10.0f}{ratio:>8.1%}{aa:>8.1%} |"
+                      f"{bd['ttft_p50_ms']:>11.1f}ms{bg['ttft_p50_ms']:>8.1f}ms"
+                      f"{bd['tokens_per_s']:>14.0f}{bg['tokens_per_s']:>10.0f}{bratio:>8.1%}")
         rss = psutil.Process(gw.pid).memory_info().rss / 2**20
         print(f"\nGateway process memory (RSS): {rss:.0f} MB (target: at most 200 MB)")
         print(json.dumps({"sequential": seq, "rss_mb": rss}))

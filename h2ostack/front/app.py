@@ -36,6 +36,17 @@ from h2ostack.front.prompts import PROMPT_TYPES
 
 EXTRA_SLOTS = 4
 YIELD_EVERY = 0.05  # seconds: coalesce token updates so the page never falls behind
+FIRST_FRAME_WAIT = 0.25  # seconds the question waits for the first pieces, to go to the page with them
+# The panes follow a streaming answer by CSS alone: the chat's scroll box lays its content out from
+# the bottom, so it stays scrolled to the end as the answer grows (and a short conversation still
+# sits at the top). Gradio's own autoscroll (off on the panes) reads scrollHeight on every update,
+# a forced layout of the whole page per pane: in a Chromium profile of a 4-pane answer it took 18%
+# of the page's CPU and held each update back.
+CSS = """
+.h2o-bot .bubble-wrap { display: flex; flex-direction: column-reverse; }
+.h2o-bot .bubble-wrap > .message-wrap { margin-bottom: auto; }
+.h2o-bot .scroll-down-button-container { display: none; }
+"""
 
 
 def backends_from_plan(plan: Any, stack: Any, models: list[str]) -> list[Backend]:
@@ -129,7 +140,8 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
                     with gr.Column(visible=b is not None, min_width=240, elem_id=f"h2o-pane-{i}") as col:
                         heads.append(gr.Markdown(header(b), elem_id=f"h2o-head-{i}"))
                         bots.append(gr.Chatbot(height=380, label=b.name if b else f"slot {i}",
-                                               elem_id=f"h2o-bot-{i}"))
+                                               elem_id=f"h2o-bot-{i}", elem_classes=["h2o-bot"],
+                                               autoscroll=False))
                         with gr.Accordion("settings", open=False):
                             tokens.append(gr.Slider(1, 4096, value=256, step=1, label="max_new_tokens"))
                             temps.append(gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="temperature"))
@@ -214,8 +226,14 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
             threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in idx]
             for t in threads:
                 t.start()
-            yield frame(box="")
-            changed = False  # since the last update
+            # The question goes to the page with the first pieces when they come soon: the page
+            # shows nothing before Gradio's event stream is open (250-350 ms after the click on
+            # the 2-core CI machine), and a first update with the question alone made it mount
+            # every pane's new messages and then update them again, one more full render before
+            # the first token could show.
+            box_out: Any = ""  # the first update also clears the input box
+            changed = True  # since the last update (the question is not on the page yet)
+            first_due = time.perf_counter() + FIRST_FRAME_WAIT
             pending = set(idx)
             waiting = set(idx)  # no first piece yet
             deadline = time.perf_counter() + first_byte
@@ -230,12 +248,17 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
                                             f"REQUEST_TIMEOUT_FAST ({first_byte:g} s)"}
                             changed = True
                         waiting.clear()
-                        yield frame()
-                        changed = False
+                        yield frame(box=box_out)
+                        box_out, changed = skip, False
                         continue
                     try:
-                        got = [events.get(timeout=0.1)]
+                        wait = 0.1 if box_out is skip else max(0.0, first_due - time.perf_counter())
+                        got = [events.get(timeout=wait)]
                     except queue.Empty:
+                        if box_out is not skip:  # no piece yet: the question alone
+                            last = time.perf_counter()
+                            yield frame(box=box_out)
+                            box_out, changed = skip, False
                         continue
                     while True:  # everything already queued, then one update
                         try:
@@ -260,17 +283,17 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
                             heads_out[i] = header(b, value)
                             pending.discard(i)
                     now = time.perf_counter()
-                    if changed and (now - last >= YIELD_EVERY or not pending):
+                    if changed and (box_out is not skip or now - last >= YIELD_EVERY or not pending):
                         last = now
-                        yield frame()
-                        changed = False
+                        yield frame(box=box_out)
+                        box_out, changed = skip, False
             finally:
                 stopping.set()
             at = time.time()
             new = [{"time": at, "model": slot_list[i]["name"], "backend": slot_list[i]["kind"], "prompt": message,
                     "answer": hists[i][-1]["content"], "max_new_tokens": int(max_toks[i]),
                     "temperature": float(temperatures[i]), **stats.get(i, {})} for i in idx]
-            yield frame(log=records + new)
+            yield frame(box=box_out, log=records + new)
 
         chat_inputs = [box, shown, slots, log, last_stats, *bots, *tokens, *temps]
         chat_outputs = [box, *bots, *heads, log, last_stats]
@@ -413,4 +436,4 @@ def build_app(stack_file: str, front: str) -> Any:
     blocks = build_blocks(backends, spec.columns, reveal(spec.admin_pass) if spec.admin_pass else None,
                           title=f"h2ostack · {stack.name}")
     # /v1 goes straight to the gateway, ahead of FastAPI's routing and middleware
-    return gateway.mount(gr.mount_gradio_app(app, blocks, path="/", auth=auth))
+    return gateway.mount(gr.mount_gradio_app(app, blocks, path="/", auth=auth, css=CSS))

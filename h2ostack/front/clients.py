@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import json
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -75,11 +76,40 @@ def _openai_client(base: str, key: str, read_timeout: float, connect_timeout: fl
 def warm(b: Backend) -> None:
     """Import the backend's client library and make the client a turn will use, so the first
     question after start does not wait for them (importing openai and building its TLS context
-    took about 2 s of CPU on the first turn)."""
+    took about 2 s of CPU on the first turn). For OpenAI-compatible servers a canned answer is
+    also streamed through a throwaway client (no network): the openai package imports its
+    resources and builds its response models on first use, another 50 ms of CPU per process."""
     if b.api == "openai":
         _openai(b, READ_TIMEOUT)
+        _warm_openai()
     elif b.api == "tgi":
         import huggingface_hub  # noqa: F401
+
+
+_WARM_CHUNKS = {
+    "/v1/chat/completions": {"id": "w", "object": "chat.completion.chunk", "created": 0, "model": "w",
+                             "choices": [{"index": 0, "delta": {"role": "assistant", "content": "w"},
+                                          "finish_reason": None}]},
+    "/v1/completions": {"id": "w", "object": "text_completion", "created": 0, "model": "w",
+                        "choices": [{"index": 0, "text": "w", "finish_reason": None}]},
+}
+
+
+@functools.cache
+def _warm_openai() -> None:
+    import httpx
+    from openai import OpenAI
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        body = b"data: " + json.dumps(_WARM_CHUNKS[request.url.path]).encode() + b"\n\ndata: [DONE]\n\n"
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body)
+
+    with OpenAI(base_url="http://warm.invalid/v1", api_key="-",
+                http_client=httpx.Client(transport=httpx.MockTransport(answer))) as client:
+        for _ in client.chat.completions.create(model="w", messages=[{"role": "user", "content": "w"}], stream=True):
+            pass
+        for _ in client.completions.create(model="w", prompt="w", stream=True):
+            pass
 
 
 def stream_answer(b: Backend, history: Sequence[tuple[str, str]], message: str, max_new_tokens: int,

@@ -16,6 +16,15 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
         "--disable-component-update", "--no-first-run"]
 
 
+# where a pane's first and last messages sit in its scroll box, in pixels from its top and bottom
+SCROLL_BOX = """(i) => { const box = document.querySelector('#h2o-bot-' + i + ' .bubble-wrap');
+  const msgs = box.querySelectorAll('[data-testid="user"], [data-testid="bot"]');
+  const b = box.getBoundingClientRect();
+  return {overflow: box.scrollHeight > box.clientHeight + 1, n: msgs.length,
+          first_top: msgs[0].getBoundingClientRect().top - b.top,
+          last_bottom: msgs[msgs.length - 1].getBoundingClientRect().bottom - b.bottom}; }"""
+
+
 def test_question_streams_into_panes_of_three_kinds(front_stack: FrontStack, tmp_path: Path) -> None:
     assert os.path.exists(CHROMIUM), "scripts/browser.sh installs Chromium"
     shot = Path(os.environ.get("H2OSTACK_SCREENSHOT_DIR", tmp_path)) / "front-e2e.png"
@@ -53,6 +62,18 @@ def test_question_streams_into_panes_of_three_kinds(front_stack: FrontStack, tmp
             assert question in body and len(body) > len(question) + 3, (kind, body)
             assert kind in page.inner_text(f"#h2o-head-{i}")
         assert "Hello from the stand-in" in text(1)
+
+        # each pane shows the end of its answer (by CSS: the chat's scroll box lays out from the
+        # bottom), and a conversation shorter than its pane starts at the pane's top
+        overflowed = 0
+        for i in (0, 1, 2):
+            box = page.evaluate(SCROLL_BOX, i)
+            assert box["last_bottom"] <= 1, (i, box)  # the answer's last line is in view
+            if box["overflow"]:
+                overflowed += 1
+            else:
+                assert box["first_top"] < 80, (i, box)
+        assert overflowed, "no answer outgrew its pane: the end-of-answer check saw nothing to scroll"
         assert "unavailable" in page.inner_text("#h2o-head-3") or "error" in text(3)
 
         # hiding a model hides its pane and is kept in the URL

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from h2ostack.front import clients
+import copy
+import sys
+import time
+from dataclasses import asdict
+from typing import Any
+
+import pytest
+
+from h2ostack.front import app, clients
 from h2ostack.front.app import build_blocks
 from h2ostack.front.clients import Backend
 
@@ -41,3 +49,60 @@ def test_warm_makes_the_client_a_turn_uses() -> None:
     made = clients._openai(b, clients.READ_TIMEOUT)  # what stream_answer asks for
     assert clients._openai_client.cache_info().hits == 1
     assert str(made.base_url).rstrip("/") == "http://127.0.0.1:9/v1"
+
+
+def test_panes_follow_the_answer_by_css_not_by_gradios_autoscroll() -> None:
+    """Gradio's autoscroll reads scrollHeight on each update of each pane (a forced layout of the
+    page); the panes turn it off and stay at the end of the answer by their CSS."""
+    cfg = build_blocks(backends(), None, None).get_config_file()
+    bots = [c["props"] for c in cfg["components"] if c["type"] == "chatbot"]
+    assert bots and all(p["autoscroll"] is False and "h2o-bot" in p["elem_classes"] for p in bots)
+    assert ".h2o-bot .bubble-wrap { display: flex; flex-direction: column-reverse; }" in app.CSS
+
+
+def submit_fn(demo: Any) -> Any:
+    fns = demo.fns.values() if isinstance(demo.fns, dict) else demo.fns
+    return next(f.fn for f in fns if getattr(f.fn, "__name__", "") == "submit")
+
+
+def run_submit(monkeypatch: pytest.MonkeyPatch, delay: float) -> list[list[Any]]:
+    """The frames of one turn against a fake stream whose first piece comes after `delay`."""
+    def fake_stream(b: Backend, history: Any, message: str, max_new_tokens: int, temperature: float) -> Any:
+        time.sleep(delay)
+        yield "Hel"
+        yield "lo"
+
+    monkeypatch.setattr(app, "stream_answer", fake_stream)
+    bs = backends()[:1]
+    demo = build_blocks(bs, None, None)
+    n = 1 + app.EXTRA_SLOTS
+    slots = [asdict(bs[0])] + [None] * app.EXTRA_SLOTS
+    turn = submit_fn(demo)("hi", ["a"], slots, [], {}, *([[]] * n), *([16] * n), *([0.0] * n))
+    return [copy.deepcopy(f) for f in turn]  # each frame as the page got it
+
+
+def test_question_goes_to_the_page_with_the_first_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
+    frames = run_submit(monkeypatch, 0.02)
+    first = frames[0]
+    assert first[0] == ""  # the input box is cleared by the first update
+    assert first[1][-2] == {"role": "user", "content": "hi"}
+    assert first[1][-1]["content"].startswith("Hel")  # not a frame with the question alone
+    assert frames[-1][1][-1]["content"] == "Hello"
+
+
+def test_question_shows_alone_when_the_first_piece_is_slow(monkeypatch: pytest.MonkeyPatch) -> None:
+    frames = run_submit(monkeypatch, app.FIRST_FRAME_WAIT + 0.3)
+    first = frames[0]
+    assert first[0] == "" and first[1][-2:] == [{"role": "user", "content": "hi"},
+                                                {"role": "assistant", "content": ""}]
+    assert all(f[0] != "" for f in frames[1:])  # only the first update clears the box
+    assert frames[-1][1][-1]["content"] == "Hello"
+
+
+def test_warm_streams_a_canned_answer_through_the_openai_client() -> None:
+    """The openai package imports its resources and builds its response models on first use: warm
+    does that at start, with no network."""
+    clients._warm_openai.cache_clear()
+    clients.warm(backends()[0])
+    assert clients._warm_openai.cache_info().currsize == 1
+    assert "openai.resources.chat.completions" in sys.modules
