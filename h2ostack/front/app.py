@@ -36,7 +36,6 @@ from h2ostack.front.prompts import PROMPT_TYPES
 
 EXTRA_SLOTS = 4
 YIELD_EVERY = 0.05  # seconds: coalesce token updates so the page never falls behind
-FIRST_FRAME_WAIT = 0.25  # seconds the question waits for the first pieces, to go to the page with them
 # The panes follow a streaming answer by CSS alone: the chat's scroll box lays its content out from
 # the bottom, so it stays scrolled to the end as the answer grows (and a short conversation still
 # sits at the top). Gradio's own autoscroll (off on the panes) reads scrollHeight on every update,
@@ -226,14 +225,8 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
             threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in idx]
             for t in threads:
                 t.start()
-            # The question goes to the page with the first pieces when they come soon: the page
-            # shows nothing before Gradio's event stream is open (250-350 ms after the click on
-            # the 2-core CI machine), and a first update with the question alone made it mount
-            # every pane's new messages and then update them again, one more full render before
-            # the first token could show.
-            box_out: Any = ""  # the first update also clears the input box
-            changed = True  # since the last update (the question is not on the page yet)
-            first_due = time.perf_counter() + FIRST_FRAME_WAIT
+            yield frame(box="")
+            changed = False  # since the last update
             pending = set(idx)
             waiting = set(idx)  # no first piece yet
             deadline = time.perf_counter() + first_byte
@@ -248,17 +241,12 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
                                             f"REQUEST_TIMEOUT_FAST ({first_byte:g} s)"}
                             changed = True
                         waiting.clear()
-                        yield frame(box=box_out)
-                        box_out, changed = skip, False
+                        yield frame()
+                        changed = False
                         continue
                     try:
-                        wait = 0.1 if box_out is skip else max(0.0, first_due - time.perf_counter())
-                        got = [events.get(timeout=wait)]
+                        got = [events.get(timeout=0.1)]
                     except queue.Empty:
-                        if box_out is not skip:  # no piece yet: the question alone
-                            last = time.perf_counter()
-                            yield frame(box=box_out)
-                            box_out, changed = skip, False
                         continue
                     while True:  # everything already queued, then one update
                         try:
@@ -283,17 +271,17 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
                             heads_out[i] = header(b, value)
                             pending.discard(i)
                     now = time.perf_counter()
-                    if changed and (box_out is not skip or now - last >= YIELD_EVERY or not pending):
+                    if changed and (now - last >= YIELD_EVERY or not pending):
                         last = now
-                        yield frame(box=box_out)
-                        box_out, changed = skip, False
+                        yield frame()
+                        changed = False
             finally:
                 stopping.set()
             at = time.time()
             new = [{"time": at, "model": slot_list[i]["name"], "backend": slot_list[i]["kind"], "prompt": message,
                     "answer": hists[i][-1]["content"], "max_new_tokens": int(max_toks[i]),
                     "temperature": float(temperatures[i]), **stats.get(i, {})} for i in idx]
-            yield frame(box=box_out, log=records + new)
+            yield frame(log=records + new)
 
         chat_inputs = [box, shown, slots, log, last_stats, *bots, *tokens, *temps]
         chat_outputs = [box, *bots, *heads, log, last_stats]

@@ -81,22 +81,14 @@ def run_submit(monkeypatch: pytest.MonkeyPatch, delay: float) -> list[list[Any]]
     return [copy.deepcopy(f) for f in turn]  # each frame as the page got it
 
 
-def test_question_goes_to_the_page_with_the_first_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
-    frames = run_submit(monkeypatch, 0.02)
-    first = frames[0]
-    assert first[0] == ""  # the input box is cleared by the first update
-    assert first[1][-2] == {"role": "user", "content": "hi"}
-    assert first[1][-1]["content"].startswith("Hel")  # not a frame with the question alone
-    assert frames[-1][1][-1]["content"] == "Hello"
-
-
-def test_question_shows_alone_when_the_first_piece_is_slow(monkeypatch: pytest.MonkeyPatch) -> None:
-    frames = run_submit(monkeypatch, app.FIRST_FRAME_WAIT + 0.3)
+def test_a_turn_shows_the_question_at_once_then_streams_the_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    frames = run_submit(monkeypatch, 0.3)
     first = frames[0]
     assert first[0] == "" and first[1][-2:] == [{"role": "user", "content": "hi"},
                                                 {"role": "assistant", "content": ""}]
-    assert all(f[0] != "" for f in frames[1:])  # only the first update clears the box
+    assert all(f[0] != "" for f in frames[1:])  # only the first update clears the input box
     assert frames[-1][1][-1]["content"] == "Hello"
+    assert frames[-1][-2][0]["answer"] == "Hello" and frames[-1][-2][0]["tokens"] == 2  # the JSONL record
 
 
 def test_warm_streams_a_canned_answer_through_the_openai_client() -> None:
