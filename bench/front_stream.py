@@ -16,6 +16,7 @@ Run: .venv/bin/python bench/front_stream.py   (needs scripts/vllm-env.sh, the ti
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
@@ -34,6 +35,7 @@ from playwright.sync_api import sync_playwright
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENS = int(os.environ.get("BENCH_TOKENS", "256"))  # the front's default max_new_tokens
+PAGES = int(os.environ.get("BENCH_PAGES", "3"))  # fresh pages per number of panes
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--no-first-run"]
 # each change of a pane is stamped in the page itself (high-resolution wall clock), so the stamp
@@ -54,9 +56,6 @@ OBSERVE = """
 # the first question on a freshly loaded page, then a second one on the same page
 QUESTIONS = [("first question, fresh page", "Hello there"), ("second question, same page", "Tell me more")]
 NOW = "performance.timeOrigin + performance.now()"
-
-
-PAGES = int(os.environ.get("BENCH_PAGES", "3"))  # fresh pages per number of panes
 
 
 def clock_offset(page: Any) -> tuple[float, float]:
@@ -121,7 +120,7 @@ fronts:
         backend = statistics.median(direct_rate(vport) for _ in range(3))
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
-            for rep, n in [(rep, n) for rep in range(PAGES) for n in (1, 4)]:
+            for rep, n in itertools.product(range(PAGES), (1, 4)):
                 page = browser.new_page(viewport={"width": 1600, "height": 1000})
                 page.goto(f"http://127.0.0.1:{fport}/?models=" + ",".join(f"p{i}" for i in range(n)))
                 page.wait_for_selector("#h2o-input textarea")
