@@ -122,9 +122,18 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
     names = [b.name for b in backends]
 
     with gr.Blocks(title=title, fill_width=True) as demo:
-        slots = gr.State([asdict(b) for b in backends] + [None] * EXTRA_SLOTS)
-        log = gr.State([])
-        last_stats = gr.State({})  # slot -> its last answer's timings, shown in its header
+        # What a page's session holds, kept on the server in one State: the models of its panes
+        # (`slots`, the stack's and those added), each pane's conversation and settings, each
+        # pane's last timings (shown in its header) and the turns for the JSONL export. Not read
+        # from the page: Gradio's page copies every input of an event (a chatbot: its whole
+        # history) to send it, and refreshes the loading status of each input on every streamed
+        # update, copying its value again, about 1 ms per input on this page. With the chatbots,
+        # sliders and five States as inputs that was 30 copies per update; in a profile of a
+        # 4-pane answer they took 16% of the page's time and the panes' updates waited behind them.
+        session = gr.State({"slots": [asdict(b) for b in backends] + [None] * EXTRA_SLOTS,
+                            "chats": [[] for _ in range(n)],
+                            "settings": [{"max_new_tokens": 256, "temperature": 0.0} for _ in range(n)],
+                            "stats": {}, "log": []})
         gr.Markdown(f"## {title}: {', '.join(names) or 'no models yet'}")
         shown = gr.CheckboxGroup(names, value=names, label="Models shown", elem_id="h2o-shown")
         panes: list[gr.Column] = []
@@ -142,15 +151,17 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
                                                elem_id=f"h2o-bot-{i}", elem_classes=["h2o-bot"],
                                                autoscroll=False))
                         with gr.Accordion("settings", open=False):
-                            tokens.append(gr.Slider(1, 4096, value=256, step=1, label="max_new_tokens"))
-                            temps.append(gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="temperature"))
+                            tokens.append(gr.Slider(1, 4096, value=256, step=1, label="max_new_tokens",
+                                                    elem_id=f"h2o-tokens-{i}"))
+                            temps.append(gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="temperature",
+                                                   elem_id=f"h2o-temp-{i}"))
                     panes.append(col)
         with gr.Row():
             box = gr.Textbox(placeholder="Ask every model at once", show_label=False, scale=6, elem_id="h2o-input")
             send = gr.Button("Submit", variant="primary", scale=1, elem_id="h2o-submit")
             stop = gr.Button("Stop", scale=1, elem_id="h2o-stop")
-            regen = gr.Button("Regenerate", scale=1)
-            clear = gr.Button("Clear", scale=1)
+            regen = gr.Button("Regenerate", scale=1, elem_id="h2o-regen")
+            clear = gr.Button("Clear", scale=1, elem_id="h2o-clear")
         with gr.Accordion("Add a model", open=False):
             with gr.Row():
                 add_name = gr.Textbox(label="name", scale=1)
@@ -167,15 +178,14 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
         def active(slot_list: list[Any], visible: list[str]) -> list[int]:
             return [i for i, s in enumerate(slot_list) if s is not None and (i >= n_fixed or s["name"] in visible)]
 
-        def submit(message: str, visible: list[str], slot_list: list[Any], records: list[Any],
-                   shown_stats: dict[Any, Any], *rest: Any) -> Iterator[list[Any]]:
-            hists = [list(h or []) for h in rest[:n]]
-            max_toks, temperatures = rest[n:2 * n], rest[2 * n:3 * n]
-            shown_stats = dict(shown_stats or {})
-            heads_out: list[Any] = [header(Backend(**s), shown_stats.get(i)) if s is not None else header(None)
-                                    for i, s in enumerate(slot_list)]
+        def submit(message: str, visible: list[str], sess: dict[str, Any]) -> Iterator[list[Any]]:
+            # the session's own lists: the turn updates them in place, so a turn stopped half way
+            # keeps what its panes show
+            slot_list, hists, shown_stats = sess["slots"], sess["chats"], sess["stats"]
+            max_toks = [p["max_new_tokens"] for p in sess["settings"]]
+            temperatures = [p["temperature"] for p in sess["settings"]]
             if not message or not message.strip():
-                yield ["", *hists, *heads_out, records, shown_stats]
+                yield ["", *hists, sess]
                 return
             idx = active(slot_list, visible)
             events: queue.Queue[tuple[int, str, Any]] = queue.Queue()
@@ -211,14 +221,15 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
 
             skip = gr.skip()
 
-            def frame(box: Any = skip, log: Any = skip) -> list[Any]:
-                """Every pane and header as values, never `gr.skip()`: Gradio handles a skip as a
-                component update, rebuilding the component and its config (its JSON schema) each
-                time, about 6 ms apiece, which with a dozen skipped outputs held every update back
-                by 100 ms. Values cost a postprocess of each history, and Gradio sends only the
-                difference from the last update. (Only the textbox is skipped: the user may be
-                typing the next question; and the State, whose skip costs nothing.)"""
-                return [box, *hists, *heads_out, log, shown_stats]
+            def frame(box: Any = skip, done: bool = False) -> list[Any]:
+                """Every pane as a value, never `gr.skip()`: Gradio handles a skip as a component
+                update, rebuilding the component and its config (its JSON schema) each time, about
+                6 ms apiece, which with a dozen skipped outputs held every update back by 100 ms.
+                Values cost a postprocess of each history, and Gradio sends only the difference
+                from the last update. (Only the textbox is skipped: the user may be typing the next
+                question; and the State, whose skip costs nothing.) The headers are not outputs:
+                the last answer's timings reach them once the turn is over (`show_heads`)."""
+                return [box, *hists, sess if done else skip]
 
             for i in idx:
                 hists[i] = [*hists[i], {"role": "user", "content": message}, {"role": "assistant", "content": ""}]
@@ -253,9 +264,11 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
                             got.append(events.get_nowait())
                         except queue.Empty:
                             break
+                    started = False  # a pane's first piece is in this batch
                     for i, kind, value in got:
                         if i not in pending:  # a pane already given up on
                             continue
+                        started |= i in waiting
                         waiting.discard(i)
                         changed = True
                         if kind == "piece":
@@ -267,11 +280,10 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
                             pending.discard(i)
                         else:
                             stats[i] = shown_stats[i] = value
-                            b = Backend(**slot_list[i])
-                            heads_out[i] = header(b, value)
                             pending.discard(i)
                     now = time.perf_counter()
-                    if changed and (now - last >= YIELD_EVERY or not pending):
+                    # a first piece goes to the page at once; later ones at most every YIELD_EVERY
+                    if changed and (started or now - last >= YIELD_EVERY or not pending):
                         last = now
                         yield frame()
                         changed = False
@@ -281,91 +293,119 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
             new = [{"time": at, "model": slot_list[i]["name"], "backend": slot_list[i]["kind"], "prompt": message,
                     "answer": hists[i][-1]["content"], "max_new_tokens": int(max_toks[i]),
                     "temperature": float(temperatures[i]), **stats.get(i, {})} for i in idx]
-            yield frame(log=records + new)
+            sess["log"] = [*sess["log"], *new]
+            yield frame(done=True)
 
-        chat_inputs = [box, shown, slots, log, last_stats, *bots, *tokens, *temps]
-        chat_outputs = [box, *bots, *heads, log, last_stats]
+        def show_heads(sess: dict[str, Any]) -> list[str]:
+            return [header(Backend(**s), sess["stats"].get(i)) if s is not None else header(None)
+                    for i, s in enumerate(sess["slots"])]
+
+        chat_inputs = [box, shown, session]
+        chat_outputs = [box, *bots, session]
         # progress shows on the input box alone: Gradio's page refreshes the loading status of
         # every progress target on each streamed update, taking a deep copy of each target's
         # value (every pane's whole history) as it does; with the panes as targets that cost
         # grew with the grid and the conversation and held the page back by hundreds of ms
         busy = {"concurrency_limit": None, "show_progress_on": [box]}
+        quiet = {"show_progress": "hidden", "api_visibility": "private"}
         ev1 = send.click(submit, chat_inputs, chat_outputs, **busy)
         ev2 = box.submit(submit, chat_inputs, chat_outputs, **busy)
 
-        def pop_last(*hists: Any) -> list[Any]:
+        def pop_last(sess: dict[str, Any]) -> list[Any]:
+            """The last question back in the input box, and each pane without its last turn."""
             last = ""
-            out = []
-            for h in hists:
-                h = list(h or [])
+            for i, h in enumerate(sess["chats"]):
                 if len(h) >= 2 and h[-1]["role"] == "assistant":
                     last = h[-2]["content"]
-                    h = h[:-2]
-                out.append(h)
-            return [last, *out]
+                    sess["chats"][i] = h[:-2]
+            return [last, *sess["chats"], sess]
 
-        ev3 = regen.click(pop_last, bots, [box, *bots], show_progress_on=[box]).then(submit, chat_inputs, chat_outputs,
-                                                                                     **busy)
+        ev3 = regen.click(pop_last, [session], [box, *bots, session], show_progress_on=[box]).then(
+            submit, chat_inputs, chat_outputs, **busy)
+        for ev in (ev1, ev2, ev3):
+            ev.then(show_heads, [session], heads, show_progress_on=[box], **quiet)
         stop.click(None, None, None, cancels=[ev1, ev2, ev3])
-        clear.click(lambda: [[] for _ in range(n)], None, bots, show_progress_on=[box])
+
+        def clear_all(sess: dict[str, Any]) -> list[Any]:
+            sess["chats"] = [[] for _ in range(n)]
+            return [*sess["chats"], sess]
+
+        clear.click(clear_all, [session], [*bots, session], show_progress_on=[box])
+
+        def on_setting(i: int, key: str) -> Any:
+            def set_one(value: float, sess: dict[str, Any]) -> dict[str, Any]:
+                sess["settings"][i] = {**sess["settings"][i], key: value}
+                return sess
+            return set_one
+
+        def on_pane_clear(i: int) -> Any:
+            def clear_one(sess: dict[str, Any]) -> dict[str, Any]:
+                sess["chats"][i] = []
+                return sess
+            return clear_one
+
+        for i in range(n):  # the settings, and a pane's own clear button, reach the session
+            tokens[i].change(on_setting(i, "max_new_tokens"), [tokens[i], session], [session], queue=False, **quiet)
+            temps[i].change(on_setting(i, "temperature"), [temps[i], session], [session], queue=False, **quiet)
+            bots[i].clear(on_pane_clear(i), [session], [session], queue=False, **quiet)
 
         # -- show / hide, kept in the URL -------------------------------------------------------
-        def visibility(visible: list[str], slot_list: list[Any]) -> list[Any]:
+        def visibility(visible: list[str], sess: dict[str, Any]) -> list[Any]:
             return [gr.update(visible=s is not None and (i >= n_fixed or s["name"] in visible))
-                    for i, s in enumerate(slot_list)]
+                    for i, s in enumerate(sess["slots"])]
 
-        shown.change(visibility, [shown, slots], panes, js=None, show_progress_on=[shown]).then(
+        shown.change(visibility, [shown, session], panes, js=None, show_progress_on=[shown]).then(
             None, [shown], None,
             js="(v) => { const u = new URL(window.location); u.searchParams.set('models', v.join(','));"
                " window.history.replaceState(null, '', u); }")
 
-        def on_load(request: gr.Request, slot_list: list[Any]) -> list[Any]:
+        def on_load(request: gr.Request, sess: dict[str, Any]) -> list[Any]:
             wanted = request.query_params.get("models") if request else None
             visible = [x for x in wanted.split(",") if x in names] if wanted else names
             fresh = [header(b) for b in backends] + [gr.update()] * EXTRA_SLOTS
             for i, b in enumerate(backends):
-                slot_list[i] = {**slot_list[i], "health": b.health, "revision": b.revision}
-            return [visible, *visibility(visible, slot_list), *fresh, slot_list]
+                sess["slots"][i] = {**sess["slots"][i], "health": b.health, "revision": b.revision}
+            return [visible, *visibility(visible, sess), *fresh, sess]
 
-        demo.load(on_load, [slots], [shown, *panes, *heads, slots], show_progress_on=[shown])
+        demo.load(on_load, [session], [shown, *panes, *heads, session], show_progress_on=[shown])
 
         # -- add a model ------------------------------------------------------------------------
-        def add(name: str, server: str, prompt_type: str, slot_list: list[Any]) -> list[Any]:
+        def add(name: str, server: str, prompt_type: str, sess: dict[str, Any]) -> list[Any]:
             no_change = [gr.update() for _ in range(n)]
+            slot_list = sess["slots"]
             name = (name or "").strip()
             if not name:
-                return ["give the model a name", slot_list, *no_change, *no_change]
+                return ["give the model a name", sess, *no_change, *no_change]
             if any(s and s["name"] == name for s in slot_list):
-                return [f"there is already a model named {name!r}", slot_list, *no_change, *no_change]
+                return [f"there is already a model named {name!r}", sess, *no_change, *no_change]
             free = [i for i in range(n_fixed, n) if slot_list[i] is None]
             if not free:
-                return [f"all {EXTRA_SLOTS} extra panes are in use", slot_list, *no_change, *no_change]
+                return [f"all {EXTRA_SLOTS} extra panes are in use", sess, *no_change, *no_change]
             try:
                 b = backend_for(name, server, prompt_type or None, timeout=fast_timeout())
             except ValueError as exc:
-                return [f"⚠ {exc}", slot_list, *no_change, *no_change]
+                return [f"⚠ {exc}", sess, *no_change, *no_change]
             ok, detail = probe(b, fast_timeout())
             b.health = "healthy" if ok else detail
-            slot_list = list(slot_list)
-            slot_list[free[0]] = asdict(b)
+            sess["slots"] = [*slot_list[:free[0]], asdict(b), *slot_list[free[0] + 1:]]
             heads_up = list(no_change)
             heads_up[free[0]] = header(b)
             panes_up = list(no_change)
             panes_up[free[0]] = gr.update(visible=True)
-            return [f"added {name} ({b.kind}, {b.health})", slot_list, *heads_up, *panes_up]
+            return [f"added {name} ({b.kind}, {b.health})", sess, *heads_up, *panes_up]
 
-        add_btn.click(add, [add_name, add_server, add_prompt, slots], [add_status, slots, *heads, *panes],
+        add_btn.click(add, [add_name, add_server, add_prompt, session], [add_status, session, *heads, *panes],
                       show_progress_on=[add_status])
 
         # -- export ---------------------------------------------------------------------------
-        def export(records: list[Any]) -> str:
+        def export(sess: dict[str, Any]) -> str:
             fd, path = tempfile.mkstemp(prefix="h2ostack-chat-", suffix=".jsonl")
             with os.fdopen(fd, "w") as fh:
-                for r in records:
+                for r in sess["log"]:
                     fh.write(json.dumps(r) + "\n")
             return path
 
-        export_btn.click(export, [log], [export_file])
+        export_btn.click(export, [session], [export_file])
 
         # -- APIs -----------------------------------------------------------------------------
         def system_info_dict(admin_password: str) -> str:

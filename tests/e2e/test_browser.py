@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from playwright.sync_api import sync_playwright
@@ -94,4 +96,71 @@ def test_shared_url_shows_only_those_models(front_stack: FrontStack, models: str
         page.wait_for_timeout(1500)
         assert page.is_visible("#h2o-pane-0") and page.is_visible("#h2o-pane-1")
         assert not page.is_visible("#h2o-pane-2") and not page.is_visible("#h2o-pane-3")
+        browser.close()
+
+
+def bot_count(page: Any, i: int) -> int:
+    return int(page.evaluate(f"document.querySelectorAll('#h2o-bot-{i} [data-testid=\"bot\"]').length"))
+
+
+def turn_records(page: Any, base: str, question: str, want: int) -> list[dict[str, Any]]:
+    """The JSONL export's records of `question`, once `want` of them are there (a turn is
+    recorded when every pane has finished)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        page.click("text=Export conversations (JSONL)")
+        href = page.wait_for_selector("a[download]", timeout=30_000).get_attribute("href") or ""
+        text = page.request.get(href if href.startswith("http") else base + href).text()
+        records = [r for r in map(json.loads, text.splitlines()) if r["prompt"] == question]
+        if len(records) >= want:
+            return records
+        page.wait_for_timeout(500)
+    raise AssertionError(f"no {want} records of {question!r} in the export")
+
+
+def test_pane_settings_regenerate_and_clear(front_stack: FrontStack) -> None:
+    """The panes' conversations and settings live in the page's session on the server: a pane's
+    own max_new_tokens reaches its backend, Regenerate replaces the last turn, Clear starts over."""
+    base = front_stack.front_url
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1200})
+        page.goto(base + "/?models=tiny,vllm")
+        page.wait_for_selector("#h2o-input textarea", timeout=60_000)
+        page.wait_for_function("document.querySelector('#h2o-head-2').innerText.includes('healthy')",
+                               timeout=60_000)
+        # the vLLM pane answers with at most 3 tokens, the transformers pane keeps the default
+        page.click("#h2o-pane-2 >> text=settings")
+        field = page.locator("#h2o-tokens-2 input[type=number]")
+        field.fill("3")
+        field.press("Enter")
+        page.wait_for_timeout(1000)  # the setting's event reaches the session
+
+        def ask(question: str) -> list[dict[str, Any]]:
+            page.fill("#h2o-input textarea", question)
+            page.click("#h2o-submit")
+            return turn_records(page, base, question, 2)
+
+        first = {r["model"]: r for r in ask("Say something")}
+        assert first["vllm"]["max_new_tokens"] == 3 and 1 <= first["vllm"]["tokens"] <= 3, first["vllm"]
+        assert first["tiny"]["max_new_tokens"] == 256, first["tiny"]
+        assert bot_count(page, 0) == 1 and bot_count(page, 2) == 1
+
+        # Regenerate asks the last question again in place of its answers
+        page.click("#h2o-regen")
+        again = turn_records(page, base, "Say something", 4)
+        assert len(again) == 4
+        page.wait_for_timeout(500)
+        assert bot_count(page, 0) == 1 and bot_count(page, 2) == 1
+        assert "Say something" in page.inner_text("#h2o-bot-0")
+
+        # Clear empties every pane, and the next turn starts a new conversation
+        page.click("#h2o-clear")
+        page.wait_for_function("document.querySelectorAll('#h2o-bot-0 [data-testid=\"bot\"]').length == 0",
+                               timeout=30_000)
+        ask("Hello again")
+        page.wait_for_timeout(500)
+        for i in (0, 2):
+            assert bot_count(page, i) == 1, i
+            assert "Say something" not in page.inner_text(f"#h2o-bot-{i}")
         browser.close()

@@ -8,6 +8,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
+import gradio as gr
 import pytest
 
 from h2ostack.front import app, clients
@@ -77,7 +78,9 @@ def run_submit(monkeypatch: pytest.MonkeyPatch, delay: float) -> list[list[Any]]
     demo = build_blocks(bs, None, None)
     n = 1 + app.EXTRA_SLOTS
     slots = [asdict(bs[0])] + [None] * app.EXTRA_SLOTS
-    turn = submit_fn(demo)("hi", ["a"], slots, [], {}, *([[]] * n), *([16] * n), *([0.0] * n))
+    sess = {"slots": slots, "chats": [[] for _ in range(n)], "stats": {}, "log": [],
+            "settings": [{"max_new_tokens": 16, "temperature": 0.0}] * n}
+    turn = submit_fn(demo)("hi", ["a"], sess)
     return [copy.deepcopy(f) for f in turn]  # each frame as the page got it
 
 
@@ -88,7 +91,26 @@ def test_a_turn_shows_the_question_at_once_then_streams_the_answer(monkeypatch: 
                                                 {"role": "assistant", "content": ""}]
     assert all(f[0] != "" for f in frames[1:])  # only the first update clears the input box
     assert frames[-1][1][-1]["content"] == "Hello"
-    assert frames[-1][-2][0]["answer"] == "Hello" and frames[-1][-2][0]["tokens"] == 2  # the JSONL record
+    sess = frames[-1][-1]  # the session, set once, at the end
+    assert all(f[-1] == gr.skip() for f in frames[:-1])
+    assert sess["chats"][0] == frames[-1][1]  # the pane's conversation
+    record = sess["log"][0]  # the JSONL record
+    assert record["answer"] == "Hello" and record["tokens"] == 2 and record["max_new_tokens"] == 16
+    assert sess["stats"][0]["tokens"] == 2  # for the pane's header
+
+
+def test_the_chat_event_reads_no_chatbot_and_no_slider_from_the_page() -> None:
+    """Gradio's page copies each input of an event to send it, and refreshes each input's loading
+    status, copying its value again, on every streamed update: the panes' conversations and
+    settings are kept on the server, and the turn reads only the question and the shown models."""
+    cfg = build_blocks(backends(), None, None).get_config_file()
+    types = {c["id"]: c["type"] for c in cfg["components"]}
+    chat = [d for d in cfg["dependencies"] if "chatbot" in [types[o] for o in d["outputs"]] and d.get("backend_fn")
+            and len(d["inputs"]) > 2]
+    assert len(chat) == 3  # submit by button, by enter, and after regenerate
+    for dep in chat:
+        assert sorted(types[i] for i in dep["inputs"]) == ["checkboxgroup", "state", "textbox"]
+        assert "markdown" not in [types[o] for o in dep["outputs"]]  # the headers follow the turn
 
 
 def test_warm_streams_a_canned_answer_through_the_openai_client() -> None:
@@ -98,3 +120,25 @@ def test_warm_streams_a_canned_answer_through_the_openai_client() -> None:
     clients.warm(backends()[0])
     assert clients._warm_openai.cache_info().currsize == 1
     assert "openai.resources.chat.completions" in sys.modules
+
+
+def test_a_panes_first_piece_goes_to_the_page_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Later pieces are gathered for up to YIELD_EVERY; a first piece is not held back behind
+    another pane's update."""
+    first_at = {"a": 0.1, "b": 0.12}  # b's first piece comes 20 ms after a's, inside one YIELD_EVERY
+
+    def fake_stream(b: Backend, history: Any, message: str, max_new_tokens: int, temperature: float) -> Any:
+        time.sleep(first_at[b.name])
+        yield "one"
+        time.sleep(0.6)
+        yield " two"
+
+    monkeypatch.setattr(app, "stream_answer", fake_stream)
+    bs = backends()[:2]
+    demo = build_blocks(bs, None, None)
+    n = 2 + app.EXTRA_SLOTS
+    sess = {"slots": [asdict(b) for b in bs] + [None] * app.EXTRA_SLOTS, "chats": [[] for _ in range(n)],
+            "stats": {}, "log": [], "settings": [{"max_new_tokens": 16, "temperature": 0.0}] * n}
+    answers = [(f[1][-1]["content"], f[2][-1]["content"]) for f in submit_fn(demo)("hi", ["a", "b"], sess)]
+    assert ("one", "one") in answers, answers  # b's first piece shown before a's second one came
+    assert answers[-1] == ("one two", "one two")
