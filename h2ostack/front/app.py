@@ -302,11 +302,14 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
 
         chat_inputs = [box, shown, session]
         chat_outputs = [box, *bots, session]
-        # progress shows on the input box alone: Gradio's page refreshes the loading status of
-        # every progress target on each streamed update, taking a deep copy of each target's
+        # progress is tracked on the input box alone: Gradio's page refreshes the loading status
+        # of every progress target on each streamed update, taking a deep copy of each target's
         # value (every pane's whole history) as it does; with the panes as targets that cost
-        # grew with the grid and the conversation and held the page back by hundreds of ms
-        busy = {"concurrency_limit": None, "show_progress_on": [box]}
+        # grew with the grid and the conversation and held the page back by hundreds of ms. And
+        # it is not shown: Gradio's progress display redraws its timer on every animation frame
+        # while the event runs, which on a busy core takes the page's time from the panes (the
+        # question shows in its panes at once, and the answers stream there).
+        busy = {"concurrency_limit": None, "show_progress_on": [box], "show_progress": "hidden"}
         quiet = {"show_progress": "hidden", "api_visibility": "private"}
         ev1 = send.click(submit, chat_inputs, chat_outputs, **busy)
         ev2 = box.submit(submit, chat_inputs, chat_outputs, **busy)
@@ -320,7 +323,8 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
                     sess["chats"][i] = h[:-2]
             return [last, *sess["chats"], sess]
 
-        ev3 = regen.click(pop_last, [session], [box, *bots, session], show_progress_on=[box]).then(
+        ev3 = regen.click(pop_last, [session], [box, *bots, session], show_progress_on=[box],
+                          show_progress="hidden").then(
             submit, chat_inputs, chat_outputs, **busy)
         for ev in (ev1, ev2, ev3):
             ev.then(show_heads, [session], heads, show_progress_on=[box], **quiet)

@@ -111,6 +111,8 @@ def test_the_chat_event_reads_no_chatbot_and_no_slider_from_the_page() -> None:
     for dep in chat:
         assert sorted(types[i] for i in dep["inputs"]) == ["checkboxgroup", "state", "textbox"]
         assert "markdown" not in [types[o] for o in dep["outputs"]]  # the headers follow the turn
+        # and no progress display, whose timer redraws on every animation frame while a turn runs
+        assert dep["show_progress"] == "hidden"
 
 
 def test_warm_streams_a_canned_answer_through_the_openai_client() -> None:
