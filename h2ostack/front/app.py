@@ -13,6 +13,7 @@ one front can serve as the h2oGPT-style server of another.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import json
@@ -23,7 +24,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from h2ostack.front.clients import Backend, backend_for, fast_timeout, probe, st
 from h2ostack.front.prompts import PROMPT_TYPES
 
 EXTRA_SLOTS = 4
+HOLD_STREAM_EVERY = 10.0  # seconds: how often the page's stream-holding event looks up
 YIELD_EVERY = 0.05  # seconds: coalesce token updates so the page never falls behind
 # The panes follow a streaming answer by CSS alone: the chat's scroll box lays its content out from
 # the bottom, so it stays scrolled to the end as the answer grows (and a short conversation still
@@ -372,6 +374,20 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
             return [visible, *visibility(visible, sess), *fresh, sess]
 
         demo.load(on_load, [session], [shown, *panes, *heads, session], show_progress_on=[shown])
+
+        async def hold_stream() -> AsyncIterator[None]:
+            """Runs as long as the page is open, so the page's event stream stays open. Gradio's
+            page opens its stream (`/queue/data`) after a question's `/queue/join` returns, and
+            closes it once no event of the page is running: every question waited for a new
+            stream, and a first token that came before the stream was open waited for it (60 to
+            120 ms here). With this event pending the stream stays open, and a question's frames
+            go out as soon as they are made. It yields now and then: that is when Gradio sees
+            that the page has gone and ends it."""
+            while True:
+                await asyncio.sleep(HOLD_STREAM_EVERY)
+                yield
+
+        demo.load(hold_stream, None, None, concurrency_limit=None, **quiet)
 
         # -- add a model ------------------------------------------------------------------------
         def add(name: str, server: str, prompt_type: str, sess: dict[str, Any]) -> list[Any]:

@@ -120,11 +120,14 @@ def turn_records(page: Any, base: str, question: str, want: int) -> list[dict[st
 
 def test_pane_settings_regenerate_and_clear(front_stack: FrontStack) -> None:
     """The panes' conversations and settings live in the page's session on the server: a pane's
-    own max_new_tokens reaches its backend, Regenerate replaces the last turn, Clear starts over."""
+    own max_new_tokens reaches its backend, Regenerate replaces the last turn, Clear starts over.
+    And the page's event stream stays open from one turn to the next."""
     base = front_stack.front_url
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1200})
+        streams: list[str] = []  # the page's event streams, opened
+        page.on("request", lambda r: streams.append(r.url) if "/queue/data" in r.url else None)
         page.goto(base + "/?models=tiny,vllm")
         page.wait_for_selector("#h2o-input textarea", timeout=60_000)
         page.wait_for_function("document.querySelector('#h2o-head-2').innerText.includes('healthy')",
@@ -163,4 +166,6 @@ def test_pane_settings_regenerate_and_clear(front_stack: FrontStack) -> None:
         for i in (0, 2):
             assert bot_count(page, i) == 1, i
             assert "Say something" not in page.inner_text(f"#h2o-bot-{i}")
+        # three turns, a clear and the exports, all over the stream the page opened as it loaded
+        assert len(streams) == 1, streams
         browser.close()

@@ -144,3 +144,49 @@ def test_a_panes_first_piece_goes_to_the_page_at_once(monkeypatch: pytest.Monkey
     answers = [(f[1][-1]["content"], f[2][-1]["content"]) for f in submit_fn(demo)("hi", ["a", "b"], sess)]
     assert ("one", "one") in answers, answers  # b's first piece shown before a's second one came
     assert answers[-1] == ("one two", "one two")
+
+
+def test_a_page_holds_its_event_stream_open() -> None:
+    """Gradio's page opens its event stream after a question's join returns and closes it when
+    no event of the page runs: a first token that came before the stream was open waited for
+    it. One event runs for as long as the page is open, so the stream stays open."""
+    cfg = build_blocks(backends(), None, None).get_config_file()
+    held = [d for d in cfg["dependencies"] if d["api_name"] == "hold_stream"]
+    assert len(held) == 1
+    dep = held[0]
+    assert [t[1] for t in dep["targets"]] == ["load"] and dep["types"]["generator"]
+    assert dep["inputs"] == [] and dep["outputs"] == []  # nothing for the page to copy or render
+    assert dep["queue"] and dep["show_progress"] == "hidden" and dep["api_visibility"] == "private"
+
+
+def test_the_held_stream_ends_when_its_page_goes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real Gradio server: the event runs while its page's stream is open, and Gradio ends it
+    once the page has gone."""
+    import httpx
+
+    monkeypatch.setattr(app, "HOLD_STREAM_EVERY", 0.2)
+    demo = build_blocks(backends(), None, None)
+    fn_index = next(i for i, f in demo.fns.items() if f.name == "hold_stream")
+    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, server_name="127.0.0.1")
+    try:
+        def running() -> int:
+            return sum(1 for jobs in demo._queue.active_jobs if jobs for job in jobs
+                       if job.session_hash == "page1" and job.alive)
+
+        r = httpx.post(f"{url}gradio_api/queue/join",
+                       json={"data": [], "fn_index": fn_index, "session_hash": "page1", "event_data": None})
+        assert r.status_code == 200, r.text
+        updates = 0
+        with httpx.stream("GET", f"{url}gradio_api/queue/data", params={"session_hash": "page1"},
+                          timeout=30) as stream:
+            for line in stream.iter_lines():
+                updates += '"process_generating"' in line
+                if updates == 3:
+                    break
+            assert running() == 1  # still going, its stream open
+        deadline = time.monotonic() + 20
+        while running() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert running() == 0, "the event outlived its page"
+    finally:
+        demo.close()
