@@ -37,6 +37,7 @@ from h2ostack.front.prompts import PROMPT_TYPES
 
 EXTRA_SLOTS = 4
 HOLD_STREAM_EVERY = 10.0  # seconds: how often the page's stream-holding event looks up
+FIRST_FRAME_WAIT = 0.15  # seconds a question waits for the first piece of an answer to go with it
 YIELD_EVERY = 0.05  # seconds: coalesce token updates so the page never falls behind
 # The panes follow a streaming answer by CSS alone: the chat's scroll box lays its content out from
 # the bottom, so it stays scrolled to the end as the answer grows (and a short conversation still
@@ -223,14 +224,20 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
 
             skip = gr.skip()
 
-            def frame(box: Any = skip, done: bool = False) -> list[Any]:
+            asked = False  # the question is in the page
+
+            def frame(done: bool = False) -> list[Any]:
                 """Every pane as a value, never `gr.skip()`: Gradio handles a skip as a component
                 update, rebuilding the component and its config (its JSON schema) each time, about
                 6 ms apiece, which with a dozen skipped outputs held every update back by 100 ms.
                 Values cost a postprocess of each history, and Gradio sends only the difference
                 from the last update. (Only the textbox is skipped: the user may be typing the next
                 question; and the State, whose skip costs nothing.) The headers are not outputs:
-                the last answer's timings reach them once the turn is over (`show_heads`)."""
+                the last answer's timings reach them once the turn is over (`show_heads`). The
+                first update also clears the input box."""
+                nonlocal asked
+                box = skip if asked else ""
+                asked = True
                 return [box, *hists, sess if done else skip]
 
             for i in idx:
@@ -238,7 +245,10 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
             threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in idx]
             for t in threads:
                 t.start()
-            yield frame(box="")
+            # the question goes to the page with the first pieces of the answers, or after
+            # FIRST_FRAME_WAIT with those that came by then: one update, not two, where the
+            # backends answer at once (the page takes longest over an update that adds messages)
+            show_by = time.perf_counter() + FIRST_FRAME_WAIT
             changed = False  # since the last update
             pending = set(idx)
             waiting = set(idx)  # no first piece yet
@@ -246,6 +256,11 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
             last = 0.0
             try:
                 while pending:
+                    if not asked and (not waiting or time.perf_counter() >= show_by):
+                        last = time.perf_counter()
+                        yield frame()
+                        changed = False
+                        continue
                     if waiting and time.perf_counter() > deadline:
                         for i in waiting:  # given up on; the others keep streaming
                             abandoned.add(i)
@@ -258,7 +273,7 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
                         changed = False
                         continue
                     try:
-                        got = [events.get(timeout=0.1)]
+                        got = [events.get(timeout=0.1 if asked else max(0.0, show_by - time.perf_counter()))]
                     except queue.Empty:
                         continue
                     while True:  # everything already queued, then one update
@@ -285,7 +300,7 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
                             pending.discard(i)
                     now = time.perf_counter()
                     # a first piece goes to the page at once; later ones at most every YIELD_EVERY
-                    if changed and (started or now - last >= YIELD_EVERY or not pending):
+                    if changed and asked and (started or now - last >= YIELD_EVERY or not pending):
                         last = now
                         yield frame()
                         changed = False

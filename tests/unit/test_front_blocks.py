@@ -127,7 +127,9 @@ def test_warm_streams_a_canned_answer_through_the_openai_client() -> None:
 def test_a_panes_first_piece_goes_to_the_page_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """Later pieces are gathered for up to YIELD_EVERY; a first piece is not held back behind
     another pane's update."""
-    first_at = {"a": 0.1, "b": 0.12}  # b's first piece comes 20 ms after a's, inside one YIELD_EVERY
+    # after the question has gone to the page alone, b's first piece comes 20 ms after a's,
+    # inside one YIELD_EVERY
+    first_at = {"a": app.FIRST_FRAME_WAIT + 0.05, "b": app.FIRST_FRAME_WAIT + 0.07}
 
     def fake_stream(b: Backend, history: Any, message: str, max_new_tokens: int, temperature: float) -> Any:
         time.sleep(first_at[b.name])
@@ -144,6 +146,35 @@ def test_a_panes_first_piece_goes_to_the_page_at_once(monkeypatch: pytest.Monkey
     answers = [(f[1][-1]["content"], f[2][-1]["content"]) for f in submit_fn(demo)("hi", ["a", "b"], sess)]
     assert ("one", "one") in answers, answers  # b's first piece shown before a's second one came
     assert answers[-1] == ("one two", "one two")
+
+
+def test_the_question_goes_to_the_page_with_the_answers_first_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the backends answer within FIRST_FRAME_WAIT, the page gets one update that adds
+    the question and the answers' first pieces, not one that adds the question and another
+    right behind it with the first pieces."""
+    first_at = {"a": 0.02, "b": 0.06}
+
+    def fake_stream(b: Backend, history: Any, message: str, max_new_tokens: int, temperature: float) -> Any:
+        time.sleep(first_at[b.name])
+        yield "one"
+        time.sleep(0.3)
+        yield " two"
+
+    monkeypatch.setattr(app, "stream_answer", fake_stream)
+    bs = backends()[:2]
+    demo = build_blocks(bs, None, None)
+    n = 2 + app.EXTRA_SLOTS
+    sess = {"slots": [asdict(b) for b in bs] + [None] * app.EXTRA_SLOTS, "chats": [[] for _ in range(n)],
+            "stats": {}, "log": [], "settings": [{"max_new_tokens": 16, "temperature": 0.0}] * n}
+    t0 = time.perf_counter()
+    turn = submit_fn(demo)("hi", ["a", "b"], sess)
+    first = copy.deepcopy(next(turn))
+    waited = time.perf_counter() - t0
+    assert first[0] == ""  # the input box cleared with it
+    for pane in first[1:3]:
+        assert pane == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "one"}], pane
+    assert waited < app.FIRST_FRAME_WAIT  # it went as soon as both had started
+    assert [f[1][-1]["content"] for f in turn][-1] == "one two"
 
 
 def test_a_page_holds_its_event_stream_open() -> None:
