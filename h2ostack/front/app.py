@@ -7,8 +7,10 @@ together; the queue has no concurrency cap, so several users stream at once). Mo
 shown or hidden (kept in the page URL as `?models=a,b`), each pane has its own history and its
 own max_new_tokens and temperature, and its header shows the backend kind, health, revision and
 the last answer's time to first token and tokens/s. Models can be added from a server string.
-Conversations export as JSONL. `/system_info_dict` and `/submit_nochat_api` are Gradio APIs, so
-one front can serve as the h2oGPT-style server of another.
+Conversations export as JSONL. A page keeps its event stream open while it is open, and a
+question goes to the page with its answers' first pieces, so the first tokens show at once.
+`/system_info_dict` and `/submit_nochat_api` are Gradio APIs, so one front can serve as the
+h2oGPT-style server of another.
 """
 
 from __future__ import annotations
