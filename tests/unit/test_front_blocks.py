@@ -221,3 +221,33 @@ def test_the_held_stream_ends_when_its_page_goes(monkeypatch: pytest.MonkeyPatch
         assert running() == 0, "the event outlived its page"
     finally:
         demo.close()
+
+
+def test_updates_are_spaced_by_the_messages_on_the_page(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gradio's page renders every message of a pane again on each update: with long
+    conversations the updates come less often, so that the page keeps up."""
+    def fake_stream(b: Backend, history: Any, message: str, max_new_tokens: int, temperature: float) -> Any:
+        for _ in range(240):
+            time.sleep(0.005)
+            yield "x"
+
+    monkeypatch.setattr(app, "stream_answer", fake_stream)
+    bs = backends()[:2]
+    demo = build_blocks(bs, None, None)
+    n = 2 + app.EXTRA_SLOTS
+
+    def gaps(prior_turns: int) -> list[float]:
+        old = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}] * prior_turns
+        sess = {"slots": [asdict(b) for b in bs] + [None] * app.EXTRA_SLOTS,
+                "chats": [list(old), list(old)] + [[] for _ in range(n - 2)],
+                "stats": {}, "log": [], "settings": [{"max_new_tokens": 16, "temperature": 0.0}] * n}
+        times = [time.perf_counter() for _ in submit_fn(demo)("hi", ["a", "b"], sess)]
+        # between the updates while both panes stream (the last two: the answers' ends, the session)
+        return [b - a for a, b in zip(times[:-3], times[1:-2], strict=True)]
+
+    short = gaps(1)  # 6 messages on the page
+    assert short and min(short) >= (app.YIELD_EVERY + 6 * app.YIELD_PER_MESSAGE) * 0.9 and len(short) >= 6, short
+    long = gaps(50)  # 204 messages on the page
+    every = app.YIELD_EVERY + app.YIELD_PER_MESSAGE * 204
+    assert every > 3 * app.YIELD_EVERY
+    assert long and min(long) >= every * 0.9 and len(long) < len(short), (long, short)
