@@ -66,6 +66,14 @@ def submit_fn(demo: Any) -> Any:
     return next(f.fn for f in fns if getattr(f.fn, "__name__", "") == "submit")
 
 
+def session(bs: list[Backend], chats: list[list[dict[str, str]]] | None = None) -> dict[str, Any]:
+    """A page's session with the panes of `bs` (and their conversations so far), as the page has it."""
+    n = len(bs) + app.EXTRA_SLOTS
+    return {"slots": [asdict(b) for b in bs] + [None] * app.EXTRA_SLOTS,
+            "chats": [*(chats or [[] for _ in bs]), *([] for _ in range(app.EXTRA_SLOTS))],
+            "stats": {}, "log": [], "settings": [{"max_new_tokens": 16, "temperature": 0.0}] * n}
+
+
 def run_submit(monkeypatch: pytest.MonkeyPatch, delay: float) -> list[list[Any]]:
     """The frames of one turn against a fake stream whose first piece comes after `delay`."""
     def fake_stream(b: Backend, history: Any, message: str, max_new_tokens: int, temperature: float) -> Any:
@@ -76,11 +84,7 @@ def run_submit(monkeypatch: pytest.MonkeyPatch, delay: float) -> list[list[Any]]
     monkeypatch.setattr(app, "stream_answer", fake_stream)
     bs = backends()[:1]
     demo = build_blocks(bs, None, None)
-    n = 1 + app.EXTRA_SLOTS
-    slots = [asdict(bs[0])] + [None] * app.EXTRA_SLOTS
-    sess = {"slots": slots, "chats": [[] for _ in range(n)], "stats": {}, "log": [],
-            "settings": [{"max_new_tokens": 16, "temperature": 0.0}] * n}
-    turn = submit_fn(demo)("hi", ["a"], sess)
+    turn = submit_fn(demo)("hi", ["a"], session(bs))
     return [copy.deepcopy(f) for f in turn]  # each frame as the page got it
 
 
@@ -140,9 +144,7 @@ def test_a_panes_first_piece_goes_to_the_page_at_once(monkeypatch: pytest.Monkey
     monkeypatch.setattr(app, "stream_answer", fake_stream)
     bs = backends()[:2]
     demo = build_blocks(bs, None, None)
-    n = 2 + app.EXTRA_SLOTS
-    sess = {"slots": [asdict(b) for b in bs] + [None] * app.EXTRA_SLOTS, "chats": [[] for _ in range(n)],
-            "stats": {}, "log": [], "settings": [{"max_new_tokens": 16, "temperature": 0.0}] * n}
+    sess = session(bs)
     answers = [(f[1][-1]["content"], f[2][-1]["content"]) for f in submit_fn(demo)("hi", ["a", "b"], sess)]
     assert ("one", "one") in answers, answers  # b's first piece shown before a's second one came
     assert answers[-1] == ("one two", "one two")
@@ -163,9 +165,7 @@ def test_the_question_goes_to_the_page_with_the_answers_first_pieces(monkeypatch
     monkeypatch.setattr(app, "stream_answer", fake_stream)
     bs = backends()[:2]
     demo = build_blocks(bs, None, None)
-    n = 2 + app.EXTRA_SLOTS
-    sess = {"slots": [asdict(b) for b in bs] + [None] * app.EXTRA_SLOTS, "chats": [[] for _ in range(n)],
-            "stats": {}, "log": [], "settings": [{"max_new_tokens": 16, "temperature": 0.0}] * n}
+    sess = session(bs)
     t0 = time.perf_counter()
     turn = submit_fn(demo)("hi", ["a", "b"], sess)
     first = copy.deepcopy(next(turn))
@@ -234,13 +234,10 @@ def test_updates_are_spaced_by_the_messages_on_the_page(monkeypatch: pytest.Monk
     monkeypatch.setattr(app, "stream_answer", fake_stream)
     bs = backends()[:2]
     demo = build_blocks(bs, None, None)
-    n = 2 + app.EXTRA_SLOTS
 
     def gaps(prior_turns: int) -> list[float]:
         old = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}] * prior_turns
-        sess = {"slots": [asdict(b) for b in bs] + [None] * app.EXTRA_SLOTS,
-                "chats": [list(old), list(old)] + [[] for _ in range(n - 2)],
-                "stats": {}, "log": [], "settings": [{"max_new_tokens": 16, "temperature": 0.0}] * n}
+        sess = session(bs, [list(old), list(old)])
         times = [time.perf_counter() for _ in submit_fn(demo)("hi", ["a", "b"], sess)]
         # between the updates while both panes stream (the last two: the answers' ends, the session)
         return [b - a for a, b in zip(times[:-3], times[1:-2], strict=True)]
