@@ -168,11 +168,12 @@ def wait_for(pred: Callable[[], object], timeout: float, what: str) -> object:
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def cpu_vllm(python: str, model: Path, port: int) -> str:
+def cpu_vllm(python: str, model: Path, port: int, restart: str = "no") -> str:
     """A CPU vLLM service of the tiny model, as a stack file's flow mapping: about 0.1 of the
     memory and a 1 GiB KV cache is what fits beside everything else on a 24 GB box."""
-    return (f"{{kind: vllm, python: {python}, model: {model}, port: {port}, args: {{served_model_name: tiny-vllm, "
-            "dtype: float32, max_model_len: 256, gpu_memory_utilization: 0.1}, env: {VLLM_CPU_KVCACHE_SPACE: '1'}}")
+    return (f"{{kind: vllm, python: {python}, model: {model}, port: {port}, restart: {restart}, "
+            "args: {served_model_name: tiny-vllm, dtype: float32, max_model_len: 256, gpu_memory_utilization: 0.1}, "
+            "env: {VLLM_CPU_KVCACHE_SPACE: '1'}}")
 
 
 class FrontStack:
