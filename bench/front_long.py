@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cores import pin  # bench/cores.py
-from front_stream import ARGS, OBSERVE, clock_offset, free_port  # bench/front_stream.py
+from front_stream import ARGS, OBSERVE, clock_offset, free_port, seen  # bench/front_stream.py
 from playwright.sync_api import sync_playwright
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,12 +90,12 @@ def main() -> None:
         for turn in range(TURNS):
             for i, name in enumerate(names):
                 rec = next(r for r in records if r["prompt"] == f"Question number {turn}" and r["model"] == name)
-                grow = [t / 1000 + offset for t, length in marks[turn][str(i)] if length > 0]
+                first_seen, last_seen = seen(marks[turn][str(i)], offset)
                 span = rec["last_token_at"] - rec["first_token_at"]
                 rows.append({"turn": turn, "front": (rec["tokens"] - 1) / span,
-                             "page": (rec["tokens"] - 1) / (grow[-1] - grow[0]),
-                             "first_ms": (grow[0] - rec["first_token_at"]) * 1000,
-                             "last_ms": (grow[-1] - rec["last_token_at"]) * 1000})
+                             "page": (rec["tokens"] - 1) / (last_seen - first_seen),
+                             "first_ms": (first_seen - rec["first_token_at"]) * 1000,
+                             "last_ms": (last_seen - rec["last_token_at"]) * 1000})
     finally:
         subprocess.run([*h2o, "down", str(stack)], env=env, capture_output=True)
         standin.kill()

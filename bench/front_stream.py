@@ -58,6 +58,14 @@ QUESTIONS = [("first question, fresh page", "Hello there"), ("second question, s
 NOW = "performance.timeOrigin + performance.now()"
 
 
+def seen(marks: list[list[float]], offset: float) -> tuple[float, float]:
+    """When a pane's new answer first showed, and when it showed whole (its final length; later
+    changes of the pane, such as the turn moving to its finished turns, are not the answer's)."""
+    grow = [(t / 1000 + offset, length) for t, length in marks if length > 0]
+    whole = max(length for _, length in grow)
+    return grow[0][0], next(t for t, length in grow if length == whole)
+
+
 def clock_offset(page: Any) -> tuple[float, float]:
     """Seconds to add to the page's clock to get this process's, and how sure (half the fastest
     round trip)."""
@@ -162,8 +170,7 @@ fronts:
                     for i in range(n):
                         rec = records[i]
                         # the answer's own text: empty until the first token shows
-                        grow = [t / 1000 + offset for t, length in marks[str(i)] if length > 0]
-                        first_seen, last_seen = grow[0], grow[-1]
+                        first_seen, last_seen = seen(marks[str(i)], offset)
                         # the same tokens over the time they took to appear, at the backend and in the page
                         span = rec["last_token_at"] - rec["first_token_at"]
                         front_rate = (rec["tokens"] - 1) / span if span > 0 else 0

@@ -41,19 +41,26 @@ EXTRA_SLOTS = 4
 HOLD_STREAM_EVERY = 10.0  # seconds: how often the page's stream-holding event looks up
 FIRST_FRAME_WAIT = 0.15  # seconds a question waits for the first piece of an answer to go with it
 YIELD_EVERY = 0.05  # seconds: coalesce token updates so the page never falls behind
-# Gradio's page renders every message of a pane again on each update, so an update costs it more
-# as the conversation grows: later pieces are gathered for YIELD_PER_MESSAGE more per message on
-# the page (0.11 s with four panes of 5 turns, 0.29 s with four of 20), so that the page keeps up
+# Gradio's page renders every message of a chatbot again on each update of it, so each pane is two
+# chatbots in one scroll box: its finished turns, updated once a turn is over, and the turn in
+# progress, which the streamed updates go to. Later pieces are still gathered for
+# YIELD_PER_MESSAGE more per message in the streamed chatbots (normally two per pane).
 YIELD_PER_MESSAGE = 0.0015
-# The panes follow a streaming answer by CSS alone: the chat's scroll box lays its content out from
-# the bottom, so it stays scrolled to the end as the answer grows (and a short conversation still
-# sits at the top). Gradio's own autoscroll (off on the panes) reads scrollHeight on every update,
-# a forced layout of the whole page per pane: in a Chromium profile of a 4-pane answer it took 18%
-# of the page's CPU and held each update back.
-CSS = """
-.h2o-bot .bubble-wrap { display: flex; flex-direction: column-reverse; }
-.h2o-bot .bubble-wrap > .message-wrap { margin-bottom: auto; }
-.h2o-bot .scroll-down-button-container { display: none; }
+# The panes follow a streaming answer by CSS alone: a pane's scroll box lays out its content (the
+# two chatbots, the finished turns above the turn in progress) from the bottom, so it stays
+# scrolled to the end as the answer grows, and a short conversation still sits at the top. Gradio's own autoscroll (off on the panes) reads scrollHeight on every update, a forced
+# layout of the whole page per pane: in a Chromium profile of a 4-pane answer it took 18% of the
+# page's CPU and held each update back. The chatbots inside grow with their messages.
+PANE_HEIGHT = 380
+CSS = f"""
+.h2o-bot {{ height: {PANE_HEIGHT}px; overflow-y: auto; flex-direction: column-reverse !important;
+  flex-wrap: nowrap !important; gap: 0 !important; border: 1px solid var(--block-border-color);
+  border-radius: var(--block-radius); }}
+.h2o-bot > .h2o-turns {{ flex-shrink: 0; margin-bottom: auto; gap: 0 !important; }}
+.h2o-turns > .block {{ flex-shrink: 0; overflow: visible !important; border: none !important; }}
+.h2o-bot .wrapper, .h2o-bot .bubble-wrap {{ height: auto !important; max-height: none !important;
+  min-height: 0 !important; overflow: visible !important; }}
+.h2o-bot .scroll-down-button-container {{ display: none; }}
 """
 
 
@@ -141,13 +148,16 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
         # 4-pane answer they took 16% of the page's time and the panes' updates waited behind them.
         session = gr.State({"slots": [asdict(b) for b in backends] + [None] * EXTRA_SLOTS,
                             "chats": [[] for _ in range(n)],
+                            # how many messages of each conversation its finished-turns chatbot shows
+                            "past": [0] * n,
                             "settings": [{"max_new_tokens": 256, "temperature": 0.0} for _ in range(n)],
                             "stats": {}, "log": []})
         gr.Markdown(f"## {title}: {', '.join(names) or 'no models yet'}")
         shown = gr.CheckboxGroup(names, value=names, label="Models shown", elem_id="h2o-shown")
         panes: list[gr.Column] = []
         heads: list[gr.Markdown] = []
-        bots: list[gr.Chatbot] = []
+        pasts: list[gr.Chatbot] = []  # each pane's finished turns
+        lives: list[gr.Chatbot] = []  # and the turn in progress
         tokens: list[gr.Slider] = []
         temps: list[gr.Slider] = []
         for row_start in range(0, n, columns):
@@ -156,9 +166,14 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
                     b = backends[i] if i < n_fixed else None
                     with gr.Column(visible=b is not None, min_width=240, elem_id=f"h2o-pane-{i}") as col:
                         heads.append(gr.Markdown(header(b), elem_id=f"h2o-head-{i}"))
-                        bots.append(gr.Chatbot(height=380, label=b.name if b else f"slot {i}",
-                                               elem_id=f"h2o-bot-{i}", elem_classes=["h2o-bot"],
-                                               autoscroll=False))
+                        with gr.Column(elem_id=f"h2o-bot-{i}", elem_classes=["h2o-bot"]), \
+                                gr.Column(elem_classes=["h2o-turns"]):
+                            pasts.append(gr.Chatbot(height=None, container=False, show_label=False,
+                                                    elem_id=f"h2o-past-{i}", elem_classes=["h2o-past"],
+                                                    autoscroll=False, buttons=["copy", "copy_all"]))
+                            lives.append(gr.Chatbot(height=None, container=False, show_label=False,
+                                                    elem_id=f"h2o-live-{i}", elem_classes=["h2o-live"],
+                                                    autoscroll=False, buttons=["copy"]))
                         with gr.Accordion("settings", open=False):
                             tokens.append(gr.Slider(1, 4096, value=256, step=1, label="max_new_tokens",
                                                     elem_id=f"h2o-tokens-{i}"))
@@ -184,17 +199,19 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
             export_file = gr.File(label="export", interactive=False)
 
         # -- chat ----------------------------------------------------------------------------
+        skip = gr.skip()
+
         def active(slot_list: list[Any], visible: list[str]) -> list[int]:
             return [i for i, s in enumerate(slot_list) if s is not None and (i >= n_fixed or s["name"] in visible)]
 
         def submit(message: str, visible: list[str], sess: dict[str, Any]) -> Iterator[list[Any]]:
             # the session's own lists: the turn updates them in place, so a turn stopped half way
             # keeps what its panes show
-            slot_list, hists, shown_stats = sess["slots"], sess["chats"], sess["stats"]
+            slot_list, hists, shown_stats, past = sess["slots"], sess["chats"], sess["stats"], sess["past"]
             max_toks = [p["max_new_tokens"] for p in sess["settings"]]
             temperatures = [p["temperature"] for p in sess["settings"]]
             if not message or not message.strip():
-                yield ["", *hists, sess]
+                yield ["", *(h[p:] for h, p in zip(hists, past, strict=True)), sess]
                 return
             idx = active(slot_list, visible)
             events: queue.Queue[tuple[int, str, Any]] = queue.Queue()
@@ -228,23 +245,22 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
                 except Exception as exc:  # a backend down or dying mid-answer: its pane says so
                     events.put((i, "error", f"{type(exc).__name__}: {exc}"))
 
-            skip = gr.skip()
-
             asked = False  # the question is in the page
 
             def frame(done: bool = False) -> list[Any]:
-                """Every pane as a value, never `gr.skip()`: Gradio handles a skip as a component
-                update, rebuilding the component and its config (its JSON schema) each time, about
-                6 ms apiece, which with a dozen skipped outputs held every update back by 100 ms.
-                Values cost a postprocess of each history, and Gradio sends only the difference
-                from the last update. (Only the textbox is skipped: the user may be typing the next
-                question; and the State, whose skip costs nothing.) The headers are not outputs:
-                the last answer's timings reach them once the turn is over (`show_heads`). The
-                first update also clears the input box."""
+                """Every pane's turn in progress (the messages its finished-turns chatbot does not
+                show) as a value, never `gr.skip()`: Gradio handles a skip as a component update,
+                rebuilding the component and its config (its JSON schema) each time, about 6 ms
+                apiece, which with a dozen skipped outputs held every update back by 100 ms. Values
+                cost a postprocess of each, and Gradio sends only the difference from the last
+                update. (Only the textbox is skipped: the user may be typing the next question;
+                and the State, whose skip costs nothing.) The headers and the finished turns are
+                not outputs: they follow once the turn is over (`settle`). The first update also
+                clears the input box."""
                 nonlocal asked
                 box = skip if asked else ""
                 asked = True
-                return [box, *hists, sess if done else skip]
+                return [box, *(h[p:] for h, p in zip(hists, past, strict=True)), sess if done else skip]
 
             for i in idx:
                 hists[i] = [*hists[i], {"role": "user", "content": message}, {"role": "assistant", "content": ""}]
@@ -255,7 +271,7 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
             # FIRST_FRAME_WAIT with those that came by then: one update, not two, where the
             # backends answer at once (the page takes longest over an update that adds messages)
             show_by = time.perf_counter() + FIRST_FRAME_WAIT
-            every = YIELD_EVERY + YIELD_PER_MESSAGE * sum(len(hists[i]) for i in idx)
+            every = YIELD_EVERY + YIELD_PER_MESSAGE * sum(len(hists[i]) - past[i] for i in idx)
             changed = False  # since the last update
             pending = set(idx)
             waiting = set(idx)  # no first piece yet
@@ -320,12 +336,21 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
             sess["log"] = [*sess["log"], *new]
             yield frame(done=True)
 
-        def show_heads(sess: dict[str, Any]) -> list[str]:
-            return [header(Backend(**s), sess["stats"].get(i)) if s is not None else header(None)
-                    for i, s in enumerate(sess["slots"])]
+        def settle(sess: dict[str, Any]) -> list[Any]:
+            """Once a turn is over (or stopped): the last answer's timings in the headers, and each
+            pane's turn moved from the streamed chatbot to the finished turns, in one update. The
+            finished turns render again only here, once a turn, not on each streamed update."""
+            heads_now = [header(Backend(**s), sess["stats"].get(i)) if s is not None else header(None)
+                         for i, s in enumerate(sess["slots"])]
+            moved = [i for i, h in enumerate(sess["chats"]) if sess["past"][i] != len(h)]
+            for i in moved:
+                sess["past"][i] = len(sess["chats"][i])
+            return [*heads_now, *(list(sess["chats"][i]) if i in moved else skip for i in range(n)),
+                    *([] if i in moved else skip for i in range(n)), sess]
 
+        settle_outputs = [*heads, *pasts, *lives, session]
         chat_inputs = [box, shown, session]
-        chat_outputs = [box, *bots, session]
+        chat_outputs = [box, *lives, session]
         # progress is tracked on the input box alone: Gradio's page refreshes the loading status
         # of every progress target on each streamed update, taking a deep copy of each target's
         # value (every pane's whole history) as it does; with the panes as targets that cost
@@ -338,27 +363,35 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
         ev1 = send.click(submit, chat_inputs, chat_outputs, **busy)
         ev2 = box.submit(submit, chat_inputs, chat_outputs, **busy)
 
-        def pop_last(sess: dict[str, Any]) -> list[Any]:
-            """The last question back in the input box, and each pane without its last turn."""
+        def pop_last(visible: list[str], sess: dict[str, Any]) -> list[Any]:
+            """The last question back in the input box, and each shown pane without its last turn
+            (a hidden pane keeps its conversation: the question is asked again of the shown ones)."""
             last = ""
-            for i, h in enumerate(sess["chats"]):
+            out_past: list[Any] = [skip] * n
+            for i in active(sess["slots"], visible):
+                h = sess["chats"][i]
                 if len(h) >= 2 and h[-1]["role"] == "assistant":
                     last = h[-2]["content"]
                     sess["chats"][i] = h[:-2]
-            return [last, *sess["chats"], sess]
+                    if sess["past"][i] > len(h) - 2:
+                        sess["past"][i] = len(h) - 2
+                        out_past[i] = list(sess["chats"][i])
+            return [last, *out_past, *(h[p:] for h, p in zip(sess["chats"], sess["past"], strict=True)), sess]
 
-        ev3 = regen.click(pop_last, [session], [box, *bots, session], show_progress_on=[box],
+        ev3 = regen.click(pop_last, [shown, session], [box, *pasts, *lives, session], show_progress_on=[box],
                           show_progress="hidden").then(
             submit, chat_inputs, chat_outputs, **busy)
         for ev in (ev1, ev2, ev3):
-            ev.then(show_heads, [session], heads, show_progress_on=[box], **quiet)
-        stop.click(None, None, None, cancels=[ev1, ev2, ev3])
+            ev.then(settle, [session], settle_outputs, show_progress_on=[box], **quiet)
+        # a stopped turn's pieces stay in its panes, and move to their finished turns
+        stop.click(settle, [session], settle_outputs, cancels=[ev1, ev2, ev3], show_progress_on=[box], **quiet)
 
         def clear_all(sess: dict[str, Any]) -> list[Any]:
             sess["chats"] = [[] for _ in range(n)]
-            return [*sess["chats"], sess]
+            sess["past"] = [0] * n
+            return [*sess["chats"], *sess["chats"], sess]
 
-        clear.click(clear_all, [session], [*bots, session], show_progress_on=[box])
+        clear.click(clear_all, [session], [*pasts, *lives, session], show_progress_on=[box])
 
         def on_setting(i: int, key: str) -> Any:
             def set_one(value: float, sess: dict[str, Any]) -> dict[str, Any]:
@@ -367,15 +400,18 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
             return set_one
 
         def on_pane_clear(i: int) -> Any:
-            def clear_one(sess: dict[str, Any]) -> dict[str, Any]:
+            def clear_one(sess: dict[str, Any]) -> list[Any]:
                 sess["chats"][i] = []
-                return sess
+                sess["past"][i] = 0
+                return [[], [], sess]
             return clear_one
 
         for i in range(n):  # the settings, and a pane's own clear button, reach the session
             tokens[i].change(on_setting(i, "max_new_tokens"), [tokens[i], session], [session], queue=False, **quiet)
             temps[i].change(on_setting(i, "temperature"), [temps[i], session], [session], queue=False, **quiet)
-            bots[i].clear(on_pane_clear(i), [session], [session], queue=False, **quiet)
+            for bot in (pasts[i], lives[i]):
+                bot.clear(on_pane_clear(i), [session], [pasts[i], lives[i], session], queue=False,
+                          show_progress_on=[box], **quiet)
 
         # -- show / hide, kept in the URL -------------------------------------------------------
         def visibility(visible: list[str], sess: dict[str, Any]) -> list[Any]:

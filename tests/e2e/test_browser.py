@@ -18,8 +18,9 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
         "--disable-component-update", "--no-first-run"]
 
 
-# where a pane's first and last messages sit in its scroll box, in pixels from its top and bottom
-SCROLL_BOX = """(i) => { const box = document.querySelector('#h2o-bot-' + i + ' .bubble-wrap');
+# where a pane's first and last messages sit in its scroll box (which holds its finished turns and
+# the turn in progress), in pixels from its top and bottom
+SCROLL_BOX = """(i) => { const box = document.querySelector('#h2o-bot-' + i);
   const msgs = box.querySelectorAll('[data-testid="user"], [data-testid="bot"]');
   const b = box.getBoundingClientRect();
   return {overflow: box.scrollHeight > box.clientHeight + 1, n: msgs.length,

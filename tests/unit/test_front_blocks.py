@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Any
 
@@ -54,23 +55,44 @@ def test_warm_makes_the_client_a_turn_uses() -> None:
 
 def test_panes_follow_the_answer_by_css_not_by_gradios_autoscroll() -> None:
     """Gradio's autoscroll reads scrollHeight on each update of each pane (a forced layout of the
-    page); the panes turn it off and stay at the end of the answer by their CSS."""
+    page); the panes turn it off and stay at the end of the answer by their CSS: each pane's
+    scroll box lays out its two chatbots from the bottom, the turn in progress below the
+    finished turns."""
     cfg = build_blocks(backends(), None, None).get_config_file()
-    bots = [c["props"] for c in cfg["components"] if c["type"] == "chatbot"]
-    assert bots and all(p["autoscroll"] is False and "h2o-bot" in p["elem_classes"] for p in bots)
-    assert ".h2o-bot .bubble-wrap { display: flex; flex-direction: column-reverse; }" in app.CSS
+    comps = {c["id"]: c for c in cfg["components"]}
+    bots = [c["props"] for c in comps.values() if c["type"] == "chatbot"]
+    assert len(bots) == 2 * (3 + app.EXTRA_SLOTS) and all(p["autoscroll"] is False for p in bots)
+
+    def boxes(node: dict[str, Any]) -> Iterator[list[str]]:
+        comp = comps.get(node["id"], {"props": {}})  # (the root is not a component)
+        if "h2o-bot" in (comp["props"].get("elem_classes") or []):
+            (inner,) = node["children"]
+            yield [comps[c["id"]]["props"]["elem_id"] for c in inner.get("children", [])]
+        for c in node.get("children", []):
+            yield from boxes(c)
+
+    panes = list(boxes(cfg["layout"]))
+    assert panes == [[f"h2o-past-{i}", f"h2o-live-{i}"] for i in range(3 + app.EXTRA_SLOTS)]
+    assert "flex-direction: column-reverse !important" in app.CSS and "overflow-y: auto" in app.CSS
+
+
+def named_fn(demo: Any, name: str) -> Any:
+    fns = demo.fns.values() if isinstance(demo.fns, dict) else demo.fns
+    return next(f.fn for f in fns if getattr(f.fn, "__name__", "") == name)
 
 
 def submit_fn(demo: Any) -> Any:
-    fns = demo.fns.values() if isinstance(demo.fns, dict) else demo.fns
-    return next(f.fn for f in fns if getattr(f.fn, "__name__", "") == "submit")
+    return named_fn(demo, "submit")
 
 
-def session(bs: list[Backend], chats: list[list[dict[str, str]]] | None = None) -> dict[str, Any]:
-    """A page's session with the panes of `bs` (and their conversations so far), as the page has it."""
+def session(bs: list[Backend], chats: list[list[dict[str, str]]] | None = None,
+            settled: bool = True) -> dict[str, Any]:
+    """A page's session with the panes of `bs` (and their conversations so far, in their
+    finished-turns chatbots unless not `settled`), as the page has it."""
     n = len(bs) + app.EXTRA_SLOTS
-    return {"slots": [asdict(b) for b in bs] + [None] * app.EXTRA_SLOTS,
-            "chats": [*(chats or [[] for _ in bs]), *([] for _ in range(app.EXTRA_SLOTS))],
+    convs = [*(chats or [[] for _ in bs]), *([] for _ in range(app.EXTRA_SLOTS))]
+    return {"slots": [asdict(b) for b in bs] + [None] * app.EXTRA_SLOTS, "chats": convs,
+            "past": [len(c) if settled else 0 for c in convs],
             "stats": {}, "log": [], "settings": [{"max_new_tokens": 16, "temperature": 0.0}] * n}
 
 
@@ -223,9 +245,11 @@ def test_the_held_stream_ends_when_its_page_goes(monkeypatch: pytest.MonkeyPatch
         demo.close()
 
 
-def test_updates_are_spaced_by_the_messages_on_the_page(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Gradio's page renders every message of a pane again on each update: with long
-    conversations the updates come less often, so that the page keeps up."""
+def test_updates_are_spaced_by_the_messages_they_carry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gradio's page renders every message of a chatbot again on each update of it: the streamed
+    updates carry only the turn in progress, and are spaced by the messages they carry, so a
+    long conversation's finished turns cost them nothing, and the page keeps up where they do
+    carry more (a stopped turn not yet moved to the finished turns)."""
     def fake_stream(b: Backend, history: Any, message: str, max_new_tokens: int, temperature: float) -> Any:
         for _ in range(240):
             time.sleep(0.005)
@@ -235,16 +259,59 @@ def test_updates_are_spaced_by_the_messages_on_the_page(monkeypatch: pytest.Monk
     bs = backends()[:2]
     demo = build_blocks(bs, None, None)
 
-    def gaps(prior_turns: int) -> list[float]:
+    def gaps(prior_turns: int, settled: bool) -> list[float]:
         old = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}] * prior_turns
-        sess = session(bs, [list(old), list(old)])
-        times = [time.perf_counter() for _ in submit_fn(demo)("hi", ["a", "b"], sess)]
+        sess = session(bs, [list(old), list(old)], settled)
+        frames = []
+        for f in submit_fn(demo)("hi", ["a", "b"], sess):
+            frames.append((time.perf_counter(), len(f[1])))
+        assert all(n == (2 if settled else 2 * prior_turns + 2) for _, n in frames)  # what the update carries
+        times = [t for t, _ in frames]
         # between the updates while both panes stream (the last two: the answers' ends, the session)
         return [b - a for a, b in zip(times[:-3], times[1:-2], strict=True)]
 
-    short = gaps(1)  # 6 messages on the page
-    assert short and min(short) >= (app.YIELD_EVERY + 6 * app.YIELD_PER_MESSAGE) * 0.9 and len(short) >= 6, short
-    long = gaps(50)  # 204 messages on the page
+    short = gaps(1, True)  # 4 messages streamed
+    assert short and min(short) >= (app.YIELD_EVERY + 4 * app.YIELD_PER_MESSAGE) * 0.9 and len(short) >= 6, short
+    long = gaps(50, True)  # 204 messages on the page, 4 of them streamed
+    assert long and max(long) < (app.YIELD_EVERY + 8 * app.YIELD_PER_MESSAGE) * 2 and len(long) >= 6, long
+    unsettled = gaps(50, False)  # all 204 streamed
     every = app.YIELD_EVERY + app.YIELD_PER_MESSAGE * 204
     assert every > 3 * app.YIELD_EVERY
-    assert long and min(long) >= every * 0.9 and len(long) < len(short), (long, short)
+    assert unsettled and min(unsettled) >= every * 0.9 and len(unsettled) < len(short), (unsettled, short)
+
+
+def test_a_turn_moves_to_the_finished_turns_once_it_is_over(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The streamed updates go to each pane's turn-in-progress chatbot alone; once the turn is
+    over (or stopped), `settle` moves it to the pane's finished turns in one update, and leaves
+    untouched (skipped) the panes that had no turn."""
+    def fake_stream(b: Backend, history: Any, message: str, max_new_tokens: int, temperature: float) -> Any:
+        yield f"answer to {message} after {len(history)}"
+
+    monkeypatch.setattr(app, "stream_answer", fake_stream)
+    bs = backends()[:2]
+    demo = build_blocks(bs, None, None)
+    cfg = demo.get_config_file()
+    elem = {c["id"]: c["props"].get("elem_id") or "" for c in cfg["components"]}
+    for dep in cfg["dependencies"]:  # no streamed event renders a pane's finished turns
+        if dep["types"]["generator"] and dep["outputs"]:
+            assert not [o for o in dep["outputs"] if elem[o].startswith("h2o-past")], dep["outputs"]
+    n = 2 + app.EXTRA_SLOTS
+    old = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    sess = session(bs, [list(old), list(old)])
+    *_, last = submit_fn(demo)("hi", ["a"], sess)  # pane b hidden
+    assert last[1] == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "answer to hi after 1"}]
+    assert last[2] == [] and sess["past"][:2] == [2, 2]
+
+    settle = named_fn(demo, "settle")
+    out = settle(sess)  # heads, finished turns, turns in progress, session
+    heads, past, live = out[:n], out[n:2 * n], out[2 * n:3 * n]
+    assert "ttft" in heads[0] and "ttft" not in heads[1]
+    assert past[0] == sess["chats"][0] and len(past[0]) == 4 and live[0] == []
+    assert past[1] == gr.skip() and live[1] == gr.skip() and sess["past"][:2] == [4, 2]
+    again = settle(sess)[n:3 * n]  # nothing left to move
+    assert all(v == gr.skip() for v in again)
+
+    # Regenerate takes the last turn back out of the finished turns of the shown panes
+    popped = named_fn(demo, "pop_last")(["a"], sess)
+    assert popped[0] == "hi" and popped[1] == old and popped[2] == gr.skip() and sess["past"][:2] == [2, 2]
+    assert popped[1 + n] == [] and sess["chats"] == [old, old, *([] for _ in range(app.EXTRA_SLOTS))]
