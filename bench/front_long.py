@@ -4,9 +4,9 @@ asked TURNS questions (default 20) on one page; for each turn it prints the rate
 against the rate the front received (the baseline, measured in the same run, from the front's
 JSONL export), and the time from the front's first and last piece to the page.
 
-Gradio's page renders every message of a pane again on each update, so an update costs it more
-as the conversation grows; the front spaces its updates by the messages on the page
-(YIELD_PER_MESSAGE). Target, as for bench/front_stream.py: the page keeps at least 90% of the
+Gradio's page renders every message of a chatbot again on each update of it, so each pane keeps
+its finished turns in a chatbot the streamed updates do not touch; this shows whether the updates'
+cost stays flat as the conversation grows. Target, as for bench/front_stream.py: the page keeps at least 90% of the
 rate at every turn. The stand-in gets the first half of the cores; the front, Chromium and this
 process the other half (bench/cores.py; BENCH_SHARED=1 leaves every process on every core).
 

@@ -8,7 +8,9 @@ shown or hidden (kept in the page URL as `?models=a,b`), each pane has its own h
 own max_new_tokens and temperature, and its header shows the backend kind, health, revision and
 the last answer's time to first token and tokens/s. Models can be added from a server string.
 Conversations export as JSONL. A page keeps its event stream open while it is open, and a
-question goes to the page with its answers' first pieces, so the first tokens show at once.
+question goes to the page with its answers' first pieces, so the first tokens show at once. Each
+pane shows its finished turns and the turn in progress in two chatbots, so that the streamed
+updates re-render the turn in progress alone, however long the conversation.
 `/system_info_dict` and `/submit_nochat_api` are Gradio APIs, so one front can serve as the
 h2oGPT-style server of another.
 """
