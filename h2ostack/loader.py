@@ -87,13 +87,18 @@ class _Converter:
                 self.smap.marks.setdefault((*loc, i), (item.start_mark.line + 1, item.start_mark.column + 1))
                 items.append(self.convert(item, (*loc, i)))
             return items
-        return _scalar(node)
+        value = _scalar(node)
+        if isinstance(value, str) and "\x00" in value:
+            self._problem(loc, NUL_PROBLEM, node)
+            return value.replace("\x00", "")
+        return value
 
     def _problem(self, loc: Loc, message: str, node: yaml.Node) -> None:
         self.problems.append(Problem(loc, message, node.start_mark.line + 1, node.start_mark.column + 1))
 
 
 _SCALAR_LOADER = yaml.SafeLoader("")
+NUL_PROBLEM = "holds a NUL character, which no path, argument or environment value can carry"
 
 
 def _scalar(node: yaml.Node) -> Any:
@@ -151,7 +156,12 @@ def _expand(value: Any, loc: Loc, env: Mapping[str, str], problems: list[Problem
                                 line, col))
         return ""
 
-    return _VAR_RE.sub(sub, value)
+    out = _VAR_RE.sub(sub, value)
+    if "\x00" in out:  # brought in by a variable (an env_file's value)
+        line, col = smap.find(loc)
+        problems.append(Problem(loc, NUL_PROBLEM, line, col))
+        return out.replace("\x00", "")
+    return out
 
 
 def _pydantic_problems(err: ValidationError, prefix: Loc, model_fields: dict[Loc, list[str]],

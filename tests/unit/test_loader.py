@@ -93,6 +93,23 @@ def test_missing_env_file() -> None:
     assert err("env_file: nope.env\n" + BASE) == "s.yaml:1:1: env_file: env file /tmp/nope.env does not exist"
 
 
+def test_a_nul_character_is_refused_where_it_stands() -> None:
+    """No path, argument or environment value can carry a NUL: it is refused with its place, not
+    passed on to fail in the OS (`ValueError: embedded null byte`)."""
+    assert err('env_file: "\\0"\n' + BASE) == \
+        "s.yaml:1:11: env_file: holds a NUL character, which no path, argument or environment value can carry"
+    assert err(BASE.replace("model: ./m", 'model: "./m\\0x"')) == \
+        "s.yaml:6:12: services.a.model: holds a NUL character, which no path, argument or environment value can carry"
+
+
+def test_a_nul_brought_in_by_a_variable_is_refused(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_bytes(b"M=./m\x00x\n")
+    (tmp_path / "s.yaml").write_text("env_file: .env\n" + BASE.replace("./m", "${M}"))
+    with pytest.raises(StackError) as info:
+        load(tmp_path / "s.yaml", environ={})
+    assert "services.a.model: holds a NUL character" in str(info.value)
+
+
 def test_secrets_are_secret_and_masked() -> None:
     text = BASE + "    env: {HF_TOKEN: \"${T}\", OTHER: plain}\n"
     s = load_text(text, "s.yaml", {"T": "hf_supersecret"}, Path("/tmp"))
