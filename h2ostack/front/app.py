@@ -54,6 +54,7 @@ YIELD_PER_MESSAGE = 0.0015
 # layout of the whole page per pane: in a Chromium profile of a 4-pane answer it took 18% of the
 # page's CPU and held each update back. The chatbots inside grow with their messages.
 PANE_HEIGHT = 380
+WARM_PAGE_ANSWER = ("a", "a b")  # the streamed exchange a page warms up on (`warm_page`)
 CSS = f"""
 .h2o-bot {{ height: {PANE_HEIGHT}px; overflow-y: auto; flex-direction: column-reverse !important;
   flex-wrap: nowrap !important; gap: 0 !important; border: 1px solid var(--block-border-color);
@@ -63,7 +64,14 @@ CSS = f"""
 .h2o-bot .wrapper, .h2o-bot .bubble-wrap {{ height: auto !important; max-height: none !important;
   min-height: 0 !important; overflow: visible !important; }}
 .h2o-bot .scroll-down-button-container {{ display: none; }}
+.h2o-warm {{ position: fixed !important; left: -5000px; top: 0; width: 400px; visibility: hidden; }}
 """
+
+
+def in_progress(chats: list[list[dict[str, str]]], past: list[int]) -> list[list[dict[str, str]]]:
+    """Each pane's turn in progress: the messages of its conversation that its finished-turns
+    chatbot does not show."""
+    return [h[p:] for h, p in zip(chats, past, strict=True)]
 
 
 def backends_from_plan(plan: Any, stack: Any, models: list[str]) -> list[Backend]:
@@ -152,6 +160,9 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
                             "chats": [[] for _ in range(n)],
                             # how many messages of each conversation its finished-turns chatbot shows
                             "past": [0] * n,
+                            # the turn streaming now (its number), if any: its panes' turn in
+                            # progress is its own, and no `settle` moves it
+                            "streaming": None, "turns": 0,
                             "settings": [{"max_new_tokens": 256, "temperature": 0.0} for _ in range(n)],
                             "stats": {}, "log": []})
         gr.Markdown(f"## {title}: {', '.join(names) or 'no models yet'}")
@@ -213,7 +224,7 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
             max_toks = [p["max_new_tokens"] for p in sess["settings"]]
             temperatures = [p["temperature"] for p in sess["settings"]]
             if not message or not message.strip():
-                yield ["", *(h[p:] for h, p in zip(hists, past, strict=True)), sess]
+                yield ["", *in_progress(hists, past), sess]
                 return
             idx = active(slot_list, visible)
             events: queue.Queue[tuple[int, str, Any]] = queue.Queue()
@@ -262,10 +273,16 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
                 nonlocal asked
                 box = skip if asked else ""
                 asked = True
-                return [box, *(h[p:] for h, p in zip(hists, past, strict=True)), sess if done else skip]
+                return [box, *in_progress(hists, past), sess if done else skip]
 
             for i in idx:
                 hists[i] = [*hists[i], {"role": "user", "content": message}, {"role": "assistant", "content": ""}]
+            # this turn's conversations: pieces go to these lists, not to whatever the session
+            # holds when they come, so a turn cancelled by Regenerate (which takes the turn back
+            # out of the session) cannot write a late piece into the next one
+            mine = {i: hists[i] for i in idx}
+            sess["turns"] += 1
+            sess["streaming"] = turn = sess["turns"]
             threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in idx]
             for t in threads:
                 t.start()
@@ -290,7 +307,7 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
                         for i in waiting:  # given up on; the others keep streaming
                             abandoned.add(i)
                             pending.discard(i)
-                            hists[i][-1] = {"role": "assistant", "content": "⚠ error: no answer within "
+                            mine[i][-1] = {"role": "assistant", "content": "⚠ error: no answer within "
                                             f"REQUEST_TIMEOUT_FAST ({first_byte:g} s)"}
                             changed = True
                         waiting.clear()
@@ -314,10 +331,10 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
                         waiting.discard(i)
                         changed = True
                         if kind == "piece":
-                            hists[i][-1] = {"role": "assistant", "content": hists[i][-1]["content"] + value}
+                            mine[i][-1] = {"role": "assistant", "content": mine[i][-1]["content"] + value}
                         elif kind == "error":
-                            text = hists[i][-1]["content"]
-                            hists[i][-1] = {"role": "assistant", "content": (text + "\n\n" if text else "")
+                            text = mine[i][-1]["content"]
+                            mine[i][-1] = {"role": "assistant", "content": (text + "\n\n" if text else "")
                                             + f"⚠ error: {value}"}
                             pending.discard(i)
                         else:
@@ -333,18 +350,22 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
                 stopping.set()
             at = time.time()
             new = [{"time": at, "model": slot_list[i]["name"], "backend": slot_list[i]["kind"], "prompt": message,
-                    "answer": hists[i][-1]["content"], "max_new_tokens": int(max_toks[i]),
+                    "answer": mine[i][-1]["content"], "max_new_tokens": int(max_toks[i]),
                     "temperature": float(temperatures[i]), **stats.get(i, {})} for i in idx]
             sess["log"] = [*sess["log"], *new]
+            if sess["streaming"] == turn:
+                sess["streaming"] = None
             yield frame(done=True)
 
         def settle(sess: dict[str, Any]) -> list[Any]:
             """Once a turn is over (or stopped): the last answer's timings in the headers, and each
             pane's turn moved from the streamed chatbot to the finished turns, in one update. The
-            finished turns render again only here, once a turn, not on each streamed update."""
+            finished turns render again only here, once a turn, not on each streamed update. Not
+            while a turn streams: a turn cancelled by Regenerate settles as the next one starts."""
             heads_now = [header(Backend(**s), sess["stats"].get(i)) if s is not None else header(None)
                          for i, s in enumerate(sess["slots"])]
-            moved = [i for i, h in enumerate(sess["chats"]) if sess["past"][i] != len(h)]
+            moved = [] if sess["streaming"] else [i for i, h in enumerate(sess["chats"])
+                                                  if sess["past"][i] != len(h)]
             for i in moved:
                 sess["past"][i] = len(sess["chats"][i])
             return [*heads_now, *(list(sess["chats"][i]) if i in moved else skip for i in range(n)),
@@ -368,6 +389,7 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
         def pop_last(visible: list[str], sess: dict[str, Any]) -> list[Any]:
             """The last question back in the input box, and each shown pane without its last turn
             (a hidden pane keeps its conversation: the question is asked again of the shown ones)."""
+            sess["streaming"] = None  # a turn that streamed has been stopped by now
             last = ""
             out_past: list[Any] = [skip] * n
             for i in active(sess["slots"], visible):
@@ -378,15 +400,30 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
                     if sess["past"][i] > len(h) - 2:
                         sess["past"][i] = len(h) - 2
                         out_past[i] = list(sess["chats"][i])
-            return [last, *out_past, *(h[p:] for h, p in zip(sess["chats"], sess["past"], strict=True)), sess]
+            return [last, *out_past, *in_progress(sess["chats"], sess["past"]), sess]
 
-        ev3 = regen.click(pop_last, [shown, session], [box, *pasts, *lives, session], show_progress_on=[box],
-                          show_progress="hidden").then(
+        # Regenerate while a turn streams stops that turn first. Gradio's page runs the listeners
+        # of a click one after the other, each to its end, and a listener's `cancels` after the
+        # listener itself; so the first listener does nothing and chains the new turn, and the
+        # second stops the turn that streams, before the new turn is asked (which takes a round
+        # trip). A `cancels=` on the first would stop the new turn.
+        ev3 = regen.click(None, None, None).then(
+            pop_last, [shown, session], [box, *pasts, *lives, session], show_progress_on=[box],
+            show_progress="hidden").then(
             submit, chat_inputs, chat_outputs, **busy)
+        regen.click(None, None, None, cancels=[ev1, ev2, ev3])
         for ev in (ev1, ev2, ev3):
             ev.then(settle, [session], settle_outputs, show_progress_on=[box], **quiet)
-        # a stopped turn's pieces stay in its panes, and move to their finished turns
-        stop.click(settle, [session], settle_outputs, cancels=[ev1, ev2, ev3], show_progress_on=[box], **quiet)
+
+        def stop_turn(sess: dict[str, Any]) -> list[Any]:
+            """A stopped turn's pieces stay in its panes, and move to their finished turns."""
+            sess["streaming"] = None
+            return settle(sess)
+
+        # the turn is stopped at the click, then settled (as for Regenerate: the listener with
+        # `cancels` runs after the first one has finished)
+        stop.click(None, None, None).then(stop_turn, [session], settle_outputs, show_progress_on=[box], **quiet)
+        stop.click(None, None, None, cancels=[ev1, ev2, ev3])
 
         def clear_all(sess: dict[str, Any]) -> list[Any]:
             sess["chats"] = [[] for _ in range(n)]
@@ -448,6 +485,23 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
                 yield
 
         demo.load(hold_stream, None, None, concurrency_limit=None, **quiet)
+
+        # A freshly loaded page runs the code that streams messages into a chatbot for the first
+        # time with a question's first frame, and that frame waits on it: in a probe page with
+        # four panes, first piece to page 125-146 ms on a fresh page, 89-94 ms after this warm-up.
+        # A chatbot out of sight gets a short streamed exchange as the page loads, so the page has
+        # run that code before the first question.
+        with gr.Column(elem_classes=["h2o-warm"]):
+            warm_bot = gr.Chatbot(height=None, container=False, show_label=False, autoscroll=False,
+                                  buttons=["copy"], elem_id="h2o-warm")
+
+        async def warm_page() -> AsyncIterator[list[dict[str, str]]]:
+            for answer in WARM_PAGE_ANSWER:
+                yield [{"role": "user", "content": "…"}, {"role": "assistant", "content": answer}]
+                await asyncio.sleep(0.05)
+            yield []
+
+        demo.load(warm_page, None, [warm_bot], concurrency_limit=None, **quiet)
 
         # -- add a model ------------------------------------------------------------------------
         def add(name: str, server: str, prompt_type: str, sess: dict[str, Any]) -> list[Any]:

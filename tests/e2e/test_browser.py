@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -157,6 +158,24 @@ def test_pane_settings_regenerate_and_clear(front_stack: FrontStack) -> None:
         page.wait_for_timeout(500)
         assert bot_count(page, 0) == 1 and bot_count(page, 2) == 1
         assert "Say something" in page.inner_text("#h2o-bot-0")
+
+        # Regenerate while a turn streams stops that turn and asks again: the turn is replaced,
+        # and each pane shows, whole, the answer the new turn recorded
+        page.fill("#h2o-input textarea", "Tell me a long story")
+        page.click("#h2o-submit")
+        page.wait_for_function("(document.querySelector('#h2o-live-0 [data-testid=\"bot\"]')"
+                               " ?.textContent.trim().length || 0) > 0", timeout=60_000)
+        page.click("#h2o-regen")
+        story = {r["model"]: r for r in turn_records(page, base, "Tell me a long story", 2)}
+        page.wait_for_timeout(1500)
+        # the stopped turn never ended (so it was stopped while it streamed) and left no record
+        assert len(turn_records(page, base, "Tell me a long story", 2)) == 2
+        for i, model in ((0, "tiny"), (2, "vllm")):
+            assert bot_count(page, i) == 2, i  # "Say something" and the story, once
+            shown = page.evaluate(f"[...document.querySelectorAll('#h2o-past-{i} [data-testid=\"bot\"]')]"
+                                  ".at(-1).textContent")
+            assert re.sub(r"\W+", "", shown)[-20:] == re.sub(r"\W+", "", story[model]["answer"])[-20:], (shown, story)
+            assert page.evaluate(f"document.querySelectorAll('#h2o-live-{i} [data-testid=\"bot\"]').length") == 0
 
         # Clear empties every pane, and the next turn starts a new conversation
         page.click("#h2o-clear")

@@ -31,7 +31,7 @@ def test_no_event_makes_a_pane_or_header_a_progress_target() -> None:
     types = {c["id"]: c["type"] for c in cfg["components"]}
     streaming = 0
     for dep in cfg["dependencies"]:
-        if not dep.get("backend_fn"):
+        if not dep.get("backend_fn") or dep["api_name"] == "warm_page":  # (its chatbot is out of sight)
             continue
         targets = dep.get("show_progress_on") or dep["outputs"]
         heavy = [types[t] for t in targets if types[t] in ("chatbot", "markdown")]
@@ -61,7 +61,7 @@ def test_panes_follow_the_answer_by_css_not_by_gradios_autoscroll() -> None:
     cfg = build_blocks(backends(), None, None).get_config_file()
     comps = {c["id"]: c for c in cfg["components"]}
     bots = [c["props"] for c in comps.values() if c["type"] == "chatbot"]
-    assert len(bots) == 2 * (3 + app.EXTRA_SLOTS) and all(p["autoscroll"] is False for p in bots)
+    assert len(bots) == 2 * (3 + app.EXTRA_SLOTS) + 1 and all(p["autoscroll"] is False for p in bots)  # (+ warm-up)
 
     def boxes(node: dict[str, Any]) -> Iterator[list[str]]:
         comp = comps.get(node["id"], {"props": {}})  # (the root is not a component)
@@ -92,7 +92,7 @@ def session(bs: list[Backend], chats: list[list[dict[str, str]]] | None = None,
     n = len(bs) + app.EXTRA_SLOTS
     convs = [*(chats or [[] for _ in bs]), *([] for _ in range(app.EXTRA_SLOTS))]
     return {"slots": [asdict(b) for b in bs] + [None] * app.EXTRA_SLOTS, "chats": convs,
-            "past": [len(c) if settled else 0 for c in convs],
+            "past": [len(c) if settled else 0 for c in convs], "streaming": None, "turns": 0,
             "stats": {}, "log": [], "settings": [{"max_new_tokens": 16, "temperature": 0.0}] * n}
 
 
@@ -319,3 +319,89 @@ def test_a_turn_moves_to_the_finished_turns_once_it_is_over(monkeypatch: pytest.
     popped = named_fn(demo, "pop_last")(["a"], sess)
     assert popped[0] == "hi" and popped[1] == old and popped[2] == gr.skip() and sess["past"][:2] == [2, 2]
     assert popped[1 + n] == [] and sess["chats"] == [old, old, *([] for _ in range(app.EXTRA_SLOTS))]
+
+
+def test_a_fresh_page_runs_its_message_code_out_of_sight() -> None:
+    """A freshly loaded page ran the code that streams messages into a chatbot for the first time
+    with a question's first frame: a chatbot out of sight gets a short streamed exchange as the
+    page loads, and is left empty."""
+    import asyncio
+
+    demo = build_blocks(backends(), None, None)
+    cfg = demo.get_config_file()
+    comps = {c["id"]: c for c in cfg["components"]}
+    (dep,) = [d for d in cfg["dependencies"] if d["api_name"] == "warm_page"]
+    assert [t[1] for t in dep["targets"]] == ["load"] and dep["types"]["generator"]
+    (out,) = dep["outputs"]
+    assert comps[out]["type"] == "chatbot" and comps[out]["props"]["elem_id"] == "h2o-warm"
+    assert dep["inputs"] == [] and dep["show_progress"] == "hidden" and dep["api_visibility"] == "private"
+    rule = app.CSS.split(".h2o-warm {")[1].split("}")[0]  # off the page, and not drawn
+    assert "position: fixed" in rule and "left: -5000px" in rule and "visibility: hidden" in rule
+
+    async def frames() -> list[Any]:
+        return [f async for f in named_fn(demo, "warm_page")()]
+
+    got = asyncio.run(frames())
+    assert [f[-1]["content"] for f in got[:-1]] == list(app.WARM_PAGE_ANSWER) and got[-1] == []
+
+
+def test_regenerate_and_stop_stop_the_streaming_turn_first() -> None:
+    """Gradio's page runs the listeners of a click one after the other, each to its end, and a
+    listener's `cancels` after the listener itself: Regenerate's and Stop's first listener does
+    nothing and chains their work, the second stops the turns that stream (by the button, by
+    Enter, and a regenerated one), so the stop comes before the question is asked again."""
+    demo = build_blocks(backends(), None, None)
+    cfg = demo.get_config_file()
+    deps = cfg["dependencies"]
+    elem = {c["id"]: c["props"].get("elem_id") for c in cfg["components"]}
+    name = {i: f.name for i, f in demo.fns.items()}
+    chats = sorted(d["id"] for d in deps if name[d["id"]] == "submit")
+    assert len(chats) == 3
+
+    def chain(dep_id: int) -> list[str]:
+        after = [d["id"] for d in deps if d.get("trigger_after") == dep_id]
+        return [name[after[0]], *chain(after[0])] if after else []
+
+    for button, work in (("h2o-regen", ["pop_last", "submit", "settle"]), ("h2o-stop", ["stop_turn"])):
+        clicks = [d for d in deps if [(elem.get(t[0]), t[1]) for t in d["targets"]] == [(button, "click")]]
+        first, *rest = clicks  # in the order the page runs them
+        assert not first["backend_fn"] and not first["cancels"] and chain(first["id"]) == work
+        (stops,) = [d for d in rest if d["cancels"]]
+        assert sorted(stops["cancels"]) == chats
+        # the rest do nothing (Gradio registers a listener's `cancels` as a listener of its own)
+        assert all(not d["backend_fn"] and not d["js"] and chain(d["id"]) == [] for d in rest)
+
+
+def test_a_cancelled_turn_writes_nothing_into_the_next(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regenerate while a turn streams: the turn's own settle (which Gradio runs as it cancels
+    it) moves nothing, Regenerate takes the turn back out, and pieces the cancelled turn still
+    had in hand go to its own lists, not into the turn asked again."""
+    def fake_stream(b: Backend, history: Any, message: str, max_new_tokens: int, temperature: float) -> Any:
+        for k in range(5):
+            time.sleep(0.01)
+            yield f"{message}{k} "
+
+    monkeypatch.setattr(app, "stream_answer", fake_stream)
+    bs = backends()[:1]
+    demo = build_blocks(bs, None, None)
+    settle, pop_last = named_fn(demo, "settle"), named_fn(demo, "pop_last")
+    sess = session(bs)
+    old = submit_fn(demo)("one", ["a"], sess)
+    next(old)  # the turn streams
+    assert sess["streaming"] == 1
+    settle(sess)
+    assert sess["past"][0] == 0  # not while a turn streams
+    assert pop_last(["a"], sess)[0] == "one" and sess["chats"][0] == []
+    new = submit_fn(demo)("one", ["a"], sess)  # asked again
+    next(new)
+    for _ in old:  # the cancelled turn's late pieces, and its end
+        pass
+    assert sess["streaming"] == 2  # the cancelled turn's end leaves the new turn streaming
+    settle(sess)
+    assert sess["past"][0] == 0
+    *_, last = new
+    answer = [{"role": "user", "content": "one"}, {"role": "assistant", "content": "one0 one1 one2 one3 one4 "}]
+    assert sess["chats"][0] == answer and last[1] == answer
+    assert sess["streaming"] is None
+    settle(sess)
+    assert sess["past"][0] == 2
