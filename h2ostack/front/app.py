@@ -426,11 +426,15 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
         stop.click(None, None, None, cancels=[ev1, ev2, ev3])
 
         def clear_all(sess: dict[str, Any]) -> list[Any]:
-            sess["chats"] = [[] for _ in range(n)]
-            sess["past"] = [0] * n
+            """Every pane empty. In place: a turn streaming until its stop arrives then shows the
+            empty panes too, and writes its pieces into its own lists alone."""
+            sess["chats"][:] = [[] for _ in range(n)]
+            sess["past"][:] = [0] * n
+            sess["streaming"] = None
             return [*sess["chats"], *sess["chats"], sess]
 
-        clear.click(clear_all, [session], [*pasts, *lives, session], show_progress_on=[box])
+        clear.click(clear_all, [session], [*pasts, *lives, session], cancels=[ev1, ev2, ev3],
+                    show_progress_on=[box])
 
         def on_setting(i: int, key: str) -> Any:
             def set_one(value: float, sess: dict[str, Any]) -> dict[str, Any]:

@@ -405,3 +405,28 @@ def test_a_cancelled_turn_writes_nothing_into_the_next(monkeypatch: pytest.Monke
     assert sess["streaming"] is None
     settle(sess)
     assert sess["past"][0] == 2
+
+
+def test_clear_stops_the_streaming_turn_and_empties_every_pane(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fake_stream(b: Backend, history: Any, message: str, max_new_tokens: int, temperature: float) -> Any:
+        for k in range(5):
+            time.sleep(0.01)
+            yield f"{message}{k} "
+
+    monkeypatch.setattr(app, "stream_answer", fake_stream)
+    bs = backends()[:1]
+    demo = build_blocks(bs, None, None)
+    cfg = demo.get_config_file()
+    elem = {c["id"]: c["props"].get("elem_id") for c in cfg["components"]}
+    chats = sorted(i for i, f in demo.fns.items() if f.name == "submit")
+    clears = [d for d in cfg["dependencies"] if [elem.get(t[0]) for t in d["targets"]] == ["h2o-clear"]]
+    assert [sorted(d["cancels"]) for d in clears if d["cancels"]] == [chats]
+
+    old = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    sess = session(bs, [list(old)])
+    turn = submit_fn(demo)("one", ["a"], sess)
+    next(turn)  # the turn streams
+    out = named_fn(demo, "clear_all")(sess)
+    assert out[0] == [] and sess["streaming"] is None
+    late = [f[1] for f in turn]  # what the turn still sends until its stop arrives
+    assert late and all(v == [] for v in late) and sess["chats"][0] == [] and sess["past"][0] == 0
