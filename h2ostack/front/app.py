@@ -492,7 +492,7 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
 
         # A freshly loaded page runs the code that streams messages into a chatbot for the first
         # time with a question's first frame, and that frame waits on it: in a probe page with
-        # four panes, first piece to page 125-146 ms on a fresh page, 89-94 ms after this warm-up.
+        # four panes, first piece to page 125-146 ms on a fresh page, 89-92 ms after this warm-up.
         # A chatbot out of sight gets a short streamed exchange as the page loads, so the page has
         # run that code before the first question.
         with gr.Column(elem_classes=["h2o-warm"]):
