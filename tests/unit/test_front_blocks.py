@@ -81,8 +81,49 @@ def named_fn(demo: Any, name: str) -> Any:
     return next(f.fn for f in fns if getattr(f.fn, "__name__", "") == name)
 
 
+def plain(pane: Any) -> Any:
+    """A pane as the page gets it (the Chatbot's serialized messages) read back as the role and
+    text of each message; anything else as it is."""
+    if not isinstance(pane, list):
+        return pane
+    return [{"role": m["role"], "content": "".join(c["text"] for c in m["content"])} for m in pane]
+
+
 def submit_fn(demo: Any) -> Any:
-    return named_fn(demo, "submit")
+    """The chat event's function, its frames' panes read back as plain messages (`plain`)."""
+    fn = named_fn(demo, "submit")
+
+    def turn(*args: Any) -> Any:
+        frames = fn(*args)
+        try:
+            for frame in frames:
+                yield [plain(x) for x in frame]
+        finally:
+            frames.close()
+    return turn
+
+
+def test_the_chat_event_serializes_its_panes_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gradio postprocesses each output of an event in a worker thread of its own, a hand-over of
+    the GIL each way per output and update; the chat events are not postprocessed by Gradio, and
+    their frames carry each pane as the Chatbot's own postprocess serializes it."""
+    def fake_stream(b: Backend, history: Any, message: str, max_new_tokens: int, temperature: float) -> Any:
+        yield "  two\n  lines"
+
+    monkeypatch.setattr(app, "stream_answer", fake_stream)
+    bs = backends()[:1]
+    demo = build_blocks(bs, None, None)
+    fns = list(demo.fns.values()) if isinstance(demo.fns, dict) else list(demo.fns)
+    chat = [f for f in fns if getattr(f.fn, "__name__", "") == "submit"]
+    assert len(chat) == 3 and all(f.postprocess is False for f in chat)  # Submit, Enter, Regenerate
+    # the rest as Gradio has them (the two `gr.api` functions have no components to postprocess)
+    assert {f.fn.__name__ for f in fns if not f.postprocess} == {"submit", "system_info_dict", "submit_nochat_api"}
+    live = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "h2o-live-0")
+    frames = [copy.deepcopy(f) for f in named_fn(demo, "submit")("hi", ["a"], session(bs))]
+    want = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  two\n  lines"}]
+    assert frames[-1][1] == live.postprocess(want).model_dump()
+    assert frames[-1][1][1]["content"] == [{"text": "two\nlines", "type": "text"}]  # as Gradio shows it
+    assert frames[-1][2] == []  # the pane of an empty slot
 
 
 def session(bs: list[Backend], chats: list[list[dict[str, str]]] | None = None,
@@ -429,3 +470,4 @@ def test_clear_stops_the_streaming_turn_and_empties_every_pane(monkeypatch: pyte
     assert out[0] == [] and sess["streaming"] is None
     late = [f[1] for f in turn]  # what the turn still sends until its stop arrives
     assert late and all(v == [] for v in late) and sess["chats"][0] == [] and sess["past"][0] == 0
+
