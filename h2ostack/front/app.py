@@ -242,6 +242,7 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
             events: queue.Queue[tuple[int, str, Any]] = queue.Queue()
             stopping = threading.Event()
             abandoned: set[int] = set()  # panes given up on: their thread stops at its next piece
+            dropped: set[int] = set()  # panes cleared while they streamed: no record
             stats: dict[int, dict[str, Any]] = {}
             first_byte = fast_timeout()  # REQUEST_TIMEOUT_FAST bounds each pane's connection and first piece
 
@@ -310,6 +311,15 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
             last = 0.0
             try:
                 while pending:
+                    for i in [i for i in pending if hists[i] is not mine[i]]:
+                        # the pane was emptied by its own clear button: its answer stops there and
+                        # leaves no record; the other panes go on
+                        dropped.add(i)
+                        abandoned.add(i)
+                        pending.discard(i)
+                        waiting.discard(i)
+                    if not pending:
+                        break
                     if not asked and (not waiting or time.perf_counter() >= show_by):
                         last = time.perf_counter()
                         yield frame()
@@ -363,7 +373,7 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
             at = time.time()
             new = [{"time": at, "model": slot_list[i]["name"], "backend": slot_list[i]["kind"], "prompt": message,
                     "answer": mine[i][-1]["content"], "max_new_tokens": int(max_toks[i]),
-                    "temperature": float(temperatures[i]), **stats.get(i, {})} for i in idx]
+                    "temperature": float(temperatures[i]), **stats.get(i, {})} for i in idx if i not in dropped]
             sess["log"] = [*sess["log"], *new]
             if sess["streaming"] == turn:
                 sess["streaming"] = None

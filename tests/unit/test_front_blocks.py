@@ -471,3 +471,19 @@ def test_clear_stops_the_streaming_turn_and_empties_every_pane(monkeypatch: pyte
     late = [f[1] for f in turn]  # what the turn still sends until its stop arrives
     assert late and all(v == [] for v in late) and sess["chats"][0] == [] and sess["past"][0] == 0
 
+
+def test_a_panes_own_clear_button_stops_its_answer_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pane cleared by its own button while its answer streams: that answer stops, shows no
+    more and leaves no record; the other pane answers to the end."""
+    bs = backends()[:2]
+    demo = counting_front(monkeypatch, bs)
+    clear_one = named_fn(demo, "clear_one")  # pane 0's (the first registered)
+    sess = session(bs)
+    turn = submit_fn(demo)("one", ["a", "b"], sess)
+    next(turn)  # the turn streams
+    assert clear_one(sess)[:2] == [[], []] and sess["chats"][0] == []
+    rest = list(turn)
+    assert rest and all(f[1] == [] for f in rest)  # pane a stays empty
+    assert rest[-1][2][-1]["content"] == "one0 one1 one2 one3 one4 "  # pane b answered whole
+    assert [r["model"] for r in sess["log"]] == ["b"] and sess["chats"][0] == []
+    assert sess["streaming"] is None
