@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Mutable
 from dataclasses import dataclass, field
 from typing import Any
 
-from h2ostack.upstream import Pool
+from h2ostack.upstream import KEEP_IDLE, Pool
 
 OVERHEAD_HEADER = "x-h2ostack-overhead-ms"
 PATHS = {"/v1/models": "GET", "/v1/chat/completions": "POST", "/v1/completions": "POST"}
@@ -51,6 +51,7 @@ class Route_:
     prompt_type: str | None = None
     prompt_dict: dict[str, str] | None = None
     health: str = "unknown"
+    keep_alive: float | None = None  # how long the server keeps an idle connection, where the stack set it
 
     @property
     def openai_base(self) -> str:
@@ -132,7 +133,8 @@ class Gateway:
         p = self.pools.get(route.name)
         if p is None:
             base = route.openai_base if route.api == "openai" else route.base
-            p = self.pools[route.name] = Pool(base, route.headers, self.connect_timeout, self.read_timeout)
+            keep = KEEP_IDLE if route.keep_alive is None else max(KEEP_IDLE, route.keep_alive - 1.0)
+            p = self.pools[route.name] = Pool(base, route.headers, self.connect_timeout, self.read_timeout, keep)
         return p
 
     async def aclose(self) -> None:
@@ -447,8 +449,19 @@ def routes_from_plan(plan: Any, stack: Any, models: Sequence[str]) -> list[Route
         sp = plan.services[name]
         svc = stack.services[name]
         out.append(Route_(name, sp.kind, sp.api, sp.url or "", sp.served_model or name, auth_headers(sp, stack),
-                          sp.prompt_type, svc.prompt_dict))
+                          sp.prompt_type, svc.prompt_dict, keep_alive=_keep_alive(sp)))
     return out
+
+
+def _keep_alive(sp: Any) -> float | None:
+    """The idle keep-alive the stack gave a vLLM server it runs (`VLLM_HTTP_TIMEOUT_KEEP_ALIVE`)."""
+    from h2ostack.backends.vllm import KEEP_ALIVE_ENV
+
+    value = sp.env.get(KEEP_ALIVE_ENV) if sp.kind == "vllm" else None
+    try:
+        return float(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
 
 
 def build(stack_file: str, front: str) -> Gateway:

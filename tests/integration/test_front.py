@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import json
+import socket
+import time
 
 import openai
 import pytest
@@ -90,6 +92,22 @@ def test_gateway_on_the_front_port(front_stack: FrontStack) -> None:
     assert down.value.status_code == 503
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=base, api_key="nope", max_retries=0).models.list()
+
+
+def test_the_stacks_vllm_keeps_an_idle_connection_past_its_own_default(front_stack: FrontStack) -> None:
+    """vLLM drops a connection idle for 5 s unless told otherwise; the stack tells it 75 s, so the
+    gateway's pool stays warm between bursts."""
+    def health(sock: socket.socket) -> bytes:
+        sock.sendall(b"GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
+        got = b""
+        while b"\r\n\r\n" not in got and (piece := sock.recv(4096)):
+            got += piece
+        return got
+
+    with socket.create_connection(("127.0.0.1", front_stack.ports["vllm"]), timeout=10) as sock:
+        assert health(sock).startswith(b"HTTP/1.1 200")
+        time.sleep(6.5)
+        assert health(sock).startswith(b"HTTP/1.1 200")  # the same connection, still open
 
 
 def test_a_front_as_the_h2ogpt_server_of_another(front_stack: FrontStack) -> None:

@@ -165,6 +165,18 @@ def test_vllm_api_key_goes_to_env_not_argv() -> None:
     assert "sk-secret-1" not in json.dumps(sp.to_json()) and sp.to_json()["env"]["VLLM_API_KEY"] == "***"
 
 
+def test_vllm_keeps_idle_connections_for_the_gateway_unless_the_user_says_otherwise() -> None:
+    from h2ostack.gateway import routes_from_plan
+
+    s = stack("name: v\nservices:\n  a: {kind: vllm, model: m}\n"
+              "  b: {kind: vllm, model: m, env: {VLLM_HTTP_TIMEOUT_KEEP_ALIVE: '20'}}\n"
+              "  c: {kind: vllm, url: 'http://10.0.0.9:8000', model: m}\n")
+    plan = make_plan(s, facts(0))
+    assert plan.services["a"].env["VLLM_HTTP_TIMEOUT_KEEP_ALIVE"] == "75"
+    assert plan.services["b"].env["VLLM_HTTP_TIMEOUT_KEEP_ALIVE"] == "20"
+    assert [r.keep_alive for r in routes_from_plan(plan, s, ["a", "b", "c"])] == [75.0, 20.0, None]
+
+
 def test_transformers_argv_local_model_resolved_against_stack_dir() -> None:
     s = stack("name: t\nservices:\n  small: {kind: transformers, model: ./models/tiny, port: 8001}\n")
     sp = make_plan(s, facts(0)).services["small"]

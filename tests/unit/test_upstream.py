@@ -71,6 +71,34 @@ def test_keep_alive_reuses_one_connection_and_sends_headers() -> None:
     asyncio.run(main())
 
 
+def test_an_idle_connection_is_kept_for_the_pools_keep_idle_and_no_longer() -> None:
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while (body := await read_request(reader)) is not None:
+            writer.write(ok(body))
+
+    async def main() -> None:
+        server, url, conns = await serving(echo)
+        pool = Pool(url, keep_idle=0.3)
+        for pause in (0.0, 0.1, 0.5, 0.1):
+            await asyncio.sleep(pause)
+            r = await pool.post("/x", b"{}")
+            assert await r.read() == b"{}"
+            r.release()
+        # reused after 0.1 s idle, a new connection after 0.5 s, that one reused again
+        assert len(conns) == 2
+        await pool.close()
+        server.close()
+
+    asyncio.run(main())
+
+
+def test_the_gateway_keeps_connections_as_long_as_the_stack_told_the_server_to() -> None:
+    gw = Gateway([Route_("v", "vllm", "openai", "http://127.0.0.1:1", "v", keep_alive=75.0),
+                  Route_("o", "vllm", "openai", "http://127.0.0.1:2", "o")])
+    assert gw.pool(gw.routes["v"]).keep_idle == 74.0
+    assert gw.pool(gw.routes["o"]).keep_idle == upstream.KEEP_IDLE  # a server of its own: about 5 s
+
+
 def test_a_kept_alive_connection_the_server_closed_is_replaced_once() -> None:
     async def one_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         body = await read_request(reader)

@@ -9,6 +9,6 @@ wait_ready() {  # poll a health URL until it answers 2xx
 }
 
 # llama65b: vllm on GPUs 0,1
-( cd <root>/stacks && CUDA_DEVICE_ORDER=PCI_BUS_ID CUDA_VISIBLE_DEVICES=0,1 PYTHONUNBUFFERED=1 exec /home/user/envs/vllm/bin/python -m vllm.entrypoints.openai.api_server --model h2oai/h2ogpt-research-oasst1-llama-65b --host 127.0.0.1 --port 5000 --served-model-name h2oai/h2ogpt-research-oasst1-llama-65b --tensor-parallel-size 2 --tokenizer hf-internal-testing/llama-tokenizer --seed 1234 ) >"$LOGS"/llama65b.log 2>&1 &
+( cd <root>/stacks && CUDA_DEVICE_ORDER=PCI_BUS_ID CUDA_VISIBLE_DEVICES=0,1 PYTHONUNBUFFERED=1 VLLM_HTTP_TIMEOUT_KEEP_ALIVE=75 exec /home/user/envs/vllm/bin/python -m vllm.entrypoints.openai.api_server --model h2oai/h2ogpt-research-oasst1-llama-65b --host 127.0.0.1 --port 5000 --served-model-name h2oai/h2ogpt-research-oasst1-llama-65b --tensor-parallel-size 2 --tokenizer hf-internal-testing/llama-tokenizer --seed 1234 ) >"$LOGS"/llama65b.log 2>&1 &
 wait_ready http://127.0.0.1:5000/health
 
