@@ -133,7 +133,8 @@ class Gateway:
         p = self.pools.get(route.name)
         if p is None:
             base = route.openai_base if route.api == "openai" else route.base
-            keep = KEEP_IDLE if route.keep_alive is None else max(KEEP_IDLE, route.keep_alive - 1.0)
+            # a second short of the server's own limit, so that the server is not the one to close
+            keep = KEEP_IDLE if route.keep_alive is None else max(0.0, route.keep_alive - 1.0)
             p = self.pools[route.name] = Pool(base, route.headers, self.connect_timeout, self.read_timeout, keep)
         return p
 

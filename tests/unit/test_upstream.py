@@ -94,8 +94,10 @@ def test_an_idle_connection_is_kept_for_the_pools_keep_idle_and_no_longer() -> N
 
 def test_the_gateway_keeps_connections_as_long_as_the_stack_told_the_server_to() -> None:
     gw = Gateway([Route_("v", "vllm", "openai", "http://127.0.0.1:1", "v", keep_alive=75.0),
-                  Route_("o", "vllm", "openai", "http://127.0.0.1:2", "o")])
+                  Route_("o", "vllm", "openai", "http://127.0.0.1:2", "o"),
+                  Route_("s", "vllm", "openai", "http://127.0.0.1:3", "s", keep_alive=2.0)])
     assert gw.pool(gw.routes["v"]).keep_idle == 74.0
+    assert gw.pool(gw.routes["s"]).keep_idle == 1.0  # a user's shorter keep-alive is kept to as well
     assert gw.pool(gw.routes["o"]).keep_idle == upstream.KEEP_IDLE  # a server of its own: about 5 s
 
 
