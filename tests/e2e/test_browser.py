@@ -168,8 +168,10 @@ def test_pane_settings_regenerate_and_clear(front_stack: FrontStack) -> None:
         page.click("#h2o-regen")
         story = {r["model"]: r for r in turn_records(page, base, "Tell me a long story", 2)}
         page.wait_for_timeout(1500)
-        # the stopped turn never ended (so it was stopped while it streamed) and left no record
-        assert len(turn_records(page, base, "Tell me a long story", 2)) == 2
+        # the stopped turn's transformers answer (256 tokens) never ended, so it was stopped while
+        # it streamed and left no record; the vLLM pane's 3 tokens may have ended before the click
+        told = [r["model"] for r in turn_records(page, base, "Tell me a long story", 2)]
+        assert told.count("tiny") == 1 and told.count("vllm") in (1, 2), told
         for i, model in ((0, "tiny"), (2, "vllm")):
             assert bot_count(page, i) == 2, i  # "Say something" and the story, once
             shown = page.evaluate(f"[...document.querySelectorAll('#h2o-past-{i} [data-testid=\"bot\"]')]"
