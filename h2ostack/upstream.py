@@ -12,7 +12,7 @@ Bounded everywhere: connecting by `connect_timeout`, each wait for the next byte
 `read_timeout` (TimeoutError). While the reader is behind by more than `HIGH_WATER` bytes the
 socket stops being read, so a slow client holds back its backend instead of making the gateway
 buffer the whole answer. A kept-alive connection idle for `keep_idle` seconds (`KEEP_IDLE` unless
-the server is known to keep it longer; most close theirs after about 5 s) is dropped, and a
+the server's own limit is known; most close theirs after about 5 s) is dropped, and a
 request on a kept-alive connection that the server closed before answering a single byte is sent
 once more on a new one.
 """
