@@ -168,7 +168,7 @@ fronts:
                         page.wait_for_timeout(500)
                     marks = page.evaluate("window.h2oMarks")
                     for i in range(n):
-                        rec = records[i]
+                        rec = next(r for r in records if r["model"] == f"p{i}")  # (in the order they ended)
                         # the answer's own text: empty until the first token shows
                         first_seen, last_seen = seen(marks[str(i)], offset)
                         # the same tokens over the time they took to appear, at the backend and in the page

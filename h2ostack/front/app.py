@@ -163,6 +163,8 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
                             # the turn streaming now (its number), if any: its panes' turn in
                             # progress is its own, and no `settle` moves it
                             "streaming": None, "turns": 0,
+                            # the turn Stop was pressed for: it stops itself at its next pass
+                            "stop": None,
                             "settings": [{"max_new_tokens": 256, "temperature": 0.0} for _ in range(n)],
                             "stats": {}, "log": []})
         gr.Markdown(f"## {title}: {', '.join(names) or 'no models yet'}")
@@ -242,7 +244,6 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
             events: queue.Queue[tuple[int, str, Any]] = queue.Queue()
             stopping = threading.Event()
             abandoned: set[int] = set()  # panes given up on: their thread stops at its next piece
-            dropped: set[int] = set()  # panes cleared while they streamed: no record
             stats: dict[int, dict[str, Any]] = {}
             first_byte = fast_timeout()  # REQUEST_TIMEOUT_FAST bounds each pane's connection and first piece
 
@@ -270,6 +271,14 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
                                             "first_token_at": first_at, "last_token_at": last_at}))
                 except Exception as exc:  # a backend down or dying mid-answer: its pane says so
                     events.put((i, "error", f"{type(exc).__name__}: {exc}"))
+
+            def record(i: int) -> None:
+                """A pane's answer goes to the JSONL export as it ends, whatever then becomes of
+                its turn (a pane stopped while it streams leaves no record)."""
+                sess["log"].append({"time": time.time(), "model": slot_list[i]["name"], "backend": slot_list[i]["kind"],
+                                    "prompt": message, "answer": mine[i][-1]["content"],
+                                    "max_new_tokens": int(max_toks[i]), "temperature": float(temperatures[i]),
+                                    **stats.get(i, {})})
 
             asked = False  # the question is in the page
 
@@ -312,12 +321,18 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
             try:
                 while pending:
                     for i in [i for i in pending if hists[i] is not mine[i]]:
-                        # the pane was emptied by its own clear button: its answer stops there and
-                        # leaves no record; the other panes go on
-                        dropped.add(i)
+                        # the pane's conversation was replaced: emptied by Clear or by its own
+                        # clear button, or its turn taken back by Regenerate. Its answer stops
+                        # there and leaves no record; the other panes go on (a turn taken back by
+                        # Regenerate has had every pane replaced, so it ends here)
                         abandoned.add(i)
                         pending.discard(i)
                         waiting.discard(i)
+                    if sess.get("stop") == turn:
+                        # Stop: the panes keep what they show; an answer stopped while it
+                        # streamed leaves no record
+                        abandoned.update(pending)
+                        pending.clear()
                     if not pending:
                         break
                     if not asked and (not waiting or time.perf_counter() >= show_by):
@@ -331,6 +346,7 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
                             pending.discard(i)
                             mine[i][-1] = {"role": "assistant", "content": "⚠ error: no answer within "
                                             f"REQUEST_TIMEOUT_FAST ({first_byte:g} s)"}
+                            record(i)
                             changed = True
                         waiting.clear()
                         yield frame()
@@ -359,9 +375,11 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
                             mine[i][-1] = {"role": "assistant", "content": (text + "\n\n" if text else "")
                                             + f"⚠ error: {value}"}
                             pending.discard(i)
+                            record(i)
                         else:
                             stats[i] = shown_stats[i] = value
                             pending.discard(i)
+                            record(i)
                     now = time.perf_counter()
                     # a first piece goes to the page at once; later ones at most every `every`
                     if changed and asked and (started or now - last >= every or not pending):
@@ -370,13 +388,10 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
                         changed = False
             finally:
                 stopping.set()
-            at = time.time()
-            new = [{"time": at, "model": slot_list[i]["name"], "backend": slot_list[i]["kind"], "prompt": message,
-                    "answer": mine[i][-1]["content"], "max_new_tokens": int(max_toks[i]),
-                    "temperature": float(temperatures[i]), **stats.get(i, {})} for i in idx if i not in dropped]
-            sess["log"] = [*sess["log"], *new]
             if sess["streaming"] == turn:
                 sess["streaming"] = None
+            else:  # taken back by Regenerate or Clear: the input box is theirs (the question
+                asked = True  # Regenerate put back), even where this turn never cleared it
             yield frame(done=True)
 
         def settle(sess: dict[str, Any]) -> list[Any]:
@@ -412,7 +427,7 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
         def pop_last(visible: list[str], sess: dict[str, Any]) -> list[Any]:
             """The last question back in the input box, and each shown pane without its last turn
             (a hidden pane keeps its conversation: the question is asked again of the shown ones)."""
-            sess["streaming"] = None  # a turn that streamed has been stopped by now
+            sess["streaming"] = None  # a turn that streamed stops as it sees its panes replaced
             last = ""
             out_past: list[Any] = [skip] * n
             for i in active(sess["slots"], visible):
@@ -425,28 +440,27 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
                         out_past[i] = list(sess["chats"][i])
             return [last, *out_past, *in_progress(sess["chats"], sess["past"]), sess]
 
-        # Regenerate while a turn streams stops that turn first. Gradio's page runs the listeners
-        # of a click one after the other, each to its end, and a listener's `cancels` after the
-        # listener itself; so the first listener does nothing and chains the new turn, and the
-        # second stops the turn that streams, before the new turn is asked (which takes a round
-        # trip). A `cancels=` on the first would stop the new turn.
-        ev3 = regen.click(None, None, None).then(
-            pop_last, [shown, session], [box, *pasts, *lives, session], show_progress_on=[box],
-            show_progress="hidden").then(
-            submit, chat_inputs, chat_outputs, **busy)
-        regen.click(None, None, None, cancels=[ev1, ev2, ev3])
+        # Regenerate while a turn streams: pop_last takes the turn back out of the session, and
+        # the turn, seeing its panes' conversations replaced, stops itself (within one pass of
+        # its loop, 0.1 s at most) before the new turn's first piece. Not by Gradio's `cancels`:
+        # the page sends a listener's cancels one at a time, each awaiting the server's answer,
+        # and looks a submission up only when its turn comes; a cancel of the streaming turn that
+        # took longer than pop_last's round trip went on to cancel the new turn, which had been
+        # asked by then (a browser test lost the regenerated turn that way). "multiple": a
+        # regenerated turn still ending does not hold back the one asked in its place.
+        ev3 = regen.click(pop_last, [shown, session], [box, *pasts, *lives, session], show_progress_on=[box],
+                          show_progress="hidden").then(
+            submit, chat_inputs, chat_outputs, trigger_mode="multiple", **busy)
         for ev in (ev1, ev2, ev3):
             ev.then(settle, [session], settle_outputs, show_progress_on=[box], **quiet)
 
-        def stop_turn(sess: dict[str, Any]) -> list[Any]:
-            """A stopped turn's pieces stay in its panes, and move to their finished turns."""
-            sess["streaming"] = None
-            return settle(sess)
+        def stop_turn(sess: dict[str, Any]) -> None:
+            """Stop: the turn that streams stops itself at its next pass (0.1 s at most), its panes
+            keeping what they show, and its own settle then moves them to the finished turns.
+            Not by Gradio's `cancels`, which left the settling to race the turn's last pieces."""
+            sess["stop"] = sess["streaming"]
 
-        # the turn is stopped at the click, then settled (as for Regenerate: the listener with
-        # `cancels` runs after the first one has finished)
-        stop.click(None, None, None).then(stop_turn, [session], settle_outputs, show_progress_on=[box], **quiet)
-        stop.click(None, None, None, cancels=[ev1, ev2, ev3])
+        stop.click(stop_turn, [session], None, show_progress="hidden", api_visibility="private")
 
         def clear_all(sess: dict[str, Any]) -> list[Any]:
             """Every pane empty. In place: a turn streaming until its stop arrives then shows the

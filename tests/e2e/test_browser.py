@@ -105,16 +105,17 @@ def bot_count(page: Any, i: int) -> int:
     return int(page.evaluate(f"document.querySelectorAll('#h2o-bot-{i} [data-testid=\"bot\"]').length"))
 
 
-def turn_records(page: Any, base: str, question: str, want: int) -> list[dict[str, Any]]:
-    """The JSONL export's records of `question`, once `want` of them are there (a turn is
-    recorded when every pane has finished)."""
+def turn_records(page: Any, base: str, question: str, want: int, model: str | None = None
+                 ) -> list[dict[str, Any]]:
+    """The JSONL export's records of `question`, once `want` of them (of `model`'s, if given) are
+    there (a pane's answer is recorded as it ends)."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         page.click("text=Export conversations (JSONL)")
         href = page.wait_for_selector("a[download]", timeout=30_000).get_attribute("href") or ""
         text = page.request.get(href if href.startswith("http") else base + href).text()
         records = [r for r in map(json.loads, text.splitlines()) if r["prompt"] == question]
-        if len(records) >= want:
+        if len([r for r in records if model in (None, r["model"])]) >= want:
             return records
         page.wait_for_timeout(500)
     raise AssertionError(f"no {want} records of {question!r} in the export")
@@ -159,25 +160,50 @@ def test_pane_settings_regenerate_and_clear(front_stack: FrontStack) -> None:
         assert bot_count(page, 0) == 1 and bot_count(page, 2) == 1
         assert "Say something" in page.inner_text("#h2o-bot-0")
 
-        # Regenerate while a turn streams stops that turn and asks again: the turn is replaced,
-        # and each pane shows, whole, the answer the new turn recorded
+        # Regenerate while a turn streams stops that turn and asks again, and again while the
+        # turn asked again streams: the turn is replaced, and each pane shows, whole, the answer
+        # the last turn recorded
         page.fill("#h2o-input textarea", "Tell me a long story")
         page.click("#h2o-submit")
-        page.wait_for_function("(document.querySelector('#h2o-live-0 [data-testid=\"bot\"]')"
-                               " ?.textContent.trim().length || 0) > 0", timeout=60_000)
+        streams_now = ("(document.querySelector('#h2o-live-0 [data-testid=\"bot\"]')"
+                       " ?.textContent.trim().length || 0) > 0")
+        page.wait_for_function(streams_now, timeout=60_000)
         page.click("#h2o-regen")
-        story = {r["model"]: r for r in turn_records(page, base, "Tell me a long story", 2)}
-        page.wait_for_timeout(1500)
-        # the stopped turn's transformers answer (256 tokens) never ended, so it was stopped while
-        # it streamed and left no record; the vLLM pane's 3 tokens may have ended before the click
-        told = [r["model"] for r in turn_records(page, base, "Tell me a long story", 2)]
-        assert told.count("tiny") == 1 and told.count("vllm") in (1, 2), told
+        page.wait_for_timeout(300)  # the stopped turn's text has left the pane
+        page.wait_for_function(streams_now, timeout=60_000)
+        page.click("#h2o-regen")
+        turn_records(page, base, "Tell me a long story", 1, model="tiny")  # the last turn's
+        page.wait_for_function("[0, 2].every(i => document.querySelectorAll("  # ends and settles
+                               "`#h2o-live-${i} [data-testid=\"bot\"]`).length == 0)", timeout=30_000)
+        page.wait_for_timeout(500)
+        records = turn_records(page, base, "Tell me a long story", 2)
+        story = {r["model"]: r for r in records}  # each pane's last
+        # the stopped turns' transformers answers (256 tokens) never ended, so they were stopped
+        # while they streamed and left no record; the vLLM pane's 3 tokens may have ended first
+        told = [r["model"] for r in records]
+        assert told.count("tiny") == 1 and told.count("vllm") in (1, 2, 3), told
         for i, model in ((0, "tiny"), (2, "vllm")):
             assert bot_count(page, i) == 2, i  # "Say something" and the story, once
             shown = page.evaluate(f"[...document.querySelectorAll('#h2o-past-{i} [data-testid=\"bot\"]')]"
                                   ".at(-1).textContent")
             assert re.sub(r"\W+", "", shown)[-20:] == re.sub(r"\W+", "", story[model]["answer"])[-20:], (shown, story)
             assert page.evaluate(f"document.querySelectorAll('#h2o-live-{i} [data-testid=\"bot\"]').length") == 0
+
+        # Stop while a turn streams: the transformers pane keeps the text it had, in its finished
+        # turns, and its stopped answer leaves no record
+        page.fill("#h2o-input textarea", "Tell me another story")
+        page.click("#h2o-submit")
+        page.wait_for_function(streams_now, timeout=60_000)
+        page.click("#h2o-stop")
+        page.wait_for_function("document.querySelectorAll('#h2o-past-0 [data-testid=\"bot\"]').length == 3",
+                               timeout=30_000)
+        last_bot = "[...document.querySelectorAll('#h2o-past-0 [data-testid=\"bot\"]')].at(-1).textContent"
+        kept = page.evaluate(last_bot)
+        page.wait_for_timeout(1500)
+        assert kept.strip() and page.evaluate(last_bot) == kept
+        assert page.evaluate("document.querySelectorAll('#h2o-live-0 [data-testid=\"bot\"]').length") == 0
+        other = [r["model"] for r in turn_records(page, base, "Tell me another story", 0)]
+        assert "tiny" not in other, other
 
         # Clear empties every pane, and the next turn starts a new conversation
         page.click("#h2o-clear")

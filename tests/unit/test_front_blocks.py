@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -133,7 +134,7 @@ def session(bs: list[Backend], chats: list[list[dict[str, str]]] | None = None,
     n = len(bs) + app.EXTRA_SLOTS
     convs = [*(chats or [[] for _ in bs]), *([] for _ in range(app.EXTRA_SLOTS))]
     return {"slots": [asdict(b) for b in bs] + [None] * app.EXTRA_SLOTS, "chats": convs,
-            "past": [len(c) if settled else 0 for c in convs], "streaming": None, "turns": 0,
+            "past": [len(c) if settled else 0 for c in convs], "streaming": None, "turns": 0, "stop": None,
             "stats": {}, "log": [], "settings": [{"max_new_tokens": 16, "temperature": 0.0}] * n}
 
 
@@ -386,16 +387,19 @@ def test_a_fresh_page_runs_its_message_code_out_of_sight() -> None:
     assert [f[-1]["content"] for f in got[:-1]] == list(app.WARM_PAGE_ANSWER) and got[-1] == []
 
 
-def test_regenerate_and_stop_stop_the_streaming_turn_first() -> None:
-    """Gradio's page runs the listeners of a click one after the other, each to its end, and a
-    listener's `cancels` after the listener itself: Regenerate's and Stop's first listener does
-    nothing and chains their work, the second stops the turns that stream (by the button, by
-    Enter, and a regenerated one), so the stop comes before the question is asked again."""
+def test_regenerate_and_stop_cancel_nothing() -> None:
+    """Regenerate is one listener: pop_last, then the question asked again (also while a
+    regenerated turn still ends), then the settling. It cancels nothing: the page sends a
+    listener's cancels one at a time, each awaiting the server, and looks each submission up only
+    when its turn comes, so a cancel could reach the turn asked again. The turn it takes back
+    stops itself (`test_a_regenerated_turn_stops_itself_and_writes_nothing_into_the_next`).
+    Stop is one listener, which marks the turn to stop, and cancels nothing either."""
     demo = build_blocks(backends(), None, None)
     cfg = demo.get_config_file()
     deps = cfg["dependencies"]
     elem = {c["id"]: c["props"].get("elem_id") for c in cfg["components"]}
     name = {i: f.name for i, f in demo.fns.items()}
+    by_id = {d["id"]: d for d in deps}
     chats = sorted(d["id"] for d in deps if name[d["id"]] == "submit")
     assert len(chats) == 3
 
@@ -403,14 +407,17 @@ def test_regenerate_and_stop_stop_the_streaming_turn_first() -> None:
         after = [d["id"] for d in deps if d.get("trigger_after") == dep_id]
         return [name[after[0]], *chain(after[0])] if after else []
 
-    for button, work in (("h2o-regen", ["pop_last", "submit", "settle"]), ("h2o-stop", ["stop_turn"])):
-        clicks = [d for d in deps if [(elem.get(t[0]), t[1]) for t in d["targets"]] == [(button, "click")]]
-        first, *rest = clicks  # in the order the page runs them
-        assert not first["backend_fn"] and not first["cancels"] and chain(first["id"]) == work
-        (stops,) = [d for d in rest if d["cancels"]]
-        assert sorted(stops["cancels"]) == chats
-        # the rest do nothing (Gradio registers a listener's `cancels` as a listener of its own)
-        assert all(not d["backend_fn"] and not d["js"] and chain(d["id"]) == [] for d in rest)
+    def clicks(button: str) -> list[dict[str, Any]]:  # in the order the page runs them
+        return [d for d in deps if [(elem.get(t[0]), t[1]) for t in d["targets"]] == [(button, "click")]]
+
+    (regen,) = clicks("h2o-regen")
+    assert name[regen["id"]] == "pop_last" and not regen["cancels"] and chain(regen["id"]) == ["submit", "settle"]
+    (again,) = [d for d in deps if d.get("trigger_after") == regen["id"]]
+    assert again["trigger_mode"] == "multiple" and not again["cancels"]
+    assert not any(by_id[c]["cancels"] for c in chats)
+
+    (stop,) = clicks("h2o-stop")  # and the turn stops itself (`test_stop_ends_the_turn_...`)
+    assert name[stop["id"]] == "stop_turn" and not stop["cancels"] and chain(stop["id"]) == []
 
 
 def counting_front(monkeypatch: pytest.MonkeyPatch, bs: list[Backend]) -> Any:
@@ -424,33 +431,105 @@ def counting_front(monkeypatch: pytest.MonkeyPatch, bs: list[Backend]) -> Any:
     return build_blocks(bs, None, None)
 
 
-def test_a_cancelled_turn_writes_nothing_into_the_next(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Regenerate while a turn streams: the turn's own settle (which Gradio runs as it cancels
-    it) moves nothing, Regenerate takes the turn back out, and pieces the cancelled turn still
-    had in hand go to its own lists, not into the turn asked again."""
-    bs = backends()[:1]
-    demo = counting_front(monkeypatch, bs)
+def test_a_regenerated_turn_stops_itself_and_writes_nothing_into_the_next(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regenerate while a turn streams: the turn's own settle moves nothing, pop_last takes the
+    turn back out, and the turn, seeing its panes replaced, stops at once by itself: its pane
+    still streaming leaves no record and writes nothing into the turn asked again, while the
+    answer that had ended before keeps the record it got as it ended."""
+    def fake_stream(b: Backend, history: Any, message: str, max_new_tokens: int, temperature: float) -> Any:
+        for k in range(3 if b.name == "a" else 500):  # b's answer takes 5 s
+            time.sleep(0.01)
+            yield f"{message}{k} "
+
+    monkeypatch.setattr(app, "stream_answer", fake_stream)
+    bs = backends()[:2]
+    demo = build_blocks(bs, None, None)
     settle, pop_last = named_fn(demo, "settle"), named_fn(demo, "pop_last")
     sess = session(bs)
-    old = submit_fn(demo)("one", ["a"], sess)
-    next(old)  # the turn streams
-    assert sess["streaming"] == 1
+    old = submit_fn(demo)("one", ["a", "b"], sess)
+    for _ in old:  # the turn streams until pane a's answer has ended
+        if sess["log"]:
+            break
+    assert [r["model"] for r in sess["log"]] == ["a"] and sess["streaming"] == 1
     settle(sess)
-    assert sess["past"][0] == 0  # not while a turn streams
-    assert pop_last(["a"], sess)[0] == "one" and sess["chats"][0] == []
-    new = submit_fn(demo)("one", ["a"], sess)  # asked again
+    assert sess["past"] == [0, 0, *sess["past"][2:]]  # not while a turn streams
+    assert pop_last(["a", "b"], sess)[0] == "one" and sess["chats"][:2] == [[], []]
+    new = submit_fn(demo)("one", ["a", "b"], sess)  # asked again
     next(new)
-    for _ in old:  # the cancelled turn's late pieces, and its end
+    t0 = time.perf_counter()
+    for _ in old:  # the old turn's last frames, and its end
         pass
-    assert sess["streaming"] == 2  # the cancelled turn's end leaves the new turn streaming
+    assert time.perf_counter() - t0 < 1.0  # it stopped itself, long before b's answer would end
+    assert sess["streaming"] == 2  # the old turn's end leaves the new turn streaming
+    assert [r["model"] for r in sess["log"]] == ["a"]  # no record of b's stopped answer
     settle(sess)
-    assert sess["past"][0] == 0
+    assert sess["past"][:2] == [0, 0]
     *_, last = new
-    answer = [{"role": "user", "content": "one"}, {"role": "assistant", "content": "one0 one1 one2 one3 one4 "}]
+    answer = [{"role": "user", "content": "one"}, {"role": "assistant", "content": "one0 one1 one2 "}]
     assert sess["chats"][0] == answer and last[1] == answer
+    assert sess["chats"][1][-1]["content"] == "".join(f"one{k} " for k in range(500))
+    assert [r["model"] for r in sess["log"]] == ["a", "a", "b"]
     assert sess["streaming"] is None
     settle(sess)
-    assert sess["past"][0] == 2
+    assert sess["past"][:2] == [2, 2]
+
+
+def test_a_turn_taken_back_before_its_first_update_leaves_the_input_box_alone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regenerate pressed before a turn's first update reached the page: pop_last puts the
+    question back in the input box, and the turn taken back must not then empty it (the turn asked
+    again reads the question from there)."""
+    def slow_stream(b: Backend, history: Any, message: str, max_new_tokens: int, temperature: float) -> Any:
+        time.sleep(2)
+        yield "late"
+
+    monkeypatch.setattr(app, "stream_answer", slow_stream)
+    monkeypatch.setattr(app, "FIRST_FRAME_WAIT", 1.0)
+    bs = backends()[:1]
+    demo = build_blocks(bs, None, None)
+    sess = session(bs)
+    old = submit_fn(demo)("one", ["a"], sess)
+    got: list[Any] = []
+    reader = threading.Thread(target=lambda: got.extend(old))
+    reader.start()
+    time.sleep(0.3)  # the turn waits for a first piece to go with its question
+    assert not got and named_fn(demo, "pop_last")(["a"], sess)[0] == "one"
+    reader.join(timeout=1.5)
+    assert not reader.is_alive() and len(got) == 1  # it stopped, with one last frame
+    assert got[0][0] == gr.skip() and sess["log"] == []
+
+
+def test_stop_ends_the_turn_which_keeps_what_its_panes_show(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stop while a turn streams: the turn stops at once by itself. The answer that had ended
+    keeps its record; the one still streaming keeps the text it had, and leaves no record. The
+    turn's own settle then moves both to the finished turns."""
+    def fake_stream(b: Backend, history: Any, message: str, max_new_tokens: int, temperature: float) -> Any:
+        for k in range(3 if b.name == "a" else 500):  # b's answer takes 5 s
+            time.sleep(0.01)
+            yield f"{message}{k} "
+
+    monkeypatch.setattr(app, "stream_answer", fake_stream)
+    bs = backends()[:2]
+    demo = build_blocks(bs, None, None)
+    sess = session(bs)
+    turn = submit_fn(demo)("one", ["a", "b"], sess)
+    for _ in turn:  # the turn streams until pane a's answer has ended
+        if sess["log"]:
+            break
+    assert named_fn(demo, "stop_turn")(sess) is None and sess["stop"] == 1
+    t0 = time.perf_counter()
+    *_, last = turn
+    assert time.perf_counter() - t0 < 1.0  # long before b's answer would end
+    kept = sess["chats"][1][-1]["content"]
+    assert kept.startswith("one0 ") and len(kept) < len("".join(f"one{k} " for k in range(500)))
+    assert last[2][-1]["content"] == kept  # the turn's last frame shows what b had
+    assert [r["model"] for r in sess["log"]] == ["a"] and sess["streaming"] is None
+    named_fn(demo, "settle")(sess)
+    assert sess["past"][:2] == [2, 2]
+    # the next turn streams to its end
+    *_, last = submit_fn(demo)("two", ["a", "b"], sess)
+    assert [r["model"] for r in sess["log"]] == ["a", "a", "b"]
 
 
 def test_clear_stops_the_streaming_turn_and_empties_every_pane(monkeypatch: pytest.MonkeyPatch) -> None:
