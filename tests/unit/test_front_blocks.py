@@ -431,20 +431,26 @@ def counting_front(monkeypatch: pytest.MonkeyPatch, bs: list[Backend]) -> Any:
     return build_blocks(bs, None, None)
 
 
+def uneven_front(monkeypatch: pytest.MonkeyPatch, bs: list[Backend]) -> Any:
+    """A front over `bs` whose backend "a" answers three numbered pieces and the others 500, all
+    10 ms apart (so the others' answers take 5 s)."""
+    def fake_stream(b: Backend, history: Any, message: str, max_new_tokens: int, temperature: float) -> Any:
+        for k in range(3 if b.name == "a" else 500):
+            time.sleep(0.01)
+            yield f"{message}{k} "
+
+    monkeypatch.setattr(app, "stream_answer", fake_stream)
+    return build_blocks(bs, None, None)
+
+
 def test_a_regenerated_turn_stops_itself_and_writes_nothing_into_the_next(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Regenerate while a turn streams: the turn's own settle moves nothing, pop_last takes the
     turn back out, and the turn, seeing its panes replaced, stops at once by itself: its pane
     still streaming leaves no record and writes nothing into the turn asked again, while the
     answer that had ended before keeps the record it got as it ended."""
-    def fake_stream(b: Backend, history: Any, message: str, max_new_tokens: int, temperature: float) -> Any:
-        for k in range(3 if b.name == "a" else 500):  # b's answer takes 5 s
-            time.sleep(0.01)
-            yield f"{message}{k} "
-
-    monkeypatch.setattr(app, "stream_answer", fake_stream)
     bs = backends()[:2]
-    demo = build_blocks(bs, None, None)
+    demo = uneven_front(monkeypatch, bs)
     settle, pop_last = named_fn(demo, "settle"), named_fn(demo, "pop_last")
     sess = session(bs)
     old = submit_fn(demo)("one", ["a", "b"], sess)
@@ -504,14 +510,8 @@ def test_stop_ends_the_turn_which_keeps_what_its_panes_show(monkeypatch: pytest.
     """Stop while a turn streams: the turn stops at once by itself. The answer that had ended
     keeps its record; the one still streaming keeps the text it had, and leaves no record. The
     turn's own settle then moves both to the finished turns."""
-    def fake_stream(b: Backend, history: Any, message: str, max_new_tokens: int, temperature: float) -> Any:
-        for k in range(3 if b.name == "a" else 500):  # b's answer takes 5 s
-            time.sleep(0.01)
-            yield f"{message}{k} "
-
-    monkeypatch.setattr(app, "stream_answer", fake_stream)
     bs = backends()[:2]
-    demo = build_blocks(bs, None, None)
+    demo = uneven_front(monkeypatch, bs)
     sess = session(bs)
     turn = submit_fn(demo)("one", ["a", "b"], sess)
     for _ in turn:  # the turn streams until pane a's answer has ended
