@@ -463,15 +463,14 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
         stop.click(stop_turn, [session], None, show_progress="hidden", api_visibility="private")
 
         def clear_all(sess: dict[str, Any]) -> list[Any]:
-            """Every pane empty. In place: a turn streaming until its stop arrives then shows the
-            empty panes too, and writes its pieces into its own lists alone."""
+            """Every pane empty. In place: a turn that streams sees its panes replaced and stops
+            by itself (as for Regenerate), its last update showing the empty panes too."""
             sess["chats"][:] = [[] for _ in range(n)]
             sess["past"][:] = [0] * n
             sess["streaming"] = None
             return [*sess["chats"], *sess["chats"], sess]
 
-        clear.click(clear_all, [session], [*pasts, *lives, session], cancels=[ev1, ev2, ev3],
-                    show_progress_on=[box])
+        clear.click(clear_all, [session], [*pasts, *lives, session], show_progress_on=[box])
 
         def on_setting(i: int, key: str) -> Any:
             def set_one(value: float, sess: dict[str, Any]) -> dict[str, Any]:

@@ -387,13 +387,14 @@ def test_a_fresh_page_runs_its_message_code_out_of_sight() -> None:
     assert [f[-1]["content"] for f in got[:-1]] == list(app.WARM_PAGE_ANSWER) and got[-1] == []
 
 
-def test_regenerate_and_stop_cancel_nothing() -> None:
+def test_regenerate_stop_and_clear_cancel_nothing() -> None:
     """Regenerate is one listener: pop_last, then the question asked again (also while a
     regenerated turn still ends), then the settling. It cancels nothing: the page sends a
     listener's cancels one at a time, each awaiting the server, and looks each submission up only
     when its turn comes, so a cancel could reach the turn asked again. The turn it takes back
     stops itself (`test_a_regenerated_turn_stops_itself_and_writes_nothing_into_the_next`).
-    Stop is one listener, which marks the turn to stop, and cancels nothing either."""
+    Stop is one listener, which marks the turn to stop, and cancels nothing either; nor does
+    Clear."""
     demo = build_blocks(backends(), None, None)
     cfg = demo.get_config_file()
     deps = cfg["dependencies"]
@@ -418,6 +419,9 @@ def test_regenerate_and_stop_cancel_nothing() -> None:
 
     (stop,) = clicks("h2o-stop")  # and the turn stops itself (`test_stop_ends_the_turn_...`)
     assert name[stop["id"]] == "stop_turn" and not stop["cancels"] and chain(stop["id"]) == []
+    # nor does Clear, or anything else on the page: a turn stops itself when its panes are
+    # replaced or Stop marks it
+    assert not any(d["cancels"] for d in deps)
 
 
 def counting_front(monkeypatch: pytest.MonkeyPatch, bs: list[Backend]) -> Any:
@@ -533,22 +537,21 @@ def test_stop_ends_the_turn_which_keeps_what_its_panes_show(monkeypatch: pytest.
 
 
 def test_clear_stops_the_streaming_turn_and_empties_every_pane(monkeypatch: pytest.MonkeyPatch) -> None:
-    bs = backends()[:1]
-    demo = counting_front(monkeypatch, bs)
-    cfg = demo.get_config_file()
-    elem = {c["id"]: c["props"].get("elem_id") for c in cfg["components"]}
-    chats = sorted(i for i, f in demo.fns.items() if f.name == "submit")
-    clears = [d for d in cfg["dependencies"] if [elem.get(t[0]) for t in d["targets"]] == ["h2o-clear"]]
-    assert [sorted(d["cancels"]) for d in clears if d["cancels"]] == [chats]
-
+    """Clear while a turn streams: the turn sees its panes emptied and stops by itself at once,
+    showing the empty panes, and its stopped answer leaves no record."""
+    bs = backends()[1:2]  # "b": an answer of 5 s
+    demo = uneven_front(monkeypatch, bs)
     old = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
     sess = session(bs, [list(old)])
-    turn = submit_fn(demo)("one", ["a"], sess)
+    turn = submit_fn(demo)("one", ["b"], sess)
     next(turn)  # the turn streams
     out = named_fn(demo, "clear_all")(sess)
     assert out[0] == [] and sess["streaming"] is None
-    late = [f[1] for f in turn]  # what the turn still sends until its stop arrives
+    t0 = time.perf_counter()
+    late = [f[1] for f in turn]  # what the turn still sends, to its end
+    assert time.perf_counter() - t0 < 1.0
     assert late and all(v == [] for v in late) and sess["chats"][0] == [] and sess["past"][0] == 0
+    assert sess["log"] == []
 
 
 def test_a_panes_own_clear_button_stops_its_answer_alone(monkeypatch: pytest.MonkeyPatch) -> None:
