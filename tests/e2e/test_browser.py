@@ -138,9 +138,13 @@ def test_pane_settings_regenerate_and_clear(front_stack: FrontStack) -> None:
         # the vLLM pane answers with at most 3 tokens, the transformers pane keeps the default
         page.click("#h2o-pane-2 >> text=settings")
         field = page.locator("#h2o-tokens-2 input[type=number]")
-        field.fill("3")
-        field.press("Enter")
-        page.wait_for_timeout(1000)  # the setting's event reaches the session
+        # the setting's event (not queued) has reached the session before the question is asked
+        with page.expect_response(lambda r: "/run/predict" in r.url and r.request.post_data_json is not None
+                                  and r.request.post_data_json.get("data", [None])[0] == 3,
+                                  timeout=30_000) as setting:
+            field.fill("3")
+            field.press("Enter")
+        assert setting.value.ok, setting.value.status
 
         def ask(question: str) -> list[dict[str, Any]]:
             page.fill("#h2o-input textarea", question)
