@@ -31,7 +31,8 @@ debian_mirror() {
     m=$(grep -hE '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}' \
         | grep -v security | head -n1 || true)
   fi
-  echo "${m:-http://deb.debian.org/debian}"
+  [ -n "$m" ] || { log "no Debian mirror is configured for apt (/etc/apt/sources.list*): cannot build the base image"; return 1; }
+  echo "$m"
 }
 
 start() {
@@ -67,10 +68,11 @@ start() {
   if ! docker -H "unix://$sock" image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
     local tarball="$CACHE/base-bookworm.tar"
     if [ ! -s "$tarball" ]; then
-      local root
+      local root mirror
       root=$(mktemp -d)
-      log "building the base image with debootstrap ($(debian_mirror))"
-      debootstrap --variant=minbase --include=python3,curl bookworm "$root" "$(debian_mirror)" >"$dir/debootstrap.log" 2>&1 \
+      mirror=$(debian_mirror) || exit 1
+      log "building the base image with debootstrap ($mirror)"
+      debootstrap --variant=minbase --include=python3,curl bookworm "$root" "$mirror" >"$dir/debootstrap.log" 2>&1 \
         || { tail -n 30 "$dir/debootstrap.log" >&2; exit 1; }
       mkdir -p "$CACHE"
       tar -C "$root" -cf "$tarball.partial" . && mv "$tarball.partial" "$tarball"
