@@ -114,6 +114,16 @@ def bus_number(pci_bus_id: str) -> int | None:
     return int(m.group(1), 16) if m else None
 
 
+def cuda_matches(cuda: Mapping[str, Any], card: Mapping[str, Any]) -> bool:
+    """Whether the one device CUDA shows under the plan's variables is NVML's card: by PCI bus
+    where torch gives it, and by name and memory (to 1 GiB: CUDA leaves out what it reserves)."""
+    if cuda.get("count") != 1 or cuda.get("name") != card.get("name"):
+        return False
+    if cuda.get("pci_bus_id") is not None and cuda["pci_bus_id"] != bus_number(card.get("pci_bus_id") or ""):
+        return False
+    return abs(float(cuda.get("total_gib") or 0) - float(card.get("total_gib") or 0)) <= 1.0
+
+
 def compare_gpus(nvml: Sequence[Mapping[str, Any]], facts: Sequence[Mapping[str, Any]],
                  tolerance_gib: float = 0.01) -> list[str]:
     """What differs between NVML's GPUs and the facts `plan` reads: ids, names, total memory."""
@@ -563,6 +573,7 @@ class Run:
     seen_pids: set[int] = field(default_factory=set)
     gateway: subprocess.Popen[bytes] | None = None
     ctx: dict[str, Any] = field(default_factory=dict)
+    tearing_down: bool = False
 
     # -- plumbing --------------------------------------------------------------------------
     @property
@@ -574,6 +585,8 @@ class Run:
 
     def bound(self, seconds: float) -> float:
         """A wait of at most `seconds`, and never past the run's budget (less the teardown's)."""
+        if self.tearing_down:
+            return seconds
         left = self.left()
         if left <= 1:
             raise StepFailed(f"the run's budget of {self.args.budget_s:g} s is spent")
@@ -685,10 +698,12 @@ class Run:
         self.ctx["stack"] = stack
         planned = json.loads(self.h2o("plan", str(stack), "--json", check=True).stdout)
         svc = next(s for s in planned["services"] if s["name"] == "llm")
-        data["planned"] = {"gpus": svc["gpus"], "url": svc["url"], "env": {k: svc["env"].get(k) for k in (
+        data["planned"] = {"gpus": svc["gpus"], "url": svc["url"], "model": svc.get("model"),
+                           "env": {k: svc["env"].get(k) for k in (
             "CUDA_DEVICE_ORDER", "CUDA_VISIBLE_DEVICES")}, "restart": svc.get("restart")}
         problems = check_planned_env(svc)
-        self.ctx.update(gpu=svc["gpus"][0] if svc["gpus"] else None, url=svc["url"], env=data["planned"]["env"])
+        self.ctx.update(gpu=svc["gpus"][0] if svc["gpus"] else None, url=svc["url"], env=data["planned"]["env"],
+                        served_model=svc.get("model"))
         if self.dry:
             found, source = machine_gpus(DRY_GPUS, DRY_GPU_MEMORY)
             nvml = [{"index": g.index, "name": g.name, "total_gib": g.total_gib, "free_gib": g.free_gib,
@@ -713,6 +728,7 @@ class Run:
         # the model is made in a child under the plan's CUDA variables: the device CUDA calls 0
         # there must be NVML's planned GPU, by PCI bus id (and this process keeps no CUDA context)
         env = {**self.env(), **({} if self.dry else self.ctx["env"])}
+        before = None if self.nvml is None else self.nvml.used_gib(gpu)
         t = time.monotonic()
         try:
             made = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--build-model", str(model),
@@ -729,8 +745,7 @@ class Run:
         if not self.dry:
             card = next(g for g in self.ctx["gpus"] if g["index"] == gpu)
             cuda = built["cuda"]
-            data["cuda_matches_nvml"] = (cuda["count"] == 1 and cuda["pci_bus_id"] == bus_number(card["pci_bus_id"])
-                                         and cuda["name"] == card["name"])
+            data["cuda_matches_nvml"] = cuda_matches(cuda, card)
             if not data["cuda_matches_nvml"]:
                 raise StepFailed(f"under the plan's CUDA variables CUDA's device 0 is {cuda}, not NVML's GPU "
                                  f"{gpu} {card}")
@@ -747,7 +762,10 @@ class Run:
             raise StepFailed(f"plan estimates {estimate} GiB for {weights_gib:.2f} GiB of weights (x1.2 expected)")
         if self.dry:
             return
-        assert self.nvml is not None
+        assert self.nvml is not None and before is not None
+        nvml = self.nvml
+        # the builder's memory goes back to the driver a moment after it exits
+        self.wait("the model builder's GPU memory released", lambda: nvml.used_gib(gpu) <= before + 0.5, 30)
         baseline = self.nvml.used_gib(gpu)
         self.ctx["baseline_gib"] = baseline
         self.stacks.append(name)
@@ -859,7 +877,7 @@ class Run:
                 self.seen_pids |= group_pids(pgid)
                 with contextlib.suppress(httpx.HTTPError):
                     answered = httpx.post(url + "/v1/chat/completions", timeout=30, json={
-                        "model": str(self.work / "model"), "max_tokens": 1,
+                        "model": self.ctx["served_model"], "max_tokens": 1,
                         "messages": [{"role": "user", "content": "hi"}]}).status_code == 200
             samples.append(Sample(round(t, 3), bool(holders.keys() & old) if by_pid else None,
                                   round(self.nvml.used_gib(gpu), 3), bool(new_pids), answered))
@@ -970,7 +988,7 @@ class Run:
         """Leave nothing running: the gateway, then `down` and `kill` of every stack this run started."""
         self.stop_gateway()
         done: dict[str, Any] = {}
-        self.args.budget_s += TEARDOWN_RESERVE_S  # the reserve is the teardown's own
+        self.tearing_down = True  # its own bounds only: it runs however the budget went
         for stack in list(self.stacks):
             with contextlib.suppress(Exception):
                 got = self.h2o("down", stack, "--timeout", "20", timeout=45)
@@ -1006,12 +1024,19 @@ def inner(args: argparse.Namespace) -> int:
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="h2ostack-gpu-check-"))
     work.mkdir(parents=True, exist_ok=True)
     run = Run(args, work, report, t0=t0 - (report["steps"][0]["seconds"] or 0))
+    def stop(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop)
     try:
         run.run()
-    except Exception as exc:  # NVML absent, or a bug: still one report
+    except BaseException as exc:  # NVML absent, an interrupt, or a bug: still one report, after teardown
         report["error"] = f"{type(exc).__name__}: {exc}"
-        report["steps"][1].update(skipped=False, ok=False, error=report["error"]) if report["steps"][1][
-            "skipped"] else None
+        steps = report["steps"]
+        pending = next((st for st in steps if not st["skipped"] and st["ok"] is None), None) or next(
+            (st for st in steps[1:] if st["skipped"]), None)
+        if pending is not None:
+            pending.update(skipped=False, ok=False, error=report["error"])
     finally:
         if args.out:
             with contextlib.suppress(OSError):
