@@ -277,13 +277,15 @@ def release_time(samples: Sequence[tuple[float, bool]]) -> float | None:
 
 
 def stack_yaml(name: str, model: str, gpus: int | list[int], extra: Mapping[str, Mapping[str, Any]] | None = None,
-               share: bool = False, health_timeout: float = 240.0) -> str:
+               share: bool = False, health_timeout: float = 240.0, device: str | None = None) -> str:
     """The stack the check starts: `transformers serve` on a GPU with `restart: on-failure`, a
     front for the gateway, and any other services (the refusal cases). JSON is YAML."""
     llm: dict[str, Any] = {"kind": "transformers", "model": model, "gpus": gpus, "dtype": "bfloat16",
                            "restart": "on-failure", "health": {"timeout": health_timeout}}
     if share:
         llm["share_gpus"] = True
+    if device:
+        llm["device"] = device  # the CPU self-test: planned on a stated GPU, run on the CPU
     services = {"llm": llm, **{k: dict(v) for k, v in (extra or {}).items()}}
     doc = {"version": 1, "name": name, "services": services, "fronts": {"chat": {"models": ["llm"]}}}
     return json.dumps(doc, indent=2) + "\n"
@@ -596,6 +598,10 @@ class Run:
         env = {k: v for k, v in os.environ.items() if k not in ("H2OSTACK_GPUS", "H2OSTACK_GPU_MEMORY",
                                                                   BOOTSTRAP_ENV)}
         env.update(H2OSTACK_STATE_DIR=str(self.work / "state"), COLUMNS="200", PYTHONUNBUFFERED="1")
+        # no network on a GPU machine: nothing may wait on the hub
+        env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1")
+        if self.dry:  # every h2ostack process (the gateway's plan too) sees the stated machine, not NVML
+            env.update(H2OSTACK_GPUS=DRY_GPUS, H2OSTACK_GPU_MEMORY=str(DRY_GPU_MEMORY))
         return env
 
     def h2o(self, *argv: str, timeout: float = 120.0, check: bool = False) -> subprocess.CompletedProcess[str]:
@@ -631,9 +637,6 @@ class Run:
             log(f"step {name} FAILED: {s['error']}")
         finally:
             s["seconds"] = round(time.monotonic() - started, 2)
-
-    def passed(self, name: str) -> bool:
-        return next(x for x in self.report["steps"] if x["name"] == name)["ok"] is True
 
     def wait(self, what: str, pred: Callable[[], Any], timeout: float, interval: float = 0.1) -> Any:
         deadline = time.monotonic() + self.bound(timeout)
@@ -676,14 +679,17 @@ class Run:
         self.ctx["name"] = name
         steps = [("facts", self.facts), ("serve", self.serve), ("chat", self.chat), ("restart", self.restart),
                  ("down", self.down), ("refusal", self.refusal)]
-        needs = {"serve": "facts", "chat": "serve", "restart": "serve", "down": "serve"}
+        # what a step needs from those before it: a planned GPU, a running server (a step that failed
+        # on a verdict, not for want of these, still lets the next ones take their figures)
+        needs = {"serve": ("gpu", "facts"), "chat": ("pid", "serve"), "restart": ("pid", "serve"),
+                 "down": ("pid", "serve")}
         try:
             for step_name, fn in steps:
-                if self.dry and step_name in ("chat", "restart", "down"):
+                if self.dry and not self.args.serve_on_cpu and step_name in ("chat", "restart", "down"):
                     continue  # they need a card: skipped, and said so
-                if step_name in needs and not self.passed(needs[step_name]):
+                if step_name in needs and self.ctx.get(needs[step_name][0]) is None:
                     with self.step(step_name):
-                        raise StepFailed(f"not run: step {needs[step_name]} failed")
+                        raise StepFailed(f"not run: step {needs[step_name][1]} did not get that far")
                     continue
                 with self.step(step_name) as data:
                     fn(data)
@@ -694,7 +700,8 @@ class Run:
         from h2ostack.facts import machine_gpus
 
         name = self.ctx["name"]
-        stack = self.stack_file(name, stack_yaml(name, "./model", 1))
+        stack = self.stack_file(name, stack_yaml(name, "./model", 1,
+                                                 device="cpu" if self.args.serve_on_cpu else None))
         self.ctx["stack"] = stack
         planned = json.loads(self.h2o("plan", str(stack), "--json", check=True).stdout)
         svc = next(s for s in planned["services"] if s["name"] == "llm")
@@ -760,13 +767,14 @@ class Run:
         data["plan_estimate_expected_gib"] = round(weights_gib * 1.2, 1)
         if abs(estimate - weights_gib * 1.2) > 0.051:
             raise StepFailed(f"plan estimates {estimate} GiB for {weights_gib:.2f} GiB of weights (x1.2 expected)")
-        if self.dry:
+        if self.dry and not self.args.serve_on_cpu:
             return
-        assert self.nvml is not None and before is not None
-        nvml = self.nvml
-        # the builder's memory goes back to the driver a moment after it exits
-        self.wait("the model builder's GPU memory released", lambda: nvml.used_gib(gpu) <= before + 0.5, 30)
-        baseline = self.nvml.used_gib(gpu)
+        baseline = None
+        if self.nvml is not None and before is not None:
+            nvml = self.nvml
+            # the builder's memory goes back to the driver a moment after it exits
+            self.wait("the model builder's GPU memory released", lambda: nvml.used_gib(gpu) <= before + 0.5, 30)
+            baseline = self.nvml.used_gib(gpu)
         self.ctx["baseline_gib"] = baseline
         self.stacks.append(name)
         t = time.monotonic()
@@ -783,6 +791,9 @@ class Run:
         self.ctx.update(pid=pid, pgid=pgid)
         pids = group_pids(pgid)
         self.seen_pids |= pids
+        if self.nvml is None or baseline is None:  # the CPU self-test: no card to look at
+            data["server"] = {"pid": pid, "group": sorted(pids), "status_gpus": row.get("gpus")}
+            return
         holders = self.nvml.holders()
         on = sorted(g for g, procs in holders.items() if procs.keys() & pids)
         data["server"] = {"pid": pid, "group": sorted(pids), "status_gpus": row.get("gpus"), "nvml_gpus": on}
@@ -841,10 +852,10 @@ class Run:
         reply = r.json()
         data["answer"] = (reply["choices"][0]["message"].get("content") or "")[:200]
         data["usage"] = reply.get("usage")
-        assert self.nvml is not None
-        holders = self.nvml.holders()[self.ctx["gpu"]]
         pids = group_pids(self.ctx["pgid"])
-        data["server_on_gpu_after"] = bool(holders.keys() & pids) if self.ctx.get("pids_visible") else None
+        data["server_on_gpu_after"] = None
+        if self.nvml is not None and self.ctx.get("pids_visible"):
+            data["server_on_gpu_after"] = bool(self.nvml.holders()[self.ctx["gpu"]].keys() & pids)
         tokens = (reply.get("usage") or {}).get("completion_tokens")
         if not (tokens or data["answer"]):
             raise StepFailed(f"an empty answer: {reply}")
@@ -855,7 +866,6 @@ class Run:
         import httpx
         import psutil
 
-        assert self.nvml is not None
         gpu, pid, pgid = self.ctx["gpu"], self.ctx["pid"], self.ctx["pgid"]
         old = group_pids(pgid) - {pgid}  # the server and what it forked; the shim stays
         self.seen_pids |= old
@@ -869,7 +879,7 @@ class Run:
         new_pids: set[int] = set()
         while time.monotonic() < deadline:
             t = time.monotonic() - t0
-            holders = self.nvml.holders()[gpu]
+            holders = self.nvml.holders()[gpu] if self.nvml else {}
             with contextlib.suppress(psutil.Error):
                 new_pids = {c.pid for c in psutil.Process(pgid).children()} - old
             answered = False
@@ -880,12 +890,15 @@ class Run:
                         "model": self.ctx["served_model"], "max_tokens": 1,
                         "messages": [{"role": "user", "content": "hi"}]}).status_code == 200
             samples.append(Sample(round(t, 3), bool(holders.keys() & old) if by_pid else None,
-                                  round(self.nvml.used_gib(gpu), 3), bool(new_pids), answered))
+                                  round(self.nvml.used_gib(gpu), 3) if self.nvml else None, bool(new_pids),
+                                  answered))
             if answered:
                 break
             time.sleep(0.1)
         timeline = restart_timeline(samples, self.ctx.get("baseline_gib"))
         data.update(timeline)
+        if self.nvml is None:
+            data["released_by"] = None
         data["old_pids"] = sorted(old)
         data["new_server"] = sorted(new_pids)
         data["samples"] = len(samples)
@@ -898,7 +911,9 @@ class Run:
         problems = []
         if timeline["healthy_s"] is None:
             problems.append("the restarted server did not answer within the step's bound")
-        if timeline["released_s"] is None:
+        if self.nvml is None:
+            pass  # the CPU self-test: no memory to see released
+        elif timeline["released_s"] is None:
             problems.append("NVML never showed the old server's memory released")
         elif not timeline["waited_for_release"]:
             problems.append(f"the shim started the new server at {timeline['restarted_s']} s, before NVML showed the "
@@ -909,7 +924,6 @@ class Run:
             raise StepFailed("; ".join(problems))
 
     def down(self, data: dict[str, Any]) -> None:
-        assert self.nvml is not None
         self.stop_gateway()
         self.seen_pids |= group_pids(self.ctx["pgid"])
         baseline = self.ctx.get("baseline_gib")
@@ -921,7 +935,11 @@ class Run:
         held: list[tuple[float, bool]] = []
 
         def released() -> bool:
-            holders = self.nvml.holders() if self.nvml else {}
+            if self.nvml is None:  # the CPU self-test: the stack's processes gone
+                still = any(_alive(p) for p in self.seen_pids)
+                held.append((time.monotonic() - t0, still))
+                return not still
+            holders = self.nvml.holders()
             by_pid = any(procs.keys() & self.seen_pids for procs in holders.values())
             by_device = baseline is not None and self.nvml is not None and \
                 self.nvml.used_gib(self.ctx["gpu"]) > baseline + 1.0
@@ -931,7 +949,7 @@ class Run:
 
         self.wait("GPU memory released after `down`", released, 60)
         data["released_s"] = round(release_time(held) or 0.0, 2)
-        data["released_by"] = "pid" if self.ctx.get("pids_visible") else "device"
+        data["released_by"] = "pid" if self.ctx.get("pids_visible") else ("device" if self.nvml else "process")
         data["left"] = sorted(p for p in self.seen_pids if _alive(p))
         self.stacks.remove(self.ctx["name"])
         if data["left"]:
@@ -1062,12 +1080,16 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                     "model on the CPU, stated GPUs (--gpus 0 --gpu-memory 141)")
     ap.add_argument("--bootstrap", action="store_true", help="with --dry-run: make the environment from the "
                     "wheel folder first, as a real run does")
+    ap.add_argument("--serve-on-cpu", action="store_true", help="with --dry-run: also start the stack (`transformers "
+                    "serve` on the CPU) and run the chat, restart and down steps, without their GPU verdicts")
     ap.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--build-model", help=argparse.SUPPRESS)
     ap.add_argument("--device", default="cuda", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if not args.weights_gib > 0 or args.weights_gib > 512:
         ap.error(f"--weights-gib takes a size in GiB between 0 and 512, got {args.weights_gib:g}")
+    if args.serve_on_cpu and not args.dry_run:
+        ap.error("--serve-on-cpu goes with --dry-run")
     if not args.budget_s > TEARDOWN_RESERVE_S:
         ap.error(f"--budget-s must exceed the teardown's {TEARDOWN_RESERVE_S:g} s")
     return args

@@ -262,20 +262,32 @@ def run_script(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[
                           cwd=REPO)
 
 
-def test_the_dry_run_plans_builds_and_is_refused_as_on_a_card(tmp_path):
-    got = run_script("--dry-run", "--weights-gib", "0.2", "--out", str(tmp_path / "out"))
-    assert got.returncode == 0, got.stderr[-3000:]
+@pytest.mark.integration  # starts a real `transformers serve` (on the CPU) and the stack's gateway
+def test_the_cpu_self_test_runs_every_step_but_the_cards_verdicts(tmp_path):
+    got = run_script("--dry-run", "--serve-on-cpu", "--weights-gib", "0.2", "--out", str(tmp_path / "out"),
+                     "--budget-s", "200")
+    assert got.returncode == 0, got.stdout[-3000:] + got.stderr[-3000:]
     report = json.loads(got.stdout)
     assert gc.report_problems(report) == [] and report["ok"] and report["dry_run"]
     assert json.loads((tmp_path / "out" / "gpu-check.json").read_text()) == report
+    assert list((tmp_path / "out").glob("*llm*.log"))  # the server's log comes back with the report
     steps = {s["name"]: s for s in report["steps"]}
-    assert [n for n, s in steps.items() if s["skipped"]] == ["bootstrap", "chat", "restart", "down"]
+    assert [n for n, s in steps.items() if s["skipped"]] == ["bootstrap"]
     facts = steps["facts"]["data"]
     assert facts["planned"]["gpus"] == [0] and facts["facts"]["source"] == "stated"
     assert facts["planned"]["env"] == {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": "0"}
     serve = steps["serve"]["data"]
     assert serve["model"]["bytes"] > 0.15 * 2**30 and serve["model"]["shape"]["num_hidden_layers"] >= 2
     assert serve["plan_estimate_gib"] == round(serve["model"]["bytes"] / 2**30 * 1.2, 1)
+    assert serve["server"]["status_gpus"] == [0] and serve["server"]["pid"] in serve["server"]["group"]
+    chat = steps["chat"]["data"]
+    assert chat["status"] == 200 and chat["usage"]["completion_tokens"] >= 1 and chat["overhead_ms"]
+    restart = steps["restart"]["data"]
+    assert restart["old_pids"] == [serve["server"]["pid"]] and restart["new_server"] != restart["old_pids"]
+    assert 1.0 <= restart["restarted_s"] < restart["healthy_s"] and restart["status"]["restarts"] == 1
+    assert "h2ostack: server exited with signal 9" in restart["shim_said"]
+    down = steps["down"]["data"]
+    assert down["left"] == [] and down["released_by"] == "process"
     refused = steps["refusal"]["data"]
     assert refused["missing"]["rc"] == 2 and "GPU 1 does not exist" in refused["missing"]["message"]
     assert refused["memory"]["rc"] == 2 and "141.0 GiB is free there" in refused["memory"]["message"]
