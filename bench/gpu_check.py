@@ -749,25 +749,29 @@ class Run:
         built = json.loads(made.stdout.strip().splitlines()[-1])
         data["model"] = {**built, "seconds": round(time.monotonic() - t, 2), "weights_gib": round(built["bytes"] / GIB, 3)}
         weights_gib = built["bytes"] / GIB
+        # verdicts so far are kept for the end: the server still starts, and later steps take their figures
+        problems = []
         if not self.dry:
             card = next(g for g in self.ctx["gpus"] if g["index"] == gpu)
             cuda = built["cuda"]
             data["cuda_matches_nvml"] = cuda_matches(cuda, card)
             if not data["cuda_matches_nvml"]:
-                raise StepFailed(f"under the plan's CUDA variables CUDA's device 0 is {cuda}, not NVML's GPU "
-                                 f"{gpu} {card}")
+                problems.append(f"under the plan's CUDA variables CUDA's device 0 is {cuda}, not NVML's GPU "
+                                f"{gpu} {card}")
         # the plan's own estimate: asked with a card too small, it names what the model needs
         small = self.h2o("plan", str(stack), "--gpu-memory", "0.001",
                          *(["--gpus", DRY_GPUS] if self.dry else []))
         fit = parse_fit_refusal(small.stderr + small.stdout)
-        if fit is None:
-            raise StepFailed(f"`plan` with a 1 MiB card did not refuse the model: {tail(small.stderr, 5)!r}")
-        estimate = fit["claims"].get("llm", fit["needed_gib"])
+        estimate = None if fit is None else fit["claims"].get("llm", fit["needed_gib"])
         data["plan_estimate_gib"] = estimate
         data["plan_estimate_expected_gib"] = round(weights_gib * 1.2, 1)
-        if abs(estimate - weights_gib * 1.2) > 0.051:
-            raise StepFailed(f"plan estimates {estimate} GiB for {weights_gib:.2f} GiB of weights (x1.2 expected)")
+        if estimate is None:
+            problems.append(f"`plan` with a 1 MiB card did not refuse the model: {tail(small.stderr, 5)!r}")
+        elif abs(estimate - weights_gib * 1.2) > 0.051:
+            problems.append(f"plan estimates {estimate} GiB for {weights_gib:.2f} GiB of weights (x1.2 expected)")
         if self.dry and not self.args.serve_on_cpu:
+            if problems:
+                raise StepFailed("; ".join(problems))
             return
         baseline = None
         if self.nvml is not None and before is not None:
@@ -793,6 +797,8 @@ class Run:
         self.seen_pids |= pids
         if self.nvml is None or baseline is None:  # the CPU self-test: no card to look at
             data["server"] = {"pid": pid, "group": sorted(pids), "status_gpus": row.get("gpus")}
+            if problems:
+                raise StepFailed("; ".join(problems))
             return
         holders = self.nvml.holders()
         on = sorted(g for g, procs in holders.items() if procs.keys() & pids)
@@ -806,7 +812,6 @@ class Run:
             process_gib = round(sum(u for u in used if u is not None), 3) if all(u is not None for u in used) else None
         delta = round(self.nvml.used_gib(gpu) - baseline, 3)
         data["memory"] = memory_verdict(estimate, process_gib, delta, round(weights_gib, 3))
-        problems = []
         if not on:
             problems.append("NVML lists none of the server's pids on any GPU"
                             + (" (it lists others: its pids are of another pid namespace)" if any(holders.values())
@@ -1041,6 +1046,9 @@ def inner(args: argparse.Namespace) -> int:
         report["steps"][0].update({"skipped": False, "error": None, "data": {}, **json.loads(boot)})
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="h2ostack-gpu-check-"))
     work.mkdir(parents=True, exist_ok=True)
+    if not args.dry_run:  # the facts `plan` reads in this process too must be NVML's
+        os.environ.pop("H2OSTACK_GPUS", None)
+        os.environ.pop("H2OSTACK_GPU_MEMORY", None)
     run = Run(args, work, report, t0=t0 - (report["steps"][0]["seconds"] or 0))
     def stop(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
