@@ -383,16 +383,22 @@ def bootstrap(wheels: Path, work: Path) -> tuple[Path, dict[str, Any]]:
         if got.returncode != 0:
             raise RuntimeError("installing pip from its wheel failed:\n" + tail(got.stderr))
     # a python3 that is itself a virtual environment: --system-site-packages reaches its base, not
-    # its packages (torch ...); name them for the new environment, after its own
-    site_dirs = json.loads(subprocess.run(
-        [sys.executable, "-c", "import json, site, sys; print(json.dumps([p for p in sys.path if "
-         "p.endswith(('site-packages', 'dist-packages'))]))"], capture_output=True, text=True, check=True,
-        timeout=60).stdout)
-    purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             capture_output=True, text=True, check=True, timeout=60).stdout.strip()
-    # `import` lines of a .pth run at start-up; addsitedir also reads those folders' own .pth files
-    Path(purelib, "zz_h2ostack_gpu_check_outer.pth").write_text(
-        "".join(f"import site; site.addsitedir({p!r})\n" for p in site_dirs))
+    # its packages (torch ...); name them for the new environment, after its own (only those it lacks,
+    # so that no folder's .pth files run twice)
+    def site_dirs(python: str) -> list[str]:
+        got = subprocess.run([python, "-c", "import json, sys; print(json.dumps([p for p in sys.path if "
+                              "p.endswith(('site-packages', 'dist-packages'))]))"], capture_output=True, text=True,
+                             check=True, timeout=60)
+        return json.loads(got.stdout)
+
+    lacking = [p for p in site_dirs(sys.executable) if p not in site_dirs(str(py))]
+    if lacking:
+        purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                 capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+        # `import` lines of a .pth run at start-up; addsitedir also reads those folders' own .pth files
+        Path(purelib, "zz_h2ostack_gpu_check_outer.pth").write_text(
+            "".join(f"import site; site.addsitedir({p!r})\n" for p in lacking))
+    info["outer_site_packages"] = lacking
     pip = [str(py), "-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--no-index",
            "--find-links", str(wheels)]
     info["installed"] = []
