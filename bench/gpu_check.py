@@ -1025,13 +1025,20 @@ class Run:
             with contextlib.suppress(Exception):
                 got = self.h2o("kill", stack, timeout=30)
                 done[stack]["kill"] = got.returncode
-        left = sorted(p for p in self.seen_pids if _alive(p))
-        for p in left:  # only pids this run saw in its own stack's process groups
+        left = sorted(p for p in self.seen_pids if _alive(p) and _pgid(p) == self.ctx.get("pgid"))
+        for p in left:  # only pids this run saw in its own stack's process group, and still in it
             with contextlib.suppress(OSError):
                 os.kill(p, signal.SIGKILL)
         self.report["teardown"] = {"stacks": done, "killed_left": left}
         if self.nvml is not None:
             self.nvml.close()
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
 
 
 def _alive(pid: int) -> bool:

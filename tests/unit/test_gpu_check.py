@@ -308,3 +308,13 @@ def test_a_run_without_the_wheel_folder_says_how_to_make_it(tmp_path):
 def test_bad_options_exit_2_without_a_traceback(args, message):
     got = run_script(*args, timeout=60)
     assert got.returncode == 2 and message in got.stderr and "Traceback" not in got.stderr
+
+
+def test_a_run_past_its_budget_fails_its_step_and_still_reports(tmp_path):
+    got = run_script("--dry-run", "--serve-on-cpu", "--budget-s", "61", "--weights-gib", "0.05", timeout=120)
+    assert got.returncode == 1, got.stderr[-2000:]
+    report = json.loads(got.stdout)
+    assert gc.report_problems(report) == [] and not report["ok"]
+    failed = next(s for s in report["steps"] if s["name"] == report["failed_step"])
+    assert "budget" in failed["error"] or "did not finish" in failed["error"]
+    assert report["teardown"]["killed_left"] == []
