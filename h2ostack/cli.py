@@ -392,12 +392,22 @@ def render(stack: StackArg,
            gpus: GpusOpt = None, gpu_memory: GpuMemOpt = None) -> None:
     """The plan for other hands: plain commands (`docker run ...`, `python -m vllm...`), a compose
     file or Kubernetes manifests. No secret is written: each is read from the environment or a Secret."""
-    from h2ostack.render import FORMATS
+    from h2ostack.api import load_plan
+    from h2ostack.errors import StackError
+    from h2ostack.render import FORMATS, environ_for, leaked
 
     if fmt not in FORMATS:
         raise _fail(f"error: unknown format {fmt!r}; one of {', '.join(FORMATS)}", 2)
-    _, _, p = _plan(stack, gpus, gpu_memory, check_ports=False)
-    sys.stdout.write(FORMATS[fmt](p) if fmt == "shell" else FORMATS[fmt](p, vllm_image))  # type: ignore[call-arg]
+    # unset secrets are fine: they are written by name; any other unset variable is the loader's error
+    try:
+        p = load_plan(stack, gpus, gpu_memory, environ_for(stack), check_ports=False)[2]
+        text = FORMATS[fmt](p) if fmt == "shell" else FORMATS[fmt](p, vllm_image)  # type: ignore[call-arg]
+    except StackError:
+        text = None
+    if text is None or leaked(text):
+        _, _, p = _plan(stack, gpus, gpu_memory, check_ports=False)
+        text = FORMATS[fmt](p) if fmt == "shell" else FORMATS[fmt](p, vllm_image)  # type: ignore[call-arg]
+    sys.stdout.write(text)
 
 
 @app.command()
