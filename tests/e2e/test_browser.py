@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import sync_playwright
 
-from tests.conftest import CACHE, H2O, FrontStack, cpu_vllm, free_port
+from tests.conftest import H2O, FrontStack, cpu_vllm, free_port
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -99,19 +99,6 @@ def test_shared_url_shows_only_those_models(front_stack: FrontStack, models: str
         assert page.is_visible("#h2o-pane-0") and page.is_visible("#h2o-pane-1")
         assert not page.is_visible("#h2o-pane-2") and not page.is_visible("#h2o-pane-3")
         browser.close()
-
-
-@pytest.fixture(scope="session")
-def small_model() -> Path:
-    """SmolLM2-135M-Instruct as a safetensors folder (h2ostack/smallmodel.py): a real model that
-    answers in language. H2OSTACK_TEST_SMALL_MODEL names one already built (scripts/test.sh)."""
-    given = os.environ.get("H2OSTACK_TEST_SMALL_MODEL")
-    if given:
-        return Path(given)
-    os.environ.setdefault("H2OSTACK_CACHE", str(CACHE))
-    from h2ostack.smallmodel import build_small_model
-
-    return build_small_model()
 
 
 def test_a_real_model_answers_a_real_question(h2o: H2O, write_stack: Any, small_model: Path,
