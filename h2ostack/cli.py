@@ -393,17 +393,21 @@ def render(stack: StackArg,
     """The plan for other hands: plain commands (`docker run ...`, `python -m vllm...`), a compose
     file or Kubernetes manifests. No secret is written: each is read from the environment or a Secret."""
     from h2ostack.api import load_plan
-    from h2ostack.errors import StackError
     from h2ostack.render import FORMATS, environ_for, leaked
 
     if fmt not in FORMATS:
         raise _fail(f"error: unknown format {fmt!r}; one of {', '.join(FORMATS)}", 2)
-    # unset secrets are fine: they are written by name; any other unset variable is the loader's error
-    try:
-        p = load_plan(stack, gpus, gpu_memory, environ_for(stack), check_ports=False)[2]
-        text = FORMATS[fmt](p) if fmt == "shell" else FORMATS[fmt](p, vllm_image)  # type: ignore[call-arg]
-    except StackError:
-        text = None
+    from h2ostack.errors import StackError
+
+    def without_secrets() -> str | None:
+        """Unset secrets are fine: they are written by name. Any other unset variable: None."""
+        try:
+            p = load_plan(stack, gpus, gpu_memory, environ_for(stack), check_ports=False)[2]
+        except StackError:
+            return None  # planned again below, where the loader's own message is shown
+        return FORMATS[fmt](p) if fmt == "shell" else FORMATS[fmt](p, vllm_image)  # type: ignore[call-arg]
+
+    text = _guard(without_secrets)
     if text is None or leaked(text):
         _, _, p = _plan(stack, gpus, gpu_memory, check_ports=False)
         text = FORMATS[fmt](p) if fmt == "shell" else FORMATS[fmt](p, vllm_image)  # type: ignore[call-arg]

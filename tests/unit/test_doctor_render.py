@@ -124,3 +124,8 @@ def test_render_keeps_defaults_and_env_file_values(tmp_path: Path, monkeypatch: 
                     "port: '${PORT}'}\n")
     out = CliRunner().invoke(app, ["render", str(path)])
     assert out.exit_code == 0 and "--model org/m" in out.output and "--port 5123" in out.output, out.output
+
+
+def test_render_says_what_is_wrong_with_its_options_before_any_variable(gpu_stack: Path) -> None:
+    out = CliRunner().invoke(app, ["render", str(gpu_stack), "--gpus", "abc"])
+    assert out.exit_code == 2 and "--gpus takes device ids" in out.output and "HF_TOKEN" not in out.output
