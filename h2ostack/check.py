@@ -51,10 +51,11 @@ def _timed_stream(chunks: Any, text_of: Any) -> tuple[str, float | None, int, fl
     return "".join(parts), first, n, time.perf_counter() - start
 
 
-def check_openai(sp: ServicePlan, headers: dict[str, str], max_tokens: int, timeout: float) -> CheckResult:
+def check_openai(sp: ServicePlan, headers: dict[str, str], max_tokens: int, timeout: float,
+                 prompt: str = PROMPT) -> CheckResult:
     client = _openai_client(sp, headers, timeout)
     model = sp.served_model or sp.name
-    messages = [{"role": "user", "content": PROMPT}]
+    messages = [{"role": "user", "content": prompt}]
     reply = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens)
     text = reply.choices[0].message.content or ""
     stream = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens, stream=True)
@@ -66,12 +67,13 @@ def check_openai(sp: ServicePlan, headers: dict[str, str], max_tokens: int, time
     return _result(sp.name, text or streamed, ttft, n, total)
 
 
-def check_tgi(sp: ServicePlan, headers: dict[str, str], max_tokens: int, timeout: float) -> CheckResult:
+def check_tgi(sp: ServicePlan, headers: dict[str, str], max_tokens: int, timeout: float,
+              prompt: str = PROMPT) -> CheckResult:
     from huggingface_hub import InferenceClient
 
     client = InferenceClient(base_url=sp.url, headers=headers or None, timeout=timeout)
-    text = client.text_generation(PROMPT, max_new_tokens=max_tokens)
-    stream = client.text_generation(PROMPT, max_new_tokens=max_tokens, stream=True, details=True)
+    text = client.text_generation(prompt, max_new_tokens=max_tokens)
+    stream = client.text_generation(prompt, max_new_tokens=max_tokens, stream=True, details=True)
 
     def piece(chunk: Any) -> str:
         return "" if chunk.token.special else chunk.token.text
@@ -89,12 +91,12 @@ def _result(name: str, text: str, ttft: float | None, n: int, total: float) -> C
 
 
 def check_service(sp: ServicePlan, headers: dict[str, str], max_tokens: int = 16,
-                  timeout: float = 120.0) -> CheckResult:
+                  timeout: float = 120.0, prompt: str = PROMPT) -> CheckResult:
     try:
         if sp.api == "openai":
-            return check_openai(sp, headers, max_tokens, timeout)
+            return check_openai(sp, headers, max_tokens, timeout, prompt)
         if sp.api == "tgi":
-            return check_tgi(sp, headers, max_tokens, timeout)
+            return check_tgi(sp, headers, max_tokens, timeout, prompt)
         return CheckResult(sp.name, False, error=f"no check for {sp.api} endpoints yet")
     except Exception as exc:  # every client error becomes a failed row, never a traceback
         return CheckResult(sp.name, False, error=f"{type(exc).__name__}: {exc}")

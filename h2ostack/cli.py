@@ -7,6 +7,7 @@ that `h2ostack --help` stays fast.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -331,12 +332,15 @@ def logs(stack: Annotated[str, typer.Argument(help="The stack file, or a stack's
 @app.command()
 def check(stack: StackArg,
           max_tokens: Annotated[int, typer.Option("--max-tokens", help="Tokens to ask for.")] = 16,
-          timeout: Annotated[float, typer.Option("--timeout", help="Seconds per request.")] = 120.0) -> None:
+          timeout: Annotated[float, typer.Option("--timeout", help="Seconds per request.")] = 120.0,
+          prompt: Annotated[str | None, typer.Option("--prompt", help="The question to ask.")] = None,
+          expect: Annotated[str | None, typer.Option("--expect", help="Fail unless every answer holds this "
+                                                     "text (case aside).")] = None) -> None:
     """Send a test prompt to every endpoint, non-streaming and streaming; time to first token, tokens/s."""
     from rich.table import Table
 
     from h2ostack import api, executor
-    from h2ostack.check import check_service
+    from h2ostack.check import PROMPT, check_service
 
     stack_model, _, p = _plan(stack, None, None, check_ports=False)
     targets = [s for s in p.services.values()]
@@ -344,7 +348,10 @@ def check(stack: StackArg,
 
     def one(name: str) -> None:
         sp = p.services[name]
-        results[name] = check_service(sp, api.auth_headers(sp, stack_model), max_tokens, timeout)
+        result = check_service(sp, api.auth_headers(sp, stack_model), max_tokens, timeout, prompt or PROMPT)
+        if result.ok and expect and expect.lower() not in result.text.lower():
+            result = dataclasses.replace(result, ok=False, error=f"the answer lacks {expect!r}: {result.text}")
+        results[name] = result
 
     executor.run_graph({s.name: [] for s in targets}, one)
     t = Table("service", "kind", "ok", "ttft", "tokens", "tokens/s", "answer / error")
@@ -353,6 +360,8 @@ def check(stack: StackArg,
         t.add_row(s.name, s.kind, "yes" if r.ok else "NO", f"{r.ttft_s * 1000:.0f} ms" if r.ttft_s else "-",
                   str(r.tokens), f"{r.tokens_per_s:.1f}" if r.tokens_per_s else "-",
                   (r.text if r.ok else r.error).replace("\n", " ")[:80])
+    if prompt:
+        _console().print(f"asked: {prompt}", markup=False)
     _console().print(t)
     raise typer.Exit(0 if all(r.ok for r in results.values()) else 1)
 
@@ -383,12 +392,26 @@ def render(stack: StackArg,
            gpus: GpusOpt = None, gpu_memory: GpuMemOpt = None) -> None:
     """The plan for other hands: plain commands (`docker run ...`, `python -m vllm...`), a compose
     file or Kubernetes manifests. No secret is written: each is read from the environment or a Secret."""
-    from h2ostack.render import FORMATS
+    from h2ostack.api import load_plan
+    from h2ostack.render import FORMATS, environ_for, leaked
 
     if fmt not in FORMATS:
         raise _fail(f"error: unknown format {fmt!r}; one of {', '.join(FORMATS)}", 2)
-    _, _, p = _plan(stack, gpus, gpu_memory, check_ports=False)
-    sys.stdout.write(FORMATS[fmt](p) if fmt == "shell" else FORMATS[fmt](p, vllm_image))  # type: ignore[call-arg]
+    from h2ostack.errors import StackError
+
+    def without_secrets() -> str | None:
+        """Unset secrets are fine: they are written by name. Any other unset variable: None."""
+        try:
+            p = load_plan(stack, gpus, gpu_memory, environ_for(stack), check_ports=False)[2]
+        except StackError:
+            return None  # planned again below, where the loader's own message is shown
+        return FORMATS[fmt](p) if fmt == "shell" else FORMATS[fmt](p, vllm_image)  # type: ignore[call-arg]
+
+    text = _guard(without_secrets)
+    if text is None or leaked(text):
+        _, _, p = _plan(stack, gpus, gpu_memory, check_ports=False)
+        text = FORMATS[fmt](p) if fmt == "shell" else FORMATS[fmt](p, vllm_image)  # type: ignore[call-arg]
+    sys.stdout.write(text)
 
 
 @app.command()
@@ -403,6 +426,48 @@ def doctor(stack: Annotated[Path | None, typer.Argument(help="The stack file, fo
         con.print(f"{'ok  ' if c.ok else 'FAIL'}  {c.name:<28} {c.detail}" + (f"\n      -> {c.fix}" if c.fix and
                                                                                  not c.ok else ""), markup=False)
     raise typer.Exit(0 if all(c.ok for c in checks) else 1)
+
+
+@app.command()
+def init(file: Annotated[Path | None, typer.Argument(help="The stack file to write (default: stack.yaml; "
+                                                    "- prints it).", show_default=False)] = None,
+         template: Annotated[str, typer.Option("--template", "-t", help="The template (see --list).")] = "cpu-demo",
+         list_templates: Annotated[bool, typer.Option("--list", help="List the templates and exit.")] = False,
+         name: Annotated[str | None, typer.Option("--name", help="The stack's name.")] = None,
+         model: Annotated[str | None, typer.Option("--model", help="The model: a hub id or a folder.")] = None,
+         gpus: Annotated[str | None, typer.Option("--gpus", help="The model's GPUs: ids (0,1) or a count (2).")
+                         ] = None,
+         port: Annotated[int | None, typer.Option("--port", help="The first port; the template's others "
+                                                  "follow it.")] = None,
+         force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False) -> None:
+    """Write a commented stack file from a template; without --template, the CPU demo. It validates."""
+    from h2ostack import init as tpl
+
+    if list_templates:
+        for t in _guard(tpl.templates).values():
+            _console().print(f"{t.name:<12} {t.summary}", markup=False)
+        return
+    dest = None if file is not None and str(file) == "-" else (file or Path("stack.yaml"))
+    if dest is not None and dest.exists() and not force:
+        raise _fail(f"error: {dest} exists; choose another file or add --force", 2)
+    text = _guard(lambda: tpl.render(template, name, model, gpus, port, dest))
+    if dest is None:
+        sys.stdout.write(text)
+        return
+    try:
+        dest.write_text(text)
+    except OSError as exc:
+        raise _fail(f"error: cannot write {dest}: {exc.strerror}", 1) from None
+    _console().print(f"wrote {dest} from the {template} template: edit it, then `h2ostack plan {dest}` "
+                     f"and `h2ostack up {dest}`", markup=False)
+
+
+@app.command()
+def schema() -> None:
+    """The JSON Schema of the stack file, for editors (`# yaml-language-server: $schema=...`)."""
+    from h2ostack.init import schema_text
+
+    sys.stdout.write(schema_text())
 
 
 def main() -> None:

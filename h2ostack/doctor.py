@@ -29,7 +29,7 @@ class Check:
     fix: str = ""
 
 
-def check_docker(needed: bool) -> list[Check]:
+def check_docker(needed: bool, gpu_containers: bool = False) -> list[Check]:
     from h2ostack.errors import EngineUnavailable
     from h2ostack.runtimes.docker import engine
 
@@ -37,8 +37,13 @@ def check_docker(needed: bool) -> list[Check]:
     try:
         client = engine()
     except EngineUnavailable as exc:
-        return [Check("docker engine", not needed, str(exc) if needed else f"none at {host} (no container here)",
-                      "install docker and start it, or set DOCKER_HOST" if needed else "")]
+        out = [Check("docker engine", not needed, str(exc) if needed else f"none at {host} (no container here)",
+                     "install docker and start it, or set DOCKER_HOST" if needed else "")]
+        if gpu_containers:
+            out.append(Check("nvidia container runtime", False, "unknown: no engine to ask, and the stack runs "
+                             "containers on GPUs", "with the engine running, install nvidia-container-toolkit "
+                             "and run `nvidia-ctk runtime configure --runtime=docker`"))
+        return out
     info: dict[str, Any] = client.info()
     out = [Check("docker engine", True, f"{host}: Docker {info.get('ServerVersion', '?')}")]
     runtimes = info.get("Runtimes") or {}
@@ -77,6 +82,12 @@ def check_hf_cache(stack: Any) -> Check:
                      "make it writable, or set defaults.hf_home / HF_HOME to a folder that is")
 
 
+def _is_set(value: str | None) -> bool:
+    from h2ostack.render import UNSET
+
+    return bool(value) and not str(value).startswith(UNSET)
+
+
 def check_tokens(stack: Any) -> list[Check]:
     from h2ostack.spec import reveal
 
@@ -85,7 +96,7 @@ def check_tokens(stack: Any) -> list[Check]:
         model = svc.model or ""
         if not svc.starts_something or not model.startswith(GATED_ORGS):
             continue
-        has = any(k in svc.env and reveal(svc.env[k]) for k in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")) or bool(
+        has = any(k in svc.env and _is_set(reveal(svc.env[k])) for k in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")) or bool(
             os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN"))
         out.append(Check(f"token for {name}", has, f"{model} is gated: " + ("a token is set" if has else "no token"),
                          "" if has else f"accept the licence of {model} on the hub, then set HF_TOKEN "
@@ -146,16 +157,97 @@ def running_ports(stack_name: str) -> dict[int, str]:
     return {o.port: n for n, o in ctx.observe().items() if o.alive and o.port and not n.startswith("<")}
 
 
-def run(stack_file: str | None, gpus: str | None = None, gpu_memory: float | None = None) -> list[Check]:
-    stack = plan = None
-    if stack_file:
-        from h2ostack.api import load_plan
+def check_variables(stack_file: str, environ: dict[str, str]) -> list[Check]:
+    """One failed check per variable the stack references that nobody set (secrets among them)."""
+    from h2ostack.render import UNSET
 
-        stack, _, plan = load_plan(stack_file, gpus, gpu_memory, check_ports=False)
+    return [Check(f"variable {name}", False, "not set, and the stack file gives it no default",
+                  f"export {name}=... (or put it in the stack's env_file) before `h2ostack up`")
+            for name, value in environ.items() if value == UNSET + name]
+
+
+def gpus_needed(stack: Any) -> tuple[int, int]:
+    """(highest device id + 1, devices counted) that the stack's local GPU services ask for."""
+    top = count = 0
+    for svc in stack.services.values():
+        if not svc.starts_something or getattr(svc, "host", None) or not svc.gpus:
+            continue
+        ids = svc.gpu_ids
+        top = max(top, max(ids) + 1 if ids else 0)
+        count += svc.gpu_count
+    return top, count
+
+
+def check_gpus_needed(stack: Any, gpus: str | None, gpu_memory: float | None) -> Check | None:
+    from h2ostack.facts import machine_gpus
+
+    _, count = gpus_needed(stack)
+    if not count:
+        return None
+    found, _ = machine_gpus(gpus, gpu_memory)
+    ids = {g.index for g in found}
+    named = [i for svc in stack.services.values() if svc.starts_something and not svc.host
+             for i in (svc.gpu_ids or [])]
+    missing = sorted({i for i in named if i not in ids})
+    ok = not missing and len(found) >= count
+    detail = f"the stack asks for {count} GPU(s)" + (f" (ids {sorted(set(named))})" if named else "") + \
+        f"; this machine has {len(found)}" + (f" ({', '.join(map(str, sorted(ids)))})" if ids else "")
+    return Check("gpus needed", ok, detail, "" if ok else "run it where those GPUs are (check there with "
+                 "`h2ostack doctor`), or change `gpus:`; `--gpus 0,1` plans for another machine")
+
+
+def _fallback_plan(stack: Any, gpus: str | None, gpu_memory: float | None) -> Any:
+    """The plan on a machine that has the GPUs the stack names, so the checks after planning still
+    run where planning failed (a laptop checking a GPU stack)."""
+    from h2ostack.facts import gather
+    from h2ostack.plan import make_plan
+
+    top, count = gpus_needed(stack)
+    stated = ",".join(str(i) for i in range(max(top, count))) or None
+    try:
+        return make_plan(stack, gather(stack, stated or gpus, gpu_memory, check_ports=False))
+    except Exception:  # noqa: BLE001 - the planning problems are already listed
+        return None
+
+
+def run(stack_file: str | None, gpus: str | None = None, gpu_memory: float | None = None) -> list[Check]:
+    """Every check, each failure listed: a stack that cannot be planned here (a missing secret, GPUs
+    this machine lacks) still gets its other checks, planned as if the machine had its GPUs."""
+    from h2ostack.errors import FactsError, StackError
+
+    stack = plan = None
+    problems: list[Check] = []
+    if stack_file:
+        from h2ostack.facts import gather
+        from h2ostack.loader import load
+        from h2ostack.plan import make_plan
+        from h2ostack.render import environ_for
+
+        environ = environ_for(stack_file)
+        try:
+            stack = load(stack_file, environ)
+        except StackError:
+            stack = load(stack_file)  # an unset variable the file cannot do without: the loader's message
+        problems += check_variables(stack_file, environ)
+        try:
+            plan = make_plan(stack, gather(stack, gpus, gpu_memory, check_ports=False))
+        except (StackError, FactsError) as exc:
+            lines = str(exc).splitlines()
+            problems += [Check("plan", False, line, "see the other checks; `h2ostack plan --gpus 0,1,...` "
+                               "plans for another machine") for line in lines]
+            plan = _fallback_plan(stack, gpus, gpu_memory)
     needs_docker = plan is None or any(sp.mode == "container" for sp in plan.services.values())
-    checks = check_docker(needs_docker)
+    gpu_containers = plan is not None and any(sp.mode == "container" and sp.gpus and not sp.host
+                                              for sp in plan.services.values())
+    checks = check_docker(needs_docker, gpu_containers)
     checks.append(check_gpus(gpus, gpu_memory))
+    if stack is not None:
+        need = check_gpus_needed(stack, gpus, gpu_memory)
+        checks += [need] if need else []
     checks.append(check_hf_cache(stack))
+    checks += problems
+    if stack is not None:
+        checks += check_tokens(stack)
     if stack is not None and plan is not None:
-        checks += check_tokens(stack) + check_environments(plan, stack) + check_ports(plan, running_ports(stack.name))
+        checks += check_environments(plan, stack) + check_ports(plan, running_ports(stack.name))
     return checks

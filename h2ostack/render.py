@@ -8,13 +8,48 @@ from __future__ import annotations
 
 import os
 import shlex
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 
 from pydantic import SecretStr
 
 from h2ostack.plan import Plan, ServicePlan
 
 RAY_PORT = 6379
+
+
+UNSET = "h2ostack-unset-"  # the value an unset variable gets while planning what is rendered
+
+
+def environ_for(stack_file: str | Path, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment with a placeholder for each variable the stack file references that neither
+    it nor its env_file sets. What is rendered holds secrets by name only, so a stack renders without
+    this machine's secrets; a placeholder that reaches the output was not a secret (`leaked`)."""
+    import yaml
+
+    from h2ostack.loader import _VAR_RE, read_env_file
+
+    path = Path(stack_file)
+    env = dict(os.environ if environ is None else environ)
+    try:
+        text = path.read_text()
+        raw = yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return env  # the loader says what is wrong with it
+    known = set(env)
+    env_file = raw.get("env_file") if isinstance(raw, dict) else None
+    if isinstance(env_file, str):
+        found = path.resolve().parent / os.path.expanduser(env_file)
+        if found.is_file():
+            known |= set(read_env_file(found))
+    for m in _VAR_RE.finditer(text):
+        if m.group(1) and m.group(2) is None and m.group(1) not in known:
+            env[m.group(1)] = UNSET + m.group(1)
+    return env
+
+
+def leaked(text: str) -> bool:
+    return UNSET in text
 
 
 def shell_words(argv: Iterable[str]) -> str:

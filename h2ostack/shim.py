@@ -11,7 +11,8 @@ It ignores SIGTERM itself, so the signal sent to the group reaches the server an
 to record the ending; a SIGTERM means "stop", never "restart".
 
 The shim needs only the standard library and runs with `python -S`. It takes no secrets: they
-reach the server through the environment it inherits.
+reach the server through the environment it inherits. (Not supervisord: it takes each program's
+environment, secrets included, from its config file, and the state dir must never hold a secret.)
 
 Usage: python -S h2ostack/shim.py EXIT_FILE -- ARGV...
 Policy (environment, optional): H2OSTACK_RESTART=no|on-failure|always, H2OSTACK_MAX_RESTARTS,

@@ -28,6 +28,10 @@ echo "== tiny model"
 H2OSTACK_TEST_TINY_MODEL=$(.venv/bin/python -m h2ostack.tinymodel "${H2OSTACK_CACHE:-$HOME/.cache/h2ostack}/tiny-model" | tail -n 1)
 export H2OSTACK_TEST_TINY_MODEL
 
+echo "== small model (a real one: built once per package version, then cached)"
+H2OSTACK_TEST_SMALL_MODEL=$(.venv/bin/python -m h2ostack.smallmodel | tail -n 1)
+export H2OSTACK_TEST_SMALL_MODEL
+
 echo "== tests"
 set +e
 .venv/bin/python -m pytest -q -p no:cacheprovider -o console_output_style=classic --durations=15 tests "$@"

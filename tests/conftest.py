@@ -45,6 +45,19 @@ def tiny_model() -> Path:
 
 
 @pytest.fixture(scope="session")
+def small_model() -> Path:
+    """SmolLM2-135M-Instruct as a safetensors folder (h2ostack/smallmodel.py): a real model that
+    answers in language, for tests that check meaning. H2OSTACK_TEST_SMALL_MODEL names one built."""
+    given = os.environ.get("H2OSTACK_TEST_SMALL_MODEL")
+    if given:
+        return Path(given)
+    os.environ.setdefault("H2OSTACK_CACHE", str(CACHE))
+    from h2ostack.smallmodel import build_small_model
+
+    return build_small_model()
+
+
+@pytest.fixture(scope="session")
 def vllm_python() -> str:
     """The interpreter of the CPU vLLM environment, made (or found cached) by scripts/vllm-env.sh."""
     given = os.environ.get("H2OSTACK_VLLM_PYTHON")

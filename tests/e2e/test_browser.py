@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import sync_playwright
 
-from tests.conftest import FrontStack
+from tests.conftest import H2O, FrontStack, cpu_vllm, free_port
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -99,6 +99,48 @@ def test_shared_url_shows_only_those_models(front_stack: FrontStack, models: str
         assert page.is_visible("#h2o-pane-0") and page.is_visible("#h2o-pane-1")
         assert not page.is_visible("#h2o-pane-2") and not page.is_visible("#h2o-pane-3")
         browser.close()
+
+
+def test_a_real_model_answers_a_real_question(h2o: H2O, write_stack: Any, small_model: Path,
+                                              vllm_python: str) -> None:
+    """The demo's model, served by `transformers serve` and by the CPU vLLM, asked in the page."""
+    ports = {k: free_port() for k in ("hf", "vllm", "chat")}
+    vllm = cpu_vllm(vllm_python, small_model, ports["vllm"]).replace("tiny-vllm", "small-vllm").replace(
+        "max_model_len: 256", "max_model_len: 1024")
+    path = write_stack(f"""\
+version: 1
+name: realanswer
+services:
+  small: {{kind: transformers, model: {small_model}, port: {ports['hf']}}}
+  vllm: {vllm}
+fronts:
+  chat: {{port: {ports['chat']}, models: [small, vllm], columns: 2}}
+""")
+    up = h2o("up", str(path), timeout=900)
+    assert up.returncode == 0, up.stderr[-4000:]
+    question = "What is the capital of France?"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(f"http://127.0.0.1:{ports['chat']}/")
+        page.wait_for_selector("#h2o-input textarea", timeout=60_000)
+        for i in (0, 1):
+            page.wait_for_function(f"document.querySelector('#h2o-head-{i}').innerText.includes('healthy')",
+                                   timeout=60_000)
+        page.fill("#h2o-input textarea", question)
+        page.click("#h2o-submit")
+        for i in (0, 1):  # each pane's answer has ended
+            page.wait_for_function(f"document.querySelector('#h2o-head-{i}').innerText.includes('ttft')",
+                                   timeout=180_000)
+        answers = {}
+        for i, kind in ((0, "transformers"), (1, "vllm")):
+            body = page.inner_text(f"#h2o-bot-{i}")
+            answers[kind] = body.split(question, 1)[-1].strip()
+            assert kind in page.inner_text(f"#h2o-head-{i}")
+        browser.close()
+    for kind, answer in answers.items():
+        assert "paris" in answer.lower(), (kind, answer)
+    h2o("down", str(path), check=True, timeout=120)
 
 
 def bot_count(page: Any, i: int) -> int:
