@@ -147,3 +147,17 @@ def test_down_of_a_file_whose_name_is_a_path_writes_nothing(root: Path, tmp_path
     res = CliRunner().invoke(app, ["down", "s.yaml"])
     assert res.exit_code == 2 and "s.yaml:1:1: name: a name must start with a letter" in res.output
     assert not (tmp_path / "x").exists() and not root.exists()
+
+
+def test_the_shims_exit_record_is_0600_and_never_written_through_a_link(root: Path, tmp_path: Path) -> None:
+    from h2ostack.shim import Shim
+
+    run = StackState("lab").ensure("run")
+    shim = Shim(str(run / "a.exit"), ["true"], {})
+    shim.record(0, False)
+    assert mode(run / "a.exit") == 0o600 and __import__("json").loads((run / "a.exit").read_text())["code"] == 0
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    (run / f"a.exit.tmp{os.getpid()}").symlink_to(victim)
+    shim.record(1, False)  # the link is not followed; the record is simply not kept
+    assert victim.read_text() == "keep"
