@@ -327,6 +327,9 @@ CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 TEMPLATE_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 FLAG_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# names bash keeps for itself: readonly (a script setting one stops there) or never passed on
+SHELL_RESERVED = frozenset({"BASHOPTS", "BASH_VERSINFO", "EUID", "PPID", "SHELLOPTS", "UID", "FUNCNAME", "GROUPS",
+                            "BASH_LINENO", "BASH_SOURCE", "BASH_ARGC", "BASH_ARGV"})
 NAME_RULE = "a name must start with a letter and hold only letters, digits, '-' and '_' (at most 63)"
 
 
@@ -397,6 +400,9 @@ def text_problems(data: Any, smap: SourceMap) -> list[Problem]:
                 if not CONTROL_RE.search(str(key)) and not ENV_KEY_RE.match(str(key)):
                     add((section, name, "env", key), "an environment variable's name is letters, digits and "
                                                      "'_', not starting with a digit")
+                elif key in SHELL_RESERVED:
+                    add((section, name, "env", key), "bash keeps this name for itself: a rendered script "
+                                                     "could not pass it on")
             args = body.get("args")
             for key in (args if isinstance(args, dict) else ()):
                 if not CONTROL_RE.search(str(key)) and not FLAG_KEY_RE.match(str(key)):

@@ -38,8 +38,10 @@ def comment_value(value: object) -> str:
 
 def env_name(key: str) -> str:
     """An environment variable's name, written unquoted (`NAME=...`, `${NAME:?}`): an identifier or refused."""
-    if not _IDENTIFIER.fullmatch(key):
-        raise ValueError(f"not an environment variable name: {comment_value(key)}")
+    from h2ostack.loader import SHELL_RESERVED
+
+    if not _IDENTIFIER.fullmatch(key) or key in SHELL_RESERVED:
+        raise ValueError(f"not an environment variable name a script can set: {comment_value(key)}")
     return key
 
 

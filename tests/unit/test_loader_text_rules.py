@@ -104,3 +104,8 @@ def test_ssh_docker_url_cannot_be_an_option() -> None:
 @pytest.mark.parametrize("key", ["--x y", "-a", "a;b", "a b"])
 def test_args_keys_are_flag_names(key: str) -> None:
     assert f"services.a.args.{key}: a flag's name" in err(BASE + f"    args: {{{key!r}: 1}}\n")
+
+
+@pytest.mark.parametrize("key", ["UID", "EUID", "PPID", "SHELLOPTS", "BASHOPTS", "GROUPS"])
+def test_env_keys_bash_keeps_for_itself(key: str) -> None:
+    assert f"services.a.env.{key}: bash keeps this name for itself" in err(BASE + f"    env: {{{key}: '1'}}\n")

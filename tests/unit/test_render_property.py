@@ -44,7 +44,12 @@ HOSTILE = ["\n", "\r", "\t", "'", '"', "\\", "$(touch pwned)", "`touch pwned`", 
 TEXT = st.lists(st.one_of(st.text(max_size=8), st.sampled_from(HOSTILE)), max_size=6).map("".join)
 NAME_LIKE = st.one_of(TEXT, st.from_regex(r"[A-Za-z][A-Za-z0-9_-]{0,20}", fullmatch=True))
 FILE_NAME = TEXT.filter(lambda t: "/" not in t and t not in ("", ".", "..") and len(t.encode(errors="replace")) < 200)
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+STRATEGIES = {**dict.fromkeys(("stack name", "host key", "service name", "front"), NAME_LIKE),
+              **dict.fromkeys(("python", "workdir"), FILE_NAME),
+              "env key": st.one_of(TEXT, st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,12}", fullmatch=True)),
+              "args": st.one_of(TEXT, st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,12}", fullmatch=True)),
+              "docker url": st.tuples(st.sampled_from(["ssh://", "tcp://", "unix://"]), TEXT).map("".join)}
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 
 # a command found on PATH (docker, curl, ssh): its name and argv
 PLAIN_STUB = """#!/bin/bash
@@ -76,6 +81,8 @@ def base_stack() -> dict[str, Any]:
                     "gpus": [0], "env": {"K2": "v2"}, "volumes": ["/data:/data"]},
             "big": {"kind": "vllm", "model": "org/big", "python": py, "nodes": ["far", "near"], "gpus": [0, 1],
                     "env": {"K3": "v3"}},
+            "h2o": {"kind": "h2ogpt", "model": "org/h", "python": py, "port": 8003, "prompt_type": "plain",
+                    "prompt_dict": {"promptA": "A:"}, "workdir": str(WORK / "wd"), "args": {"max_seq_len": 512}},
         },
         "fronts": {"chat": {"models": ["ext", "proc"], "port": 7860, "env": {"K4": "v4"}}},
     }
@@ -115,6 +122,18 @@ def mutate(stack: dict[str, Any], field: str, text: str) -> None:
     elif field == "image and volume":
         svc["tgi"]["image"] = text
         svc["tgi"]["volumes"] = [f"/data:{text}", text]
+    elif field == "prompt dict":
+        svc["h2o"]["prompt_dict"] = {"promptA": text, "PreInstruct": "### Instruction:\n" + text + "\n\t"}
+    elif field == "workdir":
+        svc["h2o"]["workdir"] = str(WORK / "wd" / text)
+    elif field == "front":
+        stack["fronts"] = {text: {**stack["fronts"]["chat"], "env": {"K4": text}}}
+    elif field == "revision, shm, tgi model":
+        svc["proc"]["revision"] = text
+        svc["tgi"]["shm_size"] = text
+        svc["tgi"]["model"] = text
+    elif field == "hf_home":
+        stack["defaults"] = {"hf_home": text}
     elif field == "python":
         svc["proc"]["python"] = str(STUBS / "py" / text)
         svc["big"]["python"] = str(STUBS / "py" / text)
@@ -150,7 +169,8 @@ def read_log() -> list[tuple[str, ...]]:
 
 def planned_env(plan: Plan) -> tuple[list[str], dict[str, str]]:
     """The keys the interpreter stubs report, and the secrets the script reads from its environment."""
-    keys = sorted({k for sp in plan.all().values() for k in sp.env} | {"VLLM_HOST_IP"})
+    # (`$_` is bash's last argument inside the stub itself: not comparable)
+    keys = sorted({k for sp in plan.all().values() for k in sp.env if k != "_"} | {"VLLM_HOST_IP"})
     secrets = {k: str(reveal(v)) for sp in plan.all().values() for k, v in sp.env.items() if isinstance(v, SecretStr)}
     return keys, secrets
 
@@ -244,6 +264,7 @@ def stubs() -> Any:
         (STUBS / "path" / tool).symlink_to(subprocess.run(["bash", "-c", f"type -P {tool}"], capture_output=True,
                                                           text=True).stdout.strip())
     (WORK / "prelude.sh").write_text(PRELUDE)
+    (WORK / "wd").mkdir(exist_ok=True)
     yield
     subprocess.run(["rm", "-rf", str(WORK)], check=False)
 
@@ -260,8 +281,17 @@ def make_python_stub(plan: Plan) -> None:
                 p.chmod(0o755)
 
 
+def make_workdir(plan: Plan) -> None:
+    """The checkout a fuzzed `workdir:` names: made under the work dir (and nowhere else)."""
+    for sp in plan.all().values():
+        if sp.workdir and sp.workdir.startswith(str(WORK / "wd") + "/"):
+            assert Path(sp.workdir).resolve().parent == (WORK / "wd").resolve(), sp.workdir
+            Path(sp.workdir).mkdir(parents=True, exist_ok=True)
+
+
 def check_shell(plan: Plan) -> None:
     make_python_stub(plan)
+    make_workdir(plan)
     calls = run_script(plan)
     assert not [c for c in calls if c[0].startswith("not-found:")], calls
     runs = [c for c in calls if "run" in c[:4] and c[0].endswith("docker")]
@@ -305,7 +335,8 @@ def check_documents(plan: Plan) -> None:
 
 
 FIELDS = ["stack name", "external url", "model", "env value", "env key", "args", "host", "docker url", "host key",
-          "service name", "image and volume", "python"]
+          "service name", "image and volume", "python", "prompt dict", "workdir", "front", "revision, shm, tgi model",
+          "hf_home"]
 
 
 def test_the_base_stack_renders_and_runs_as_planned() -> None:
@@ -322,8 +353,7 @@ def test_arbitrary_text_is_refused_or_runs_exactly_the_plan(field: str) -> None:
     accepted: list[str] = []
 
     @SETTINGS
-    @given(text=NAME_LIKE if field in ("stack name", "host key", "service name") else
-           FILE_NAME if field == "python" else TEXT)
+    @given(text=STRATEGIES.get(field, TEXT))
     def prop(text: str) -> None:
         plan = plan_of(field, text)
         if plan is None:
@@ -333,6 +363,7 @@ def test_arbitrary_text_is_refused_or_runs_exactly_the_plan(field: str) -> None:
         check_documents(plan)
 
     prop()
+    assert accepted, f"no text in {field} was accepted: the property was never exercised"
     assert not (WORK.parent / "pwned").exists() and not (WORK / "pwned").exists()
 
 
@@ -352,7 +383,7 @@ def test_a_hostile_plan_is_still_quoted() -> None:
     assert len(compose) == 1 and compose[0]["x-h2ostack-not-rendered"]["ext"] == "external endpoint " + evil.replace("$", "$$")
     assert [d for d in yaml.safe_load_all(render_k8s(plan)) if d] == k8s_documents(plan)[0]
     bad_env = dataclasses.replace(plan.services["proc"], env={"A B": "1"})
-    with pytest.raises(ValueError, match="not an environment variable name"):
+    with pytest.raises(ValueError, match="not an environment variable name a script can set"):
         render_shell(dataclasses.replace(plan, services={**plan.services, "proc": bad_env}))
 
 
