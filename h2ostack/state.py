@@ -85,11 +85,14 @@ def secure_dirs(root: Path, *subdirs: str, create: bool = True) -> Path:
 def _open_private(path: Path, flags: int) -> int:
     """A file of the state dir, created 0600, never through a symlink."""
     try:
-        return os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+        fd = os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
     except OSError as exc:
         if os.path.islink(path):
             raise UnsafeState(f"{path} is a symlink; refusing to write through it") from None
         raise exc
+    if stat.S_IMODE(os.fstat(fd).st_mode) & 0o077:
+        os.fchmod(fd, FILE_MODE)  # made by an older version with the umask's mode
+    return fd
 
 
 def write_json(path: Path, data: Any) -> None:

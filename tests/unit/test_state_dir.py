@@ -52,11 +52,18 @@ def test_dirs_are_0700_and_files_0600_under_a_loose_umask(root: Path) -> None:
                               root / "lab" / "logs" / "a.log", root / "lab" / "lock")] == [0o600] * 4
 
 
-def test_an_existing_loose_dir_is_tightened(root: Path) -> None:
-    (root / "lab").mkdir(parents=True, mode=0o755)
+def test_an_existing_loose_dir_and_files_are_tightened(root: Path) -> None:
+    (root / "lab" / "logs").mkdir(parents=True, mode=0o755)
     os.chmod(root, 0o755)
-    StackState("lab").ensure()
-    assert mode(root) == 0o700 and mode(root / "lab") == 0o700
+    (root / "lab" / "lock").write_text("")
+    (root / "lab" / "logs" / "a.log").write_text("")
+    os.chmod(root / "lab" / "lock", 0o644)
+    os.chmod(root / "lab" / "logs" / "a.log", 0o644)
+    st = StackState("lab")
+    with st.lock(), st.open_log("a"):
+        pass
+    assert [mode(p) for p in (root, root / "lab", root / "lab" / "logs")] == [0o700] * 3
+    assert mode(root / "lab" / "lock") == 0o600 and mode(root / "lab" / "logs" / "a.log") == 0o600
 
 
 @pytest.mark.parametrize("where", ["logs", "run", "stack", "root"])
