@@ -21,12 +21,14 @@ from pydantic import SecretStr
 from h2ostack.plan import Plan, ServicePlan
 
 RAY_PORT = 6379
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def shell_words(argv: Iterable[str]) -> str:
     return " ".join(shlex.quote(str(a)) for a in argv)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def comment_value(value: object) -> str:
