@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from h2ostack import executor, health
 from h2ostack.errors import EngineUnavailable, NotFound, UpError
 from h2ostack.runtimes.base import Observed, runtime_key
-from h2ostack.state import StackState, known_stacks, state_root
+from h2ostack.state import StackState, check_stack_name, known_stacks, state_root
 
 if TYPE_CHECKING:  # the models (pydantic) load only for commands that read a stack file
     from h2ostack.facts import Facts
@@ -128,7 +128,7 @@ def ctx_for(target: str | Path) -> Ctx:
 
         name = stack_name(p)
         return Ctx(name, StackState(name))
-    name = str(target)
+    name = check_stack_name(str(target))  # a name, never a path: it resolves only under the state dir
     if name not in known_stacks() and not docker_configured():
         raise NotFound(f"no stack file or known stack named {name!r} (state dir: {state_root()})")
     return Ctx(name, StackState(name))

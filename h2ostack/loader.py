@@ -240,6 +240,7 @@ def load_text(text: str, path: str = "<stack>", environ: Mapping[str, str] | Non
             problems.append(Problem(("env_file",), f"env file {env_path} does not exist", line, col))
     env.update(environ if environ is not None else os.environ)
     data = _expand(raw, (), env, problems, smap)
+    problems.extend(text_problems(data, smap))
 
     for key in data:
         if key not in USER_TOP_KEYS:
@@ -316,6 +317,98 @@ def load_text(text: str, path: str = "<stack>", environ: Mapping[str, str] | Non
         raise StackError(path, problems)
     stack._marks = smap.marks
     return stack
+
+
+# -- text that becomes commands, paths and names ------------------------------------------
+# C0 (newline, CR and tab included), DEL and C1: no value may carry one into a rendered script,
+# an argv, a header or a manifest. Prompt templates alone keep newline and tab: they are text for a
+# model and reach a server only inside one quoted argument or a JSON body.
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+TEMPLATE_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+FLAG_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# names bash keeps for itself: readonly (a script setting one stops there) or never passed on
+SHELL_RESERVED = frozenset({"BASHOPTS", "BASH_VERSINFO", "EUID", "PPID", "SHELLOPTS", "UID", "FUNCNAME", "GROUPS",
+                            "BASH_LINENO", "BASH_SOURCE", "BASH_ARGC", "BASH_ARGV"})
+NAME_RULE = "a name must start with a letter and hold only letters, digits, '-' and '_' (at most 63)"
+
+
+def shown(text: str) -> str:
+    """A key as a message may show it: control characters escaped, never raw on a terminal."""
+    return repr(text)[1:-1] if CONTROL_RE.search(text) or "'" in text else text
+
+
+def _control_at(text: str, template: bool = False) -> str | None:
+    m = (TEMPLATE_CONTROL_RE if template else CONTROL_RE).search(text)
+    if not m:
+        return None
+    return (f"holds a control character ({ascii(m.group(0))[1:-1]} at position {m.start() + 1}), which could end "
+            "a line or quote in a rendered script or manifest; write it on one line without control characters")
+
+
+def text_problems(data: Any, smap: SourceMap) -> list[Problem]:
+    """Control characters in any key or string value (after `${VAR}` expansion, so a variable cannot
+    bring one in), and keys that become names: the stack's and `hosts:`'s names follow the service-name
+    rule, env keys are shell identifiers, `args:` keys are flag names. A value is never echoed: it may be
+    a secret."""
+    out: list[Problem] = []
+
+    def add(loc: Loc, msg: str) -> None:
+        line, col = smap.find(loc)
+        out.append(Problem(tuple(shown(str(x)) if isinstance(x, str) else x for x in loc), msg, line, col))
+
+    def walk(value: Any, loc: Loc) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if isinstance(k, str) and _control_at(k):
+                    add(loc, f"the key '{shown(k)}' {_control_at(k)}")
+                    continue
+                walk(v, (*loc, k))
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, (*loc, i))
+        elif isinstance(value, str):
+            template = len(loc) >= 2 and loc[-2] == "prompt_dict"
+            why = _control_at(value, template)
+            if why:
+                add(loc, why)
+
+    walk(data, ())
+    if not isinstance(data, dict):
+        return out
+    name = data.get("name")
+    if isinstance(name, str) and not CONTROL_RE.search(name) and not NAME_RE.match(name):
+        add(("name",), f"{NAME_RULE}; the stack's name keys its state dir, labels and logs, so it is never "
+                       "a path")
+    hosts = data.get("hosts")
+    if isinstance(hosts, dict):
+        for host, body in hosts.items():
+            if not CONTROL_RE.search(str(host)) and not NAME_RE.match(str(host)):
+                add(("hosts", host), NAME_RULE)
+            for field_name in ("address", "ssh", "docker"):
+                value = body.get(field_name) if isinstance(body, dict) else None
+                if isinstance(value, str) and value.removeprefix("ssh://").startswith("-"):
+                    add(("hosts", host, field_name), "must not start with '-' (ssh and Ray would read it as an "
+                                                     "option)")
+    for section in ("services", "fronts"):
+        entries = data.get(section)
+        for name, body in (entries.items() if isinstance(entries, dict) else ()):
+            if not isinstance(body, dict):
+                continue
+            env = body.get("env")
+            for key in (env if isinstance(env, dict) else ()):
+                if not CONTROL_RE.search(str(key)) and not ENV_KEY_RE.match(str(key)):
+                    add((section, name, "env", key), "an environment variable's name is letters, digits and "
+                                                     "'_', not starting with a digit")
+                elif key in SHELL_RESERVED:
+                    add((section, name, "env", key), "bash keeps this name for itself: a rendered script "
+                                                     "could not pass it on")
+            args = body.get("args")
+            for key in (args if isinstance(args, dict) else ()):
+                if not CONTROL_RE.search(str(key)) and not FLAG_KEY_RE.match(str(key)):
+                    add((section, name, "args", key), "a flag's name is letters, digits, '_', '-' and '.', "
+                                                      "starting with a letter or digit")
+    return out
 
 
 def _service_rules(loc: Loc, svc: Any, smap: SourceMap) -> list[Problem]:

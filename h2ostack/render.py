@@ -2,11 +2,17 @@
 
 Secrets are never written: a secret env var is passed by name (`-e NAME` for Docker, a required
 `${NAME:?}` for processes) and its value is read from the environment when the script runs.
+
+Every value written is quoted (`shlex.quote`), in comments too, where control characters are also
+escaped so that no value can end the comment it is shown in; environment names are checked to be
+identifiers before they are written unquoted. A container of a `hosts:` entry is run on that host's
+engine (`docker -H URL`), as `up` does.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shlex
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -56,10 +62,32 @@ def shell_words(argv: Iterable[str]) -> str:
     return " ".join(shlex.quote(str(a)) for a in argv)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def comment_value(value: object) -> str:
+    """A value as a `#` comment shows it: quoted, with control characters escaped (a newline would end
+    the comment and start a command)."""
+    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group(0)):02x}", str(value))
+    return shlex.quote(text)
+
+
+def env_name(key: str) -> str:
+    """An environment variable's name, written unquoted (`NAME=...`, `${NAME:?}`): an identifier or refused."""
+    from h2ostack.loader import SHELL_RESERVED
+
+    if not _IDENTIFIER.fullmatch(key) or key in SHELL_RESERVED:
+        raise ValueError(f"not an environment variable name a script can set: {comment_value(key)}")
+    return key
+
+
 def _process_lines(sp: ServicePlan, log_dir: str) -> list[str]:
-    lines = [f"# {sp.name}: {sp.kind}" + (f" on GPUs {','.join(map(str, sp.gpus))}" if sp.gpus else "")]
+    lines = [f"# {comment_value(sp.name)}: {comment_value(sp.kind)}"
+             + (f" on GPUs {','.join(map(str, sp.gpus))}" if sp.gpus else "")]
     env_words = []
     for key, value in sp.env.items():
+        key = env_name(key)
         if isinstance(value, SecretStr):
             env_words.append(f'{key}="${{{key}:?set {key} in the environment}}"')
         else:
@@ -67,7 +95,7 @@ def _process_lines(sp: ServicePlan, log_dir: str) -> list[str]:
     cd = f"cd {shlex.quote(sp.workdir)} && " if sp.workdir else ""
     cmd = shell_words(sp.command or ())
     env = " ".join(env_words)
-    lines.append(f"( {cd}{env + ' ' if env else ''}exec {cmd} ) >{log_dir}/{sp.name}.log 2>&1 &")
+    lines.append(f"( {cd}{env + ' ' if env else ''}exec {cmd} ) >{log_dir}/{shlex.quote(sp.name + '.log')} 2>&1 &")
     lines.append(f"wait_ready {shlex.quote((sp.url or '') + (sp.probes[0].path if sp.probes else ''))}")
     return lines
 
@@ -82,25 +110,27 @@ def _multinode_lines(sp: ServicePlan, log_dir: str) -> list[str]:
     bindir = os.path.dirname(command[0]) if "/" in command[0] else ""
     ray = os.path.join(bindir, "ray") if bindir else "ray"
     n_gpus = len(sp.gpus)
-    exports = [f"{k}={q(str(v))}" for k, v in sp.env.items() if not isinstance(v, SecretStr)]
-    secrets = [k for k, v in sp.env.items() if isinstance(v, SecretStr)]
-    lines = [f"# {sp.name}: vLLM across {len(sp.nodes)} nodes with Ray (head {head}, workers "
-             f"{', '.join(w[0] for w in workers)}); GPUs {','.join(map(str, sp.gpus))} on each node",
+    exports = [f"{env_name(k)}={q(str(v))}" for k, v in sp.env.items() if not isinstance(v, SecretStr)]
+    secrets = [env_name(k) for k, v in sp.env.items() if isinstance(v, SecretStr)]
+    cv = comment_value
+    lines = [f"# {cv(sp.name)}: vLLM across {len(sp.nodes)} nodes with Ray (head {cv(head)}, workers "
+             f"{', '.join(cv(w[0]) for w in workers)}); GPUs {','.join(map(str, sp.gpus))} on each node",
              *[f': "${{{k}:?set {k} in the environment}}"' for k in secrets]]
 
     def on(node: tuple[str, str, str], step: str, argv: list[str]) -> str:
         name, target, addr = node
         script = [f"printf 'export %s=%q\\n' {k} \"${k}\"" for k in secrets]
-        script.append("echo " + q("export " + " ".join([*exports, f"VLLM_HOST_IP={addr}"])))
+        script.append("echo " + q("export " + " ".join([*exports, f"VLLM_HOST_IP={q(addr)}"])))
         script.append("echo " + q("exec " + shell_words(argv)))
-        return (f"{{ {'; '.join(script)}; }} | on_host {q(target)} >{log_dir}/{sp.name}-{name}-{step}.log 2>&1 &")
+        log = q(f"{sp.name}-{name}-{step}.log")
+        return f"{{ {'; '.join(script)}; }} | on_host {q(target)} >{log_dir}/{log} 2>&1 &"
 
     lines.append(on(sp.nodes[0], "ray", [ray, "start", "--head", f"--port={RAY_PORT}", f"--num-gpus={n_gpus}",
                                          "--block"]))
     for node in workers:
         lines.append(on(node, "ray", [ray, "start", f"--address={head_addr}:{RAY_PORT}", f"--num-gpus={n_gpus}",
                                       "--block"]))
-    joined = (f'{command[0]} -c "import ray, sys; ray.init(address=sys.argv[1], logging_level=40); '
+    joined = (f'{q(command[0])} -c "import ray, sys; ray.init(address=sys.argv[1], logging_level=40); '
               f'sys.exit(sum(n[sys.argv[2]] for n in ray.nodes()) < {len(sp.nodes)})" auto Alive')
     lines.append(f"until on_host {q(head_ssh)} <<<{q(joined)} >/dev/null 2>&1; do sleep 2; done  # all nodes joined")
     lines.append(on(sp.nodes[0], "vllm", command))
@@ -113,10 +143,10 @@ def render_shell(plan: Plan) -> str:
 
     out = [
         "#!/usr/bin/env bash",
-        f"# stack {plan.stack}, rendered by h2ostack from {plan.source}",
+        f"# stack {comment_value(plan.stack)}, rendered by h2ostack from {comment_value(plan.source)}",
         "# Secrets are read from the environment when this runs; none is written here.",
         "set -euo pipefail",
-        f"LOGS=${{LOGS:-./{plan.stack}-logs}}",
+        f"LOGS=${{LOGS:-{shlex.quote('./' + plan.stack + '-logs')}}}",
         'mkdir -p "$LOGS"',
         "wait_ready() {  # poll a health URL until it answers 2xx",
         '  until curl -fsS -o /dev/null "$1"; do sleep 1; done',
@@ -125,7 +155,7 @@ def render_shell(plan: Plan) -> str:
     everything = plan.all()
     if any(sp.nodes for sp in everything.values()):
         out += ["on_host() {  # run stdin as a bash script on another machine",
-                '  ssh -T -o BatchMode=yes "$1" bash -s',
+                '  ssh -T -o BatchMode=yes -- "$1" bash -s',
                 "}"]
     out.append("")
     for level in plan.order:
@@ -134,7 +164,8 @@ def render_shell(plan: Plan) -> str:
             if sp.nodes:
                 out += _multinode_lines(sp, '"$LOGS"')
             elif not sp.started:
-                out.append(f"# {name}: external {sp.kind} endpoint {sp.url} (not started)")
+                out.append(f"# {comment_value(name)}: external {comment_value(sp.kind)} endpoint "
+                           f"{comment_value(sp.url)} (not started)")
             elif sp.mode == "container":
                 out += docker_render.docker_run_lines(sp, plan)
             else:

@@ -9,12 +9,18 @@ fronts) and external endpoints are listed as not rendered, with the reason.
 Secrets are never written: compose reads them from the environment (`${HF_TOKEN:?...}`), and the
 Kubernetes Deployments reference keys of a Secret named `<stack>-secrets`, which the header says
 how to create.
+
+The documents are built as data and written only by the YAML emitter; the header comment shows
+each value quoted with control characters escaped, so no value can end the comment and start a
+document of its own.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
+import shlex
 from typing import Any
 
 import yaml
@@ -22,6 +28,7 @@ from pydantic import SecretStr
 
 from h2ostack.backends import tgi, vllm
 from h2ostack.plan import Plan, ServicePlan
+from h2ostack.render import env_name
 from h2ostack.runtimes.docker import labels_for
 
 VLLM_IMAGE = "vllm/vllm-openai:latest"
@@ -38,6 +45,10 @@ class _Dumper(yaml.SafeDumper):
 
 def _dump(data: Any) -> str:
     return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=1 << 16)
+
+
+def _dump_all(docs: list[Any]) -> str:
+    return yaml.dump_all(docs, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=1 << 16)
 
 
 def dns_name(text: str) -> str:
@@ -101,14 +112,26 @@ def _shm(sp: ServicePlan) -> str | None:
 
 
 def _header(plan: Plan, skipped: dict[str, str], extra: list[str]) -> str:
-    lines = [f"# stack {plan.stack}, rendered by h2ostack from {plan.source}",
+    from h2ostack.render import comment_value as cv
+
+    lines = [f"# stack {cv(plan.stack)}, rendered by h2ostack from {cv(plan.source)}",
              "# Secrets are never written here.", *extra]
     for name, why in skipped.items():
-        lines.append(f"# not rendered: {name} ({why})")
+        lines.append(f"# not rendered: {cv(name)} ({cv(why)})")
     return "\n".join(lines) + "\n"
 
 
 # -- compose ------------------------------------------------------------------------------
+def _literal_dollars(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("$", "$$")
+    if isinstance(value, dict):
+        return {k: _literal_dollars(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_literal_dollars(v) for v in value]
+    return value
+
+
 def render_compose(plan: Plan, vllm_image: str = VLLM_IMAGE) -> str:
     services, skipped = _rendered(plan)
     names = {sp.name for sp in services}
@@ -117,15 +140,17 @@ def render_compose(plan: Plan, vllm_image: str = VLLM_IMAGE) -> str:
         image, args, inner = _container(sp, vllm_image)
         env = {}
         for key, value in _env(sp).items():
-            env[key] = (f"${{{key}:?set {key} in the environment}}" if isinstance(value, SecretStr)
+            env[env_name(key)] = (f"${{{key}:?set {key} in the environment}}" if isinstance(value, SecretStr)
                         else str(value).replace("$", "$$"))
         url = f"http://127.0.0.1:{inner}{_probe(sp)}"
+        python_probe = f"import urllib.request; urllib.request.urlopen({json.dumps(url)}, timeout=5)"
         svc: dict[str, Any] = {
             "image": image,
             "command": args,
             "ports": [f"{plan.bind}:{sp.port}:{inner}"],
             "labels": labels_for(plan.stack, sp),
         }
+        svc = _literal_dollars(svc)  # compose interpolates `$` everywhere: a value's own `$` stays a `$`
         if env:
             svc["environment"] = env
         if _volumes(sp):
@@ -139,8 +164,8 @@ def render_compose(plan: Plan, vllm_image: str = VLLM_IMAGE) -> str:
                 {"driver": "nvidia", "device_ids": [str(g) for g in sp.gpus], "capabilities": ["gpu"]}]}}}
         svc["healthcheck"] = {
             # TGI's image has curl, vLLM's has Python: the first that exists answers
-            "test": ["CMD-SHELL", f"curl -fsS -o /dev/null {url} || python3 -c "
-                                  f"\"import urllib.request; urllib.request.urlopen('{url}', timeout=5)\""],
+            "test": ["CMD-SHELL", f"curl -fsS -o /dev/null {shlex.quote(url)} || python3 -c "
+                                  f"{shlex.quote(python_probe)}"],
             "interval": f"{PROBE_PERIOD}s", "timeout": "5s", "retries": 3,
             "start_period": f"{math.ceil(sp.health_timeout)}s",
         }
@@ -150,9 +175,9 @@ def render_compose(plan: Plan, vllm_image: str = VLLM_IMAGE) -> str:
         out[sp.name] = svc
     doc: dict[str, Any] = {"name": re.sub(r"[^a-z0-9_-]", "-", plan.stack.lower()), "services": out}
     if skipped:
-        doc["x-h2ostack-not-rendered"] = skipped
+        doc["x-h2ostack-not-rendered"] = _literal_dollars(skipped)
     secrets = sorted({k for sp in services for k, v in sp.env.items() if isinstance(v, SecretStr)})
-    extra = [f"# Before `docker compose up`: export {' '.join(secrets)}"] if secrets else []
+    extra = [f"# Before `docker compose up`: export {' '.join(map(env_name, secrets))}"] if secrets else []
     return _header(plan, skipped, extra) + _dump(doc)
 
 
@@ -229,6 +254,6 @@ def render_k8s(plan: Plan, vllm_image: str = VLLM_IMAGE) -> str:
     extra = ["# GPUs are counted (nvidia.com/gpu), not pinned: the scheduler picks them; readiness gates",
              "# traffic where compose uses depends_on."]
     if secrets:
-        literal = " ".join(f'--from-literal={k}="${k}"' for k in secrets)
+        literal = " ".join(f'--from-literal={k}="${k}"' for k in map(env_name, secrets))
         extra.append(f"# First: kubectl create secret generic {dns_name(plan.stack + '-secrets')} {literal}")
-    return _header(plan, skipped, extra) + "---\n".join(_dump(d) for d in docs)
+    return _header(plan, skipped, extra) + (_dump_all(docs) if docs else "")

@@ -70,7 +70,9 @@ class Shim:
             info.update({"code": rc if rc >= 0 else 128 - rc, "signal": -rc if rc < 0 else None})
         tmp = f"{self.exit_file}.tmp{os.getpid()}"
         try:
-            with open(tmp, "w") as fh:
+            # private like the rest of the state dir (0600), and never written through a symlink
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as fh:
                 json.dump(info, fh)
             os.replace(tmp, self.exit_file)
         except OSError:

@@ -4,6 +4,11 @@ Layout: `<root>/<stack>/plan.json`, `run/<service>.json` (pid, pgid, start time,
 `run/<service>.exit` (written by the shim when the server exits), `logs/<service>.log`, `lock`.
 Writes are atomic (write, fsync, rename). Nothing secret is ever written here: the plan is
 stored through `Plan.to_json()`, which masks by construction.
+
+The state dir is private: directories are created 0700 and files 0600; a directory or file that is
+a symlink where records, logs or the lock are written is refused, and so is a state dir owned by
+another user. A stack's name is a name (the service-name rule), never a path: it resolves only
+under the state root.
 """
 
 from __future__ import annotations
@@ -12,21 +17,87 @@ import contextlib
 import fcntl
 import json
 import os
+import re
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+
+from h2ostack.errors import NotFound
+
+# the service-name rule (spec.NAME_RE), repeated here so the state module needs no models
+STACK_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
+DIR_MODE, FILE_MODE = 0o700, 0o600
+
+
+class UnsafeState(NotFound):
+    """The state dir (or a path in it) is a symlink, not a directory, or another user's: refused
+    (exit 2, like an unknown stack)."""
 
 
 def state_root() -> Path:
     return Path(os.environ.get("H2OSTACK_STATE_DIR") or Path.home() / ".local" / "state" / "h2ostack").expanduser()
 
 
+def check_stack_name(name: str) -> str:
+    if not isinstance(name, str) or not STACK_NAME_RE.match(name):
+        raise NotFound(f"{name!r} is not a stack name (a letter, then letters, digits, '-' or '_'; at most 63): "
+                       "give the stack file or the name of a stack under the state dir")
+    return name
+
+
+def _check_dir(path: Path, create: bool) -> None:
+    """`path` is a real directory of this user (created 0700 when `create`), or UnsafeState."""
+    if create:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, DIR_MODE)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise UnsafeState(f"state dir {path} is a symlink; refusing to use it (records and logs are never "
+                          "written through a link)")
+    if not stat.S_ISDIR(st.st_mode):
+        raise UnsafeState(f"state dir {path} is not a directory")
+    if st.st_uid != os.geteuid():
+        raise UnsafeState(f"state dir {path} belongs to another user (uid {st.st_uid}); refusing to use it. "
+                          "Point H2OSTACK_STATE_DIR at a directory of your own")
+    if create and st.st_mode & 0o077:
+        os.chmod(path, DIR_MODE)  # made by an older version with the umask's mode
+
+
+def secure_dirs(root: Path, *subdirs: str, create: bool = True) -> Path:
+    """Check (and with `create`, make) the state root, then each of `subdirs` below it in turn."""
+    if create:
+        root.parent.mkdir(parents=True, exist_ok=True)
+    _check_dir(root, create)
+    path = root
+    for part in subdirs:
+        path = path / part
+        _check_dir(path, create)
+    return path
+
+
+def _open_private(path: Path, flags: int) -> int:
+    """A file of the state dir, created 0600, never through a symlink."""
+    try:
+        fd = os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+    except OSError as exc:
+        if os.path.islink(path):
+            raise UnsafeState(f"{path} is a symlink; refusing to write through it") from None
+        raise exc
+    if stat.S_IMODE(os.fstat(fd).st_mode) & 0o077:
+        os.fchmod(fd, FILE_MODE)  # made by an older version with the umask's mode
+    return fd
+
+
 def write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # 0600, O_EXCL
     try:
         with os.fdopen(fd, "w") as fh:
             json.dump(data, fh, indent=1, sort_keys=True)
@@ -66,8 +137,19 @@ class ProcRecord:
 
 class StackState:
     def __init__(self, stack: str, root: Path | None = None):
-        self.stack = stack
-        self.root = (root or state_root()) / stack
+        self.stack = check_stack_name(stack)
+        self.base = root or state_root()
+        self.root = self.base / stack
+        secure_dirs(self.base, stack, create=False)  # what exists already must be safe to read
+
+    def ensure(self, *subdirs: str) -> Path:
+        """The stack's dir (and `subdirs`), private and checked, before anything is written there."""
+        return secure_dirs(self.base, self.stack, *subdirs)
+
+    def open_log(self, service: str) -> BinaryIO:
+        """The service's log, appended to; created 0600; never a symlink."""
+        self.ensure("logs")
+        return os.fdopen(_open_private(self.log_path(service), os.O_WRONLY | os.O_APPEND), "ab")
 
     @property
     def run_dir(self) -> Path:
@@ -87,12 +169,14 @@ class StackState:
         return self.run_dir / f"{service}.json"
 
     def save_plan(self, plan_json: dict[str, Any], source: str) -> None:
+        self.ensure()
         write_json(self.root / "plan.json", {"plan": plan_json, "source": source, "saved_at": time.time()})
 
     def load_plan(self) -> dict[str, Any] | None:
         return read_json(self.root / "plan.json")
 
     def save_record(self, rec: ProcRecord) -> None:
+        self.ensure("run")
         write_json(self.pidfile(rec.service), rec.__dict__)
 
     def records(self) -> dict[str, ProcRecord]:
@@ -116,8 +200,8 @@ class StackState:
     @contextlib.contextmanager
     def lock(self, wait: bool = True) -> Iterator[None]:
         """One changing command per stack at a time (up/up, up/down); `status` never takes it."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / "lock", "a+") as fh:
+        self.ensure()
+        with os.fdopen(_open_private(self.root / "lock", os.O_RDWR), "r+") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
             try:
                 yield
@@ -129,4 +213,7 @@ def known_stacks(root: Path | None = None) -> list[str]:
     base = root or state_root()
     if not base.is_dir():
         return []
-    return sorted(p.name for p in base.iterdir() if p.is_dir())
+    secure_dirs(base, create=False)
+    # only real directories with a stack's name: a link or a stray entry is never taken for a stack
+    return sorted(p.name for p in base.iterdir()
+                  if STACK_NAME_RE.match(p.name) and p.is_dir() and not p.is_symlink())

@@ -2,7 +2,8 @@
 
 Quoted as Docker needs (`--gpus '"device=0,3"'`: unquoted, the CLI reads device 0 and a count of
 3), options before the image so nothing is swallowed, and secrets passed by name (`-e NAME`)
-so their values are read from the environment when the script runs, never written.
+so their values are read from the environment when the script runs, never written. A service
+of a `hosts:` entry runs on that host's engine (`docker -H URL`), as `up` runs it.
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ if TYPE_CHECKING:
 
 
 def docker_run_lines(sp: ServicePlan, plan: Plan) -> list[str]:
+    from h2ostack.render import comment_value, env_name
+
     spec = dict(sp.container or {})
     q = shlex.quote
+    docker = f"docker -H {q(sp.docker_url)}" if sp.docker_url else "docker"
     opts = [f"--name {q(spec['name'])}"]
     for key, value in labels_for(plan.stack, sp).items():
         opts.append(f"--label {q(f'{key}={value}')}")
@@ -38,17 +42,19 @@ def docker_run_lines(sp: ServicePlan, plan: Plan) -> list[str]:
     secrets = []
     for key, value in sp.env.items():
         if isinstance(value, SecretStr):
-            opts.append(f"-e {q(key)}")
-            secrets.append(key)
+            opts.append(f"-e {q(env_name(key))}")
+            secrets.append(env_name(key))
         else:
-            opts.append(f"-e {q(f'{key}={value}')}")
+            opts.append(f"-e {q(f'{env_name(key)}={value}')}")
     for vol in spec.get("volumes", []):
         opts.append(f"-v {q(vol)}")
-    lines = [f"# {sp.name}: {sp.kind} container" + (f" on GPUs {','.join(map(str, sp.gpus))}" if sp.gpus else "")]
+    where = f" on host {comment_value(sp.host)}" if sp.host else ""
+    lines = [f"# {comment_value(sp.name)}: {comment_value(sp.kind)} container{where}"
+             + (f" on GPUs {','.join(map(str, sp.gpus))}" if sp.gpus else "")]
     lines += [f': "${{{k}:?set {k} in the environment}}"' for k in secrets]
-    lines.append(f"docker rm -f {q(spec['name'])} >/dev/null 2>&1 || true")
-    args = " ".join(q(a) for a in spec.get("command", []))
-    lines.append("docker run -d " + " \\\n    ".join(opts) + f" \\\n    {q(sp.image or '')} {args}")
+    lines.append(f"{docker} rm -f {q(spec['name'])} >/dev/null 2>&1 || true")
+    args = " ".join(q(str(a)) for a in spec.get("command", []))
+    lines.append(f"{docker} run -d " + " \\\n    ".join(opts) + f" \\\n    {q(sp.image or '')} {args}")
     probe = sp.probes[0].path if sp.probes else "/health"
     lines.append(f"wait_ready {q((sp.url or '') + probe)}")
     return lines

@@ -68,11 +68,9 @@ def process_env(plan: ServicePlan, state: StackState) -> dict[str, str]:
 def start(plan: ServicePlan, state: StackState, popen: Callable[..., subprocess.Popen[bytes]] = subprocess.Popen
           ) -> Started:
     assert plan.command is not None
-    state.run_dir.mkdir(parents=True, exist_ok=True)
-    state.log_dir.mkdir(parents=True, exist_ok=True)
+    state.ensure("run")
     state.forget(plan.name)
-    log_path = state.log_path(plan.name)
-    with open(log_path, "ab") as log:
+    with state.open_log(plan.name) as log:
         log.write(f"--- h2ostack: starting {plan.name} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
         log.flush()
         # the shim needs only the standard library: -S skips site-packages and starts faster

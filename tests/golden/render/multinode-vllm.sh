@@ -8,7 +8,7 @@ wait_ready() {  # poll a health URL until it answers 2xx
   until curl -fsS -o /dev/null "$1"; do sleep 1; done
 }
 on_host() {  # run stdin as a bash script on another machine
-  ssh -T -o BatchMode=yes "$1" bash -s
+  ssh -T -o BatchMode=yes -- "$1" bash -s
 }
 
 # llama405b: vLLM across 2 nodes with Ray (head gpu1, workers gpu2); GPUs 0,1,2,3,4,5,6,7 on each node
