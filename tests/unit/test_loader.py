@@ -103,11 +103,15 @@ def test_a_nul_character_is_refused_where_it_stands() -> None:
 
 
 def test_a_nul_brought_in_by_a_variable_is_refused(tmp_path: Path) -> None:
-    (tmp_path / ".env").write_bytes(b"M=./m\x00x\n")
+    (tmp_path / ".env").write_bytes(b"A=1\nM=./m\x00x\n")
     (tmp_path / "s.yaml").write_text("env_file: .env\n" + BASE.replace("./m", "${M}"))
     with pytest.raises(StackError) as info:
         load(tmp_path / "s.yaml", environ={})
-    assert "services.a.model: holds a NUL character" in str(info.value)
+    assert f"s.yaml:1:1: env_file: env file {tmp_path}/.env holds a NUL byte: is it binary, or UTF-16 without " \
+        "a BOM? Save it as UTF-8 text (its line 2, column 6)" in str(info.value)
+    with pytest.raises(StackError) as info:
+        load_text(BASE.replace("./m", "${M}"), "s.yaml", {"M": "./m\x00x"}, tmp_path)
+    assert "s.yaml:6:5: services.a.model: holds a NUL character" in str(info.value)
 
 
 def test_secrets_are_secret_and_masked() -> None:
@@ -180,7 +184,7 @@ def test_tgi_needs_one_mode() -> None:
 
 
 def test_negative_gpu_id() -> None:
-    assert err(BASE + "    gpus: [-1]\n").startswith("s.yaml:8:5: services.a.gpus")
+    assert err(BASE + "    gpus: [-1]\n") == "s.yaml:8:12: services.a.gpus.0: input should be greater than or equal to 0, got -1"
 
 
 def test_missing_name() -> None:
