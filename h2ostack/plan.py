@@ -175,6 +175,17 @@ def order_levels(deps: Mapping[str, list[str]]) -> tuple[tuple[str, ...], ...]:
     return tuple(levels)
 
 
+def _fraction(value: object) -> float | None:
+    """A share in (0, 1], or None for anything else (text, true/false, nan)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        share = float(value)
+    except ValueError:
+        return None
+    return share if 0 < share <= 1 else None
+
+
 class _Planner:
     def __init__(self, stack: Stack, facts: Facts, keep_ports: frozenset[int]):
         self.stack = stack
@@ -277,7 +288,12 @@ class _Planner:
             if per_gpu is None:
                 continue
             if svc.kind == "vllm":
-                util = float(svc.args.get("gpu_memory_utilization", VLLM_DEFAULT_UTILIZATION))
+                util = _fraction(svc.args.get("gpu_memory_utilization", VLLM_DEFAULT_UTILIZATION))
+                if util is None:
+                    self.problem(("services", name, "args", "gpu_memory_utilization"),
+                                 "gpu_memory_utilization is the share of each GPU vLLM may use: a number "
+                                 "above 0 and at most 1, like 0.9")
+                    continue
                 for gid in ids:
                     g = self.facts.gpu(gid)
                     if g and g.total_gib:
