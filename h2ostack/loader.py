@@ -39,6 +39,14 @@ class Unreadable(Exception):
         self.message, self.line, self.col = message, line, col
 
 
+def is_regular_file(path: str | Path) -> bool:
+    """Whether `path` names a regular file; False (never an error) for a path no file system holds."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
 def read_text_file(path: str | Path, limit: int = MAX_FILE_BYTES) -> str:
     """The UTF-8 text of a regular file of at most `limit` bytes. A pipe, device or directory is
     refused before it is opened (so a FIFO never blocks and /dev/zero is never read), and no more
