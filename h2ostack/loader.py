@@ -121,6 +121,11 @@ class _BoundedLoader(yaml.SafeLoader):
             self._depth -= 1
 
 
+def bounded_yaml(text: str) -> Any:
+    """Plain values from YAML text with nesting bounded (for files other than stacks: the lock file)."""
+    return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a safe loader
+
+
 def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
     close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
@@ -808,7 +813,7 @@ def stack_name(path: str | Path, environ: Mapping[str, str] | None = None) -> st
     must work without the secrets and variables that only `up` needs."""
     p = Path(path)
     try:
-        raw = yaml.load(read_text_file(p), Loader=_BoundedLoader)  # noqa: S506 - a safe loader
+        raw = bounded_yaml(read_text_file(p))
     except (Unreadable, yaml.YAMLError):
         raw = None
     name = raw.get("name") if isinstance(raw, dict) else None

@@ -336,6 +336,16 @@ def arguments() -> Iterator[Case]:
     yield Case("doctor-gpu-memory-without-stack", ["--gpus", "0", "--gpu-memory", "nan"], commands=("doctor",))
 
 
+def lock_files() -> Iterator[Case]:
+    """`up --locked` reads STACK.lock before anything starts: a hostile one is refused like a stack."""
+    for name, content in [("deep", "a: " + "[" * 600 + "]" * 600 + "\n"), ("latin1", "a: caf\xe9\n".encode("latin-1")),
+                          ("utf16", codecs.BOM_UTF16_LE + "a: 1\n".encode("utf-16-le")), ("directory", "@dir"),
+                          ("dev-zero", "@link:/dev/zero"), ("not-a-lock", "[1, 2]\n"), ("alias-loop", "a: &a [*a]\n")]:
+        yield Case(f"lock-{name}", ["{stack}", "--locked"], {"s.yaml": BASE, "s.yaml.lock": content}, commands=("up",))
+    yield Case("lock-fifo", ["{stack}", "--locked"], {"s.yaml": BASE, "s.yaml.lock": "@fifo"}, commands=("up",),
+               subprocess=True)
+
+
 CLASSES: dict[str, Callable[[], Iterator[Case]]] = {
     "deep nesting and alias loops": deep_nesting,
     "encodings (non-UTF-8, UTF-16/32, NUL, binary)": encodings,
@@ -349,6 +359,7 @@ CLASSES: dict[str, Callable[[], Iterator[Case]]] = {
     "secrets as args": secret_args,
     "plan-time values": plan_values,
     "command-line arguments": arguments,
+    "STACK.lock for `up --locked`": lock_files,
 }
 CASES = [(cls, case) for cls, gen in CLASSES.items() for case in gen()]
 
