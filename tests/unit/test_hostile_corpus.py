@@ -473,3 +473,13 @@ def test_a_model_at_the_root_is_planned_without_walking_the_disk(tmp_path: Path,
     code, out, error = run_in_process(["plan", str(tmp_path / "s.yaml"), "--gpus", "0", "--gpu-memory", "80"],
                                       environment(tmp_path, Case("root", [])))
     assert error is None and "Traceback" not in out and code == 0, out
+
+
+def test_the_security_table_counts_the_corpus() -> None:
+    rows = {}
+    for line in (ROOT / "docs" / "security.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and cells[1].isdigit():
+            rows[cells[0]] = (int(cells[1]), cells[2:])
+    for cls, gen in CLASSES.items():
+        assert rows[cls] == (sum(len(c.commands) for c in gen()), ["0", "0", "0"]), cls
