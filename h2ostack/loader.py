@@ -54,9 +54,9 @@ def read_text_file(path: str | Path, limit: int = MAX_FILE_BYTES) -> str:
     try:
         st = os.stat(path)
     except ValueError:
-        raise Unreadable("the path holds a NUL character") from None
+        raise Unreadable("cannot be read: its path holds a NUL character") from None
     except OSError as exc:
-        raise Unreadable(f"cannot read it: {exc.strerror}") from None
+        raise Unreadable(f"cannot be read: {exc.strerror}") from None
     if stat.S_ISDIR(st.st_mode):
         raise Unreadable("is a directory, not a file")
     if not stat.S_ISREG(st.st_mode):
@@ -66,7 +66,7 @@ def read_text_file(path: str | Path, limit: int = MAX_FILE_BYTES) -> str:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as exc:
-        raise Unreadable(f"cannot read it: {exc.strerror}") from None
+        raise Unreadable(f"cannot be read: {exc.strerror}") from None
     with os.fdopen(fd, "rb") as fh:
         if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):  # swapped since the stat above
             raise Unreadable("is not a regular file (a pipe, socket or device): give a file")

@@ -245,7 +245,7 @@ def test_files_that_are_not_regular_utf8_are_refused_without_reading_them(tmp_pa
     (tmp_path / "l1.yaml").write_bytes(BASE.replace("lab", "l\xe4b").encode("latin-1"))
     assert message(tmp_path / "l1.yaml").endswith("l1.yaml:2:8: the stack file is not UTF-8 text (byte 0xe4 here): "
                                                   "save it as UTF-8")
-    assert message("x" * 10000).endswith("xxx: cannot read it: File name too long")
+    assert message("x" * 10000).endswith("xxx: cannot be read: File name too long")
     assert len(message("x" * 10000)) < 300  # the path is shown cut
 
 
