@@ -122,8 +122,10 @@ def load_plan(path: str | Path, gpus: str | None = None, gpu_memory: float | Non
 
 def ctx_for(target: str | Path) -> Ctx:
     """A stack file path, or the name of a stack known to the state dir."""
+    from h2ostack.loader import is_regular_file
+
     p = Path(target)
-    if p.is_file():
+    if is_regular_file(p):
         from h2ostack.loader import stack_name
 
         name = stack_name(p)

@@ -7,6 +7,7 @@ made (and tested) on a machine without GPUs by stating them (`--gpus`, `--gpu-me
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import socket
 import sys
@@ -17,6 +18,9 @@ from h2ostack.errors import FactsError
 from h2ostack.spec import Stack
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+# a model folder holds its weights at the top or a level or two down; `model: /` must not walk the disk
+SCAN_DEPTH = 3
+SCAN_ENTRIES = 10_000
 
 
 @dataclass(frozen=True)
@@ -77,14 +81,24 @@ def nvml_gpus() -> list[GPU]:
         pynvml.nvmlShutdown()
 
 
+def gib_per_gpu(value: float | str, where: str) -> float:
+    """A stated GPU memory: a positive, finite number of GiB (nan or inf would switch checks off)."""
+    try:
+        gib = float(value)
+    except ValueError:
+        gib = math.nan
+    if not math.isfinite(gib) or gib <= 0:
+        raise FactsError(f"{where} takes the GiB of memory per GPU, a positive number like 80, got {str(value)[:40]!r}")
+    return gib
+
+
 def machine_gpus(gpus: str | None = None, gpu_memory: float | None = None) -> tuple[tuple[GPU, ...], str]:
     stated = gpus if gpus is not None else os.environ.get("H2OSTACK_GPUS")
     mem_text = os.environ.get("H2OSTACK_GPU_MEMORY")
-    if gpu_memory is None and mem_text:
-        try:
-            gpu_memory = float(mem_text)
-        except ValueError:
-            raise FactsError(f"H2OSTACK_GPU_MEMORY takes GiB per GPU, got {mem_text!r}") from None
+    if gpu_memory is not None:
+        gpu_memory = gib_per_gpu(gpu_memory, "--gpu-memory")
+    elif mem_text:
+        gpu_memory = gib_per_gpu(mem_text, "H2OSTACK_GPU_MEMORY")
     if stated is not None:
         return tuple(GPU(i, gpu_memory, gpu_memory) for i in parse_gpu_list(stated)), "stated"
     found = nvml_gpus()
@@ -123,16 +137,36 @@ def listening_ports() -> set[int]:
 def local_model_path(model: str | None, base_dir: str) -> Path | None:
     if not model:
         return None
-    if model.startswith(("/", "./", "../", "~")):
-        return Path(base_dir, os.path.expanduser(model)).resolve()
-    candidate = Path(base_dir, model)
-    return candidate.resolve() if candidate.is_dir() else None
+    try:
+        if model.startswith(("/", "./", "../", "~")):
+            return Path(base_dir, os.path.expanduser(model)).resolve()
+        candidate = Path(base_dir, model)
+        return candidate.resolve() if candidate.is_dir() else None
+    except (OSError, ValueError):  # a name no file system holds (too long, a NUL): a hub id, then
+        return None
 
 
 def model_size_gib(path: Path) -> float | None:
-    if not path.is_dir():
-        return None
-    total = sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and f.suffix in WEIGHT_SUFFIXES)
+    """The weights' size in a model folder, from at most SCAN_ENTRIES entries SCAN_DEPTH levels deep
+    (without following links); None when unknown or when the folder is too large to be one model's."""
+    total, seen = 0, 0
+    todo = [(path, 0)]
+    while todo:
+        folder, depth = todo.pop()
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    seen += 1
+                    if seen > SCAN_ENTRIES:
+                        return None
+                    if entry.is_dir(follow_symlinks=False):
+                        if depth + 1 < SCAN_DEPTH:
+                            todo.append((Path(entry.path), depth + 1))
+                    elif entry.name.endswith(WEIGHT_SUFFIXES) and entry.is_file():
+                        total += entry.stat().st_size
+        except OSError:
+            if folder == path:
+                return None
     return total / 2**30 if total else None
 
 

@@ -144,15 +144,11 @@ def render(template: str = DEFAULT_TEMPLATE, name: str | None = None, model: str
     return text
 
 
-def referenced_variables(text: str) -> list[str]:
-    from h2ostack.loader import _VAR_RE
-
-    return [m.group(1) for m in _VAR_RE.finditer(text) if m.group(1)]
-
-
 def with_unset_as_placeholders(text: str, environ: dict[str, str] | None = None) -> dict[str, str]:
     """The environment with a placeholder for each variable the text references and nobody set."""
     env = dict(os.environ if environ is None else environ)
+    from h2ostack.loader import referenced_variables
+
     for var in referenced_variables(text):
         if var not in env:
             env[var] = f"unset-{var}"

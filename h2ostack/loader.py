@@ -8,9 +8,11 @@ name exists.
 
 from __future__ import annotations
 
+import codecs
 import difflib
 import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,13 +22,108 @@ import yaml
 from pydantic import ValidationError
 
 from h2ostack.errors import Loc, Problem, StackError, format_problem  # noqa: F401 - re-exported
-from h2ostack.spec import KINDS, NAME_RE, SERVICE_MODELS, Front, Stack
+from h2ostack.spec import KINDS, NAME_RE, SECRET_KEY_RE, SERVICE_MODELS, Front, Stack, share
 
 MAX_FILE_BYTES = 1_000_000
 MAX_NODES = 100_000
+MAX_DEPTH = 50  # a stack nests about six levels; hundreds exhaust the recursion of the YAML composer
 
-_VAR_RE = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}|\{([^}]*)\})")
 USER_TOP_KEYS = ("version", "name", "env_file", "defaults", "hosts", "services", "fronts")
+
+
+class Unreadable(Exception):
+    """A file that cannot be taken as a stack or env file: what is wrong, and where when known."""
+
+    def __init__(self, message: str, line: int | None = None, col: int | None = None):
+        super().__init__(message)
+        self.message, self.line, self.col = message, line, col
+
+
+def is_regular_file(path: str | Path) -> bool:
+    """Whether `path` names a regular file; False (never an error) for a path no file system holds."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def read_text_file(path: str | Path, limit: int = MAX_FILE_BYTES) -> str:
+    """The UTF-8 text of a regular file of at most `limit` bytes. A pipe, device or directory is
+    refused before it is opened (so a FIFO never blocks and /dev/zero is never read), and no more
+    than `limit` bytes are read even if the file grows."""
+    try:
+        st = os.stat(path)
+    except ValueError:
+        raise Unreadable("cannot be read: its path holds a NUL character") from None
+    except OSError as exc:
+        raise Unreadable(f"cannot be read: {exc.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise Unreadable("is a directory, not a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise Unreadable("is not a regular file (a pipe, socket or device): give a file")
+    if st.st_size > limit:
+        raise Unreadable(f"is larger than {limit // 1000} kB; refusing it")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise Unreadable(f"cannot be read: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):  # swapped since the stat above
+            raise Unreadable("is not a regular file (a pipe, socket or device): give a file")
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise Unreadable(f"is larger than {limit // 1000} kB; refusing it")
+    return decode_text(data)
+
+
+def decode_text(data: bytes) -> str:
+    """UTF-8 (a BOM allowed); anything else is refused with the place of the first bad byte."""
+    for bom, name in ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
+                      (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16")):
+        if data.startswith(bom):
+            raise Unreadable(f"is {name} text: save it as UTF-8", 1, 1)
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line, col = _place(data[:exc.start].decode("utf-8", errors="replace"))
+        raise Unreadable(f"is not UTF-8 text (byte 0x{data[exc.start]:02x} here): save it as UTF-8",
+                         line, col) from None
+    nul = text.find("\x00")
+    if nul >= 0:
+        line, col = _place(text[:nul])
+        raise Unreadable("holds a NUL byte: is it binary, or UTF-16 without a BOM? Save it as UTF-8 text",
+                         line, col)
+    return text
+
+
+def _place(before: str) -> tuple[int, int]:
+    """1-based line and column just after `before`."""
+    return before.count("\n") + 1, len(before) - (before.rfind("\n") + 1) + 1
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """The safe loader with a bound on nesting: PyYAML composes recursively, so a few hundred `[`
+    would otherwise end in a RecursionError instead of a message."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if self._depth >= MAX_DEPTH:
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(None, None, f"the file nests deeper than {MAX_DEPTH} levels; "
+                                              "a stack needs a handful", mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+        finally:
+            self._depth -= 1
+
+
+def bounded_yaml(text: str) -> Any:
+    """Plain values from YAML text with nesting bounded (for files other than stacks: the lock file)."""
+    return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a safe loader
 
 
 def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
@@ -53,6 +150,7 @@ class _Converter:
         self.path = path
         self.smap = SourceMap()
         self.count = 0
+        self.depth = 0
         self.problems: list[Problem] = []
 
     def convert(self, node: yaml.Node, loc: Loc) -> Any:
@@ -60,6 +158,17 @@ class _Converter:
         if self.count > MAX_NODES:
             raise StackError(self.path, [Problem((), f"the file expands to more than {MAX_NODES} values "
                                                      "(a YAML alias bomb?); refusing it")])
+        if self.depth >= MAX_DEPTH:  # an alias that contains itself nests without end
+            raise StackError(self.path, [Problem(loc, f"nests deeper than {MAX_DEPTH} levels (an alias that "
+                                                 "contains itself?)", node.start_mark.line + 1,
+                                                 node.start_mark.column + 1)])
+        self.depth += 1
+        try:
+            return self._convert(node, loc)
+        finally:
+            self.depth -= 1
+
+    def _convert(self, node: yaml.Node, loc: Loc) -> Any:
         if isinstance(node, yaml.MappingNode):
             out: dict[Any, Any] = {}
             for key_node, value_node in node.value:
@@ -107,9 +216,9 @@ def _scalar(node: yaml.Node) -> Any:
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    """KEY=VALUE lines, `export` allowed, quotes stripped, `#` comments ignored."""
+    """KEY=VALUE lines, `export` allowed, quotes stripped, `#` comments ignored. Raises Unreadable."""
     values: dict[str, str] = {}
-    for raw in path.read_text().splitlines():
+    for raw in read_text_file(path).splitlines():
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -127,36 +236,136 @@ def read_env_file(path: Path) -> dict[str, str]:
     return values
 
 
-def _expand(value: Any, loc: Loc, env: Mapping[str, str], problems: list[Problem], smap: SourceMap) -> Any:
+@dataclass
+class Expansions:
+    """What `${VAR}` expansion brought in: the text as written per field, and the values taken from
+    the environment, so no message echoes them (any of them may be a secret)."""
+
+    written: dict[Loc, str] = field(default_factory=dict)
+    values: set[str] = field(default_factory=set)
+
+    def source(self, loc: Loc) -> str | None:
+        for n in range(len(loc), 0, -1):
+            if tuple(loc[:n]) in self.written:
+                return self.written[tuple(loc[:n])]
+        return None
+
+
+_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+_REFERENCE_RE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(\}|:?-)?")
+
+
+def referenced_variables(text: str, required_only: bool = False) -> list[str]:
+    """The names of the variables a text references (`$$` is a literal `$`), in order; with
+    `required_only`, only those written with no default (`${NAME}`)."""
+    out = []
+    for m in _REFERENCE_RE.finditer(text):
+        if m.group(1) and (m.group(2) == "}" if required_only else m.group(2) is not None):
+            out.append(m.group(1))
+    return out
+
+
+class _Unclosed(Exception):
+    def __init__(self, start: int):
+        self.start = start
+
+
+class _Substitution:
+    """Compose-style `${VAR}`, `${VAR:-default}` (unset or empty), `${VAR-default}` (unset), with
+    defaults that hold references themselves (`${A:-${B}}`), and `$$` for a literal `$`."""
+
+    def __init__(self, text: str, env: Mapping[str, str]):
+        self.text, self.env = text, env
+        self.problems: list[str] = []
+        self.used: list[str] = []  # values taken from the environment
+
+    def scan(self, i: int, nested: bool = False) -> tuple[str, int]:
+        """Expand from `i` to the end or, nested, to the `}` that closes a default."""
+        t, out = self.text, []
+        while i < len(t):
+            c = t[i]
+            if nested and c == "}":
+                return "".join(out), i + 1
+            if c != "$":
+                out.append(c)
+                i += 1
+            elif t.startswith("$$", i):
+                out.append("$")
+                i += 2
+            elif t.startswith("${", i):
+                value, i = self.reference(i)
+                out.append(value)
+            else:
+                out.append("$")
+                i += 1
+        if nested:
+            raise _Unclosed(-1)
+        return "".join(out), i
+
+    def reference(self, start: int) -> tuple[str, int]:
+        t = self.text
+        m = _NAME_RE.match(t, start + 2)
+        if m:
+            name, rest = m.group(), m.end()
+            got = self.env.get(name)
+            if t.startswith("}", rest):
+                if got is None:
+                    self.problems.append(f"variable ${{{name}}} is not set and has no default (set {name} in "
+                                         f"the environment or the env_file, or write ${{{name}:-default}})")
+                    return "", rest + 1
+                self.used.append(got)
+                return got, rest + 1
+            op = ":-" if t.startswith(":-", rest) else "-" if t.startswith("-", rest) else None
+            if op:
+                inner = _Substitution(t, self.env)
+                try:
+                    default, after = inner.scan(rest + len(op), nested=True)
+                except _Unclosed:
+                    raise _Unclosed(start) from None
+                if got is not None and (got != "" or op == "-"):
+                    self.used.append(got)
+                    return got, after
+                self.problems += inner.problems
+                self.used += inner.used
+                return default, after
+        close = t.find("}", start)
+        if close < 0:
+            raise _Unclosed(start)
+        self.problems.append(f"'{_cut(t[start:close + 1])}' is not a valid variable reference (use ${{NAME}} or "
+                             "${NAME:-default}, and $$ for a literal $)")
+        return "", close + 1
+
+
+def _cut(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _expand(value: Any, loc: Loc, env: Mapping[str, str], problems: list[Problem], smap: SourceMap,
+            seen: Expansions | None = None) -> Any:
     if isinstance(value, dict):
-        return {k: _expand(v, (*loc, k), env, problems, smap) for k, v in value.items()}
+        return {k: _expand(v, (*loc, k), env, problems, smap, seen) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand(v, (*loc, i), env, problems, smap) for i, v in enumerate(value)]
+        return [_expand(v, (*loc, i), env, problems, smap, seen) for i, v in enumerate(value)]
     if not isinstance(value, str) or "$" not in value:
         return value
 
-    def sub(m: re.Match[str]) -> str:
-        whole = m.group(0)
-        if whole == "$$":
-            return "$"
-        name, default, bad = m.group(1), m.group(2), m.group(3)
-        if name is None:
-            line, col = smap.find(loc)
-            problems.append(Problem(loc, f"'${{{bad}}}' is not a valid variable reference "
-                                         "(use ${NAME} or ${NAME:-default})", line, col))
-            return ""
-        got = env.get(name)
-        if got is not None and (got != "" or ":-" not in whole):
-            return got
-        if default is not None:
-            return default
+    sub = _Substitution(value, env)
+    try:
+        out, _ = sub.scan(0)
+    except _Unclosed as exc:
         line, col = smap.find(loc)
-        problems.append(Problem(loc, f"variable ${{{name}}} is not set and has no default "
-                                     f"(set {name} in the environment or the env_file, or write ${{{name}:-default}})",
-                                line, col))
+        shown = "a secret's value" if _is_secret_loc(loc) else f"'{_cut(value[exc.start:], 20)}'"
+        problems.append(Problem(loc, f"{shown} opens `${{` without closing it: add '}}' (or write $$ for "
+                                     "a literal $)", line, col))
         return ""
-
-    out = _VAR_RE.sub(sub, value)
+    for message in sub.problems:
+        line, col = smap.find(loc)
+        problems.append(Problem(loc, message, line, col))
+    if seen is not None and "${" in value:
+        seen.written[loc] = value
+        seen.values.update(v for v in sub.used if v)
     if "\x00" in out:  # brought in by a variable (an env_file's value)
         line, col = smap.find(loc)
         problems.append(Problem(loc, NUL_PROBLEM, line, col))
@@ -165,10 +374,10 @@ def _expand(value: Any, loc: Loc, env: Mapping[str, str], problems: list[Problem
 
 
 def _pydantic_problems(err: ValidationError, prefix: Loc, model_fields: dict[Loc, list[str]],
-                       smap: SourceMap) -> list[Problem]:
-    out = []
+                       smap: SourceMap, seen: Expansions | None = None) -> list[Problem]:
+    found: dict[Loc, Problem] = {}
     for e in err.errors():
-        loc = (*prefix, *e["loc"])
+        loc = (*prefix, *(part for part in e["loc"] if not _UNION_TAG_RE.match(str(part))))
         kind = e["type"]
         if kind == "extra_forbidden":
             name = str(loc[-1])
@@ -176,14 +385,76 @@ def _pydantic_problems(err: ValidationError, prefix: Loc, model_fields: dict[Loc
             msg = f"unknown field '{name}'{did_you_mean(name, choices)}"
         elif kind == "missing":
             msg = "this field is required"
-        elif kind == "literal_error":
-            msg = f"{e['msg'].lower()}, got {e.get('input')!r}"
         else:
-            msg = e["msg"][0].lower() + e["msg"][1:]
-            if "input" in e and not isinstance(e["input"], dict | list):
-                msg += f", got {e['input']!r}"
+            msg = e["msg"].removeprefix("Value error, ")
+            msg = msg[0].lower() + msg[1:]
+            if kind == "value_error":  # our own validators' messages say what is wrong without the value
+                written = seen.source(loc) if seen is not None else None
+                msg += f" (it comes from {_cut(written)})" if written else ""
+            elif "input" in e and not isinstance(e["input"], dict | list):
+                msg += _got(loc, e["input"], seen)
         line, col = smap.find(loc)
-        out.append(Problem(loc, msg, line, col))
+        if kind in _TYPE_MISMATCH and any(other[:len(loc)] == loc and other != loc for other in found):
+            continue  # a union's other branch (`gpus: [-1]` is no int) says less than the one that matched
+        found[loc] = Problem(loc, msg, line, col)  # of a union's failed branches, the last says most
+    return list(found.values())
+
+
+_TYPE_MISMATCH = frozenset({"int_type", "float_type", "string_type", "list_type", "dict_type", "model_type",
+                            "bool_type"})
+
+
+# the names pydantic gives the branches of a union in an error's location (`list[int]`, `function-after[...]`)
+_UNION_TAG_RE = re.compile(r"^(?:[a-z-]+\[.*\]|int|str|float|bool|constrained-[a-z]+)$", re.DOTALL)
+
+
+def _got(loc: Loc, value: Any, seen: Expansions | None) -> str:
+    """The offending value for a message, unless it may be a secret: a secret field's value is never
+    shown, nor one brought in from the environment (shown as written, `${VAR}`)."""
+    written = seen.source(loc) if seen is not None else None
+    if _is_secret_loc(loc):
+        return f" (from {_cut(written)}; the value is not shown)" if written else " (the value is not shown)"
+    if written is not None:
+        return f", got the value of {_cut(written)} (not shown: it came from the environment)"
+    return f", got {_cut(repr(value), 80)}"
+
+
+# fields whose values are secrets, and env keys that look like one (their values become SecretStr)
+SECRET_FIELDS = frozenset({"api_key", "api_keys", "token", "password", "admin_pass", "auth"})
+
+
+def _is_secret_loc(loc: Loc) -> bool:
+    for i, part in enumerate(loc):
+        if part in SECRET_FIELDS:
+            return True
+        if part == "env" and i + 1 < len(loc) and SECRET_KEY_RE.search(str(loc[i + 1])):
+            return True
+    return False
+
+
+def _secret_values(data: Any, loc: Loc = ()) -> set[str]:
+    """Every string at a secret place of the (expanded) file."""
+    if isinstance(data, dict):
+        return set().union(*(_secret_values(v, (*loc, k)) for k, v in data.items())) if data else set()
+    if isinstance(data, list):
+        return set().union(*(_secret_values(v, (*loc, i)) for i, v in enumerate(data))) if data else set()
+    if isinstance(data, str | int | float) and not isinstance(data, bool) and _is_secret_loc(loc):
+        return {str(data)}
+    return set()
+
+
+def _redact(problems: list[Problem], secrets: set[str]) -> list[Problem]:
+    """The last guard: no message carries a secret, whatever rule wrote it. Values shorter than four
+    characters are only masked where quoted, so a message is not garbled by a `1`."""
+    out = []
+    for p in problems:
+        msg = p.message
+        for value in sorted(secrets, key=len, reverse=True):
+            if len(value) >= 4:
+                msg = msg.replace(value, "***")
+            elif value:
+                msg = msg.replace(repr(value), "'***'").replace(f"'{value}'", "'***'")
+        out.append(Problem(p.loc, msg, p.line, p.col) if msg != p.message else p)
     return out
 
 
@@ -204,11 +475,20 @@ def _nested_fields(prefix: Loc, model: type) -> dict[Loc, list[str]]:
 
 def load_text(text: str, path: str = "<stack>", environ: Mapping[str, str] | None = None,
               base_dir: Path | None = None) -> Stack:
+    seen = Expansions()
+    try:
+        return _load_text(text, path, environ, base_dir, seen)
+    except StackError as exc:
+        raise StackError(exc.path, _redact(exc.problems, seen.values)) from None
+
+
+def _load_text(text: str, path: str, environ: Mapping[str, str] | None, base_dir: Path | None,
+               seen: Expansions) -> Stack:
     if len(text.encode()) > MAX_FILE_BYTES:
         raise StackError(path, [Problem((), f"the file is larger than {MAX_FILE_BYTES // 1000} kB; refusing it")])
     conv = _Converter(path)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=_BoundedLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
@@ -232,15 +512,21 @@ def load_text(text: str, path: str = "<stack>", environ: Mapping[str, str] | Non
     problems: list[Problem] = []
     env_file = raw.get("env_file")
     if isinstance(env_file, str):
-        env_path = (base / os.path.expanduser(env_file)).resolve()
-        if env_path.is_file():
+        env_path = Path(os.path.normpath(base / os.path.expanduser(env_file)))
+        try:
             env.update(read_env_file(env_path))
-        else:
+        except Unreadable as exc:
             line, col = smap.find(("env_file",))
-            problems.append(Problem(("env_file",), f"env file {env_path} does not exist", line, col))
+            where = f" (its line {exc.line}, column {exc.col})" if exc.line else ""
+            why = "does not exist" if not os.path.lexists(env_path) else exc.message
+            problems.append(Problem(("env_file",), f"env file {_short(env_path)} {why}{where}", line, col))
     env.update(environ if environ is not None else os.environ)
-    data = _expand(raw, (), env, problems, smap)
+    seen.values.update(v for v in _secret_values(raw) if "$" not in v)  # a secret written out in the file
+    data = _expand(raw, (), env, problems, smap, seen)
+    seen.values.update(_secret_values(data))
     problems.extend(text_problems(data, smap))
+    problems.extend(_secret_arg_problems(data, smap))
+    problems.extend(_path_problems(data, smap))
 
     for key in data:
         if key not in USER_TOP_KEYS:
@@ -292,7 +578,7 @@ def load_text(text: str, path: str = "<stack>", environ: Mapping[str, str] | Non
         try:
             services[name] = model.model_validate(body)
         except ValidationError as err:
-            problems.extend(_pydantic_problems(err, loc, _nested_fields(loc, model), smap))
+            problems.extend(_pydantic_problems(err, loc, _nested_fields(loc, model), smap, seen))
             continue
         problems.extend(_service_rules(loc, services[name], smap))
 
@@ -302,7 +588,7 @@ def load_text(text: str, path: str = "<stack>", environ: Mapping[str, str] | Non
         try:
             fronts[name] = Front.model_validate(body if body is not None else {})
         except ValidationError as err:
-            problems.extend(_pydantic_problems(err, loc, _nested_fields(loc, Front), smap))
+            problems.extend(_pydantic_problems(err, loc, _nested_fields(loc, Front), smap, seen))
     if problems:
         raise StackError(path, problems)
 
@@ -311,7 +597,7 @@ def load_text(text: str, path: str = "<stack>", environ: Mapping[str, str] | Non
         stack = Stack.model_validate({**top, "services": services, "fronts": fronts,
                                       "base_dir": str(base), "source": path})
     except ValidationError as err:
-        raise StackError(path, _pydantic_problems(err, (), _nested_fields((), Stack), smap)) from None
+        raise StackError(path, _pydantic_problems(err, (), _nested_fields((), Stack), smap, seen)) from None
     problems.extend(cross_checks(stack, smap))
     if problems:
         raise StackError(path, problems)
@@ -411,6 +697,84 @@ def text_problems(data: Any, smap: SourceMap) -> list[Problem]:
     return out
 
 
+# argument names that carry a secret: api_key, hf_token, use_auth_token, admin_pass, h2ogpt_api_keys,
+# password, client_secret... but not max_new_tokens or tokenizer (words are split on '_' and '-')
+_SECRET_ARG_WORDS = frozenset({"token", "password", "passwd", "pass", "secret", "credential", "credentials",
+                               "key", "keys", "apikey", "apikeys"})
+
+
+def secret_arg_hint(name: str, section: str = "services") -> str | None:
+    """Where a secret given as `args: {NAME: ...}` belongs instead, or None for an ordinary flag."""
+    words = str(name).lower().replace("-", "_").strip("_").split("_")
+    if not (_SECRET_ARG_WORDS.intersection(words) or words == ["auth"]):
+        return None
+    if "key" in words or "keys" in words or "apikey" in words or "apikeys" in words:
+        if section == "fronts":
+            return "set `api_keys:` on the front, from variables (api_keys: [\"${GATEWAY_KEY}\"])"
+        return ("set `api_key:` on the service, from a variable (api_key: \"${MY_KEY}\"), which reaches "
+                "the server through its environment")
+    if "admin" in words:
+        return "set `admin_pass:` on the front, from a variable (admin_pass: \"${ADMIN_PASS}\")"
+    if "token" in words:
+        return "pass it in `env:` (env: {HF_TOKEN: \"${HF_TOKEN}\"}), where it is kept out of the command line"
+    if words == ["auth"] or "password" in words or "passwd" in words or "pass" in words:
+        return "set `auth:` ({user: ..., password: \"${PASSWORD}\"}), which is never printed"
+    return "pass it in `env:` under a name holding TOKEN, KEY or SECRET, which is never printed"
+
+
+def _secret_arg_problems(data: Any, smap: SourceMap) -> list[Problem]:
+    """`args:` become a command line, which `ps`, `docker inspect`, `plan` and `render` show: a
+    secret there is refused (a true/false switch such as `enforce_h2ogpt_api_key: true` is no secret)."""
+    out = []
+    for section in ("services", "fronts"):
+        entries = data.get(section) if isinstance(data, dict) else None
+        for name, body in (entries.items() if isinstance(entries, dict) else ()):
+            args = body.get("args") if isinstance(body, dict) else None
+            for key, value in (args.items() if isinstance(args, dict) else ()):
+                hint = secret_arg_hint(str(key), section)
+                if hint is None or isinstance(value, bool) or value is None:
+                    continue
+                loc = (section, name, "args", key)
+                line, col = smap.find(loc)
+                out.append(Problem(loc, f"'{key}' carries a secret, and `args:` become a command line that "
+                                        f"`ps`, `plan` and `render` show: {hint}", line, col))
+    return out
+
+
+# fields that name files or folders: a value the file system cannot hold is refused here, not met as an
+# OSError later (Linux: PATH_MAX 4096 bytes, NAME_MAX 255 per part)
+_PATH_FIELDS = ("model", "python", "launcher", "workdir")
+PATH_MAX, NAME_MAX = 4095, 255
+
+
+def _too_long_for_a_path(value: str) -> bool:
+    return len(value.encode()) > PATH_MAX or any(len(part.encode()) > NAME_MAX for part in value.split("/"))
+
+
+def _path_problems(data: Any, smap: SourceMap) -> list[Problem]:
+    if not isinstance(data, dict):
+        return []
+    places: list[tuple[Loc, Any]] = [(("env_file",), data.get("env_file"))]
+    defaults = data.get("defaults")
+    if isinstance(defaults, dict):
+        places.append((("defaults", "hf_home"), defaults.get("hf_home")))
+    for section in ("services", "fronts"):
+        entries = data.get(section)
+        for name, body in (entries.items() if isinstance(entries, dict) else ()):
+            if isinstance(body, dict):
+                places += [((section, name, f), body.get(f)) for f in _PATH_FIELDS]
+                volumes = body.get("volumes")
+                places += [((section, name, "volumes", i), str(v).split(":", 1)[0])
+                           for i, v in enumerate(volumes if isinstance(volumes, list) else [])]
+    out = []
+    for loc, value in places:
+        if isinstance(value, str) and _too_long_for_a_path(value):
+            line, col = smap.find(loc)
+            out.append(Problem(loc, f"is too long for a path ({len(value)} characters): a path holds at most "
+                                    f"{PATH_MAX} bytes and each part between slashes at most {NAME_MAX}", line, col))
+    return out
+
+
 def _service_rules(loc: Loc, svc: Any, smap: SourceMap) -> list[Problem]:
     out = []
 
@@ -444,6 +808,10 @@ def _service_rules(loc: Loc, svc: Any, smap: SourceMap) -> list[Problem]:
         add("url", "give either `url:` (an existing server) or `nodes:` (one model across hosts), not both")
     if nodes and not svc.gpus:
         add("nodes", "a multi-node service needs `gpus:` (the GPUs it uses on each node)")
+    if kind == "vllm" and "gpu_memory_utilization" in svc.args and share(svc.args["gpu_memory_utilization"]) is None:
+        line, col = smap.find((*loc, "args", "gpu_memory_utilization"))
+        out.append(Problem((*loc, "args", "gpu_memory_utilization"), "gpu_memory_utilization is the share of each "
+                           "GPU vLLM may use: a number above 0 and at most 1, like 0.9", line, col))
     if svc.external and not nodes and (svc.gpus or svc.port):
         add("gpus" if svc.gpus else "port", "an external service (`url:`) is not started: it takes no gpus or port")
     return out
@@ -529,15 +897,25 @@ def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
     return None
 
 
+def _short(path: str | Path, limit: int = 200) -> str:
+    """A path as a message shows it: a hostile 10,000-character one is cut."""
+    text = str(path)
+    return text if len(text) <= limit else text[:limit // 2] + "..." + text[-limit // 2:]
+
+
+def read_stack_text(path: str | Path) -> str:
+    """The stack file's text, or a StackError that says why it cannot be read."""
+    try:
+        return read_text_file(path)
+    except Unreadable as exc:
+        why = exc.message if exc.message.startswith("cannot") else f"the stack file {exc.message}"
+        raise StackError(_short(path), [Problem((), why, exc.line, exc.col)]) from None
+
+
 def load(path: str | Path, environ: Mapping[str, str] | None = None) -> Stack:
     p = Path(path)
-    try:
-        size = p.stat().st_size
-    except OSError as exc:
-        raise StackError(str(path), [Problem((), f"cannot read the stack file: {exc.strerror}")]) from None
-    if size > MAX_FILE_BYTES:
-        raise StackError(str(path), [Problem((), f"the file is larger than {MAX_FILE_BYTES // 1000} kB; refusing it")])
-    return load_text(p.read_text(), str(path), environ, p.resolve().parent)
+    text = read_stack_text(p)
+    return load_text(text, str(path), environ, p.resolve().parent)
 
 
 def stack_name(path: str | Path, environ: Mapping[str, str] | None = None) -> str:
@@ -545,8 +923,8 @@ def stack_name(path: str | Path, environ: Mapping[str, str] | None = None) -> st
     must work without the secrets and variables that only `up` needs."""
     p = Path(path)
     try:
-        raw = yaml.safe_load(p.read_text()) if p.stat().st_size <= MAX_FILE_BYTES else None
-    except (OSError, yaml.YAMLError):
+        raw = bounded_yaml(read_text_file(p))
+    except (Unreadable, yaml.YAMLError):
         raw = None
     name = raw.get("name") if isinstance(raw, dict) else None
     if not isinstance(name, str) or not name:

@@ -138,7 +138,12 @@ def write(path: Path, data: dict[str, Any]) -> None:
 
 
 def read(path: Path) -> dict[str, Any]:
-    data = yaml.safe_load(path.read_text())
+    from h2ostack.loader import Unreadable, bounded_yaml, read_text_file
+
+    try:
+        data = bounded_yaml(read_text_file(path))
+    except (Unreadable, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
     if not isinstance(data, dict) or "services" not in data:
         raise ValueError(f"{path} is not a lock file written by `h2ostack lock`")
     return data

@@ -20,7 +20,7 @@ from h2ostack.backends.base import Context, Probe
 from h2ostack.facts import Facts, local_model_path
 from h2ostack.loader import Problem, StackError, find_cycle
 from h2ostack.runtimes.base import runtime_key
-from h2ostack.spec import EnvValue, Front, Service, Stack, mask, reveal
+from h2ostack.spec import EnvValue, Front, Service, Stack, mask, reveal, share
 
 # weights x 1.2: activations, CUDA context and allocator slack, the usual rule of thumb
 WEIGHT_MARGIN = 1.2
@@ -277,7 +277,12 @@ class _Planner:
             if per_gpu is None:
                 continue
             if svc.kind == "vllm":
-                util = float(svc.args.get("gpu_memory_utilization", VLLM_DEFAULT_UTILIZATION))
+                util = share(svc.args.get("gpu_memory_utilization", VLLM_DEFAULT_UTILIZATION))
+                if util is None:
+                    self.problem(("services", name, "args", "gpu_memory_utilization"),
+                                 "gpu_memory_utilization is the share of each GPU vLLM may use: a number "
+                                 "above 0 and at most 1, like 0.9")
+                    continue
                 for gid in ids:
                     g = self.facts.gpu(gid)
                     if g and g.total_gib:

@@ -11,6 +11,7 @@ engine (`docker -H URL`), as `up` does.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -28,29 +29,30 @@ UNSET = "h2ostack-unset-"  # the value an unset variable gets while planning wha
 
 
 def environ_for(stack_file: str | Path, environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment with a placeholder for each variable the stack file references that neither
-    it nor its env_file sets. What is rendered holds secrets by name only, so a stack renders without
-    this machine's secrets; a placeholder that reaches the output was not a secret (`leaked`)."""
+    """The environment with a placeholder for each variable the stack file references with no default
+    that neither the environment nor its env_file sets. What is rendered holds secrets by name only, so a
+    stack renders without this machine's secrets; a placeholder that reaches the output was not a
+    secret (`leaked`). The files are read as the loader reads them (bounded, regular files only): what
+    is wrong with them is the loader's to say."""
     import yaml
 
-    from h2ostack.loader import _VAR_RE, read_env_file
+    from h2ostack.loader import Unreadable, bounded_yaml, read_env_file, read_text_file, referenced_variables
 
     path = Path(stack_file)
     env = dict(os.environ if environ is None else environ)
     try:
-        text = path.read_text()
-        raw = yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return env  # the loader says what is wrong with it
+        text = read_text_file(path)
+        raw = bounded_yaml(text)
+    except (Unreadable, yaml.YAMLError, RecursionError):
+        return env
     known = set(env)
     env_file = raw.get("env_file") if isinstance(raw, dict) else None
     if isinstance(env_file, str):
-        found = path.resolve().parent / os.path.expanduser(env_file)
-        if found.is_file():
-            known |= set(read_env_file(found))
-    for m in _VAR_RE.finditer(text):
-        if m.group(1) and m.group(2) is None and m.group(1) not in known:
-            env[m.group(1)] = UNSET + m.group(1)
+        with contextlib.suppress(Unreadable, OSError, ValueError):
+            known |= set(read_env_file(path.resolve().parent / os.path.expanduser(env_file)))
+    for name in referenced_variables(text, required_only=True):
+        if name not in known:
+            env[name] = UNSET + name
     return env
 
 

@@ -10,7 +10,16 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    field_validator,
+)
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
 # env keys that hold credentials: their values become SecretStr
@@ -20,11 +29,41 @@ KINDS = ("tgi", "vllm", "transformers", "openai", "h2ogpt")
 EnvValue = str | SecretStr
 
 
+def _not_a_bool(value: Any) -> Any:
+    # YAML's true/false would otherwise pass as 1/0: `port: true` is a mistake, not port 1
+    if isinstance(value, bool):
+        raise ValueError(f"{str(value).lower()} is not a number: give a number")
+    return value
+
+
+def _not_empty(value: SecretStr) -> SecretStr:
+    if not value.get_secret_value().strip():
+        raise ValueError("a secret cannot be empty: an empty key or password would let anyone in "
+                         "(set the variable it comes from, or leave the field out)")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_not_a_bool)]
+Float = Annotated[float, BeforeValidator(_not_a_bool), Field(allow_inf_nan=False)]
+Secret = Annotated[SecretStr, AfterValidator(_not_empty)]
+
+
 def reveal(value: EnvValue | None) -> str | None:
     """The plain value of a possibly secret string (for process env and HTTP headers only)."""
     if isinstance(value, SecretStr):
         return value.get_secret_value()
     return value
+
+
+def share(value: object) -> float | None:
+    """A share in (0, 1] (vLLM's gpu_memory_utilization), or None for anything else (text, true/false, nan)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        got = float(value)
+    except ValueError:
+        return None
+    return got if 0 < got <= 1 else None
 
 
 def mask(value: Any) -> Any:
@@ -43,9 +82,9 @@ class _Model(BaseModel):
 
 
 class Health(_Model):
-    timeout: float | None = Field(default=None, gt=0, description="seconds to wait for readiness")
-    interval: float = Field(default=0.1, gt=0, le=60)
-    unhealthy_after: float | None = Field(default=None, gt=0, description="liveness: restart after this long "
+    timeout: Float | None = Field(default=None, gt=0, description="seconds to wait for readiness")
+    interval: Float = Field(default=0.1, gt=0, le=60)
+    unhealthy_after: Float | None = Field(default=None, gt=0, description="liveness: restart after this long "
                                           "without a healthy answer")
     canary: bool = Field(default=False, description="liveness also asks for one token, for servers whose "
                          "/health stays green while generation is broken")
@@ -55,12 +94,12 @@ class BasicAuth(_Model):
     """`URL    USER    TOKEN` in h2oGPT's terms: header `authorization: USER TOKEN`."""
 
     user: str
-    token: SecretStr
+    token: Secret
 
 
 class FrontAuth(_Model):
     user: str
-    password: SecretStr
+    password: Secret
 
 
 class Host(_Model):
@@ -71,7 +110,7 @@ class Host(_Model):
                                 "host of its docker URL; 127.0.0.1 for a unix socket)")
     ssh: str | None = Field(default=None, description="user@host for recipes run there (default: from an "
                             "ssh:// docker URL, else the address)")
-    gpus: list[Annotated[int, Field(ge=0)]] | None = None
+    gpus: list[Annotated[Int, Field(ge=0)]] | None = None
     bind: str | None = Field(default=None, description="where its containers publish ports (default: 127.0.0.1 "
                              "when reached at 127.0.0.1, else 0.0.0.0 so the fronts can reach them)")
 
@@ -121,15 +160,16 @@ class _Service(_Model):
     model: str | None = None
     revision: str | None = None
     url: str | None = None
-    gpus: list[Annotated[int, Field(ge=0)]] | Annotated[int, Field(ge=0)] | None = None
-    port: int | None = Field(default=None, ge=1, le=65535)
+    gpus: Annotated[list[Annotated[Int, Field(ge=0)]] | Annotated[int, Field(ge=0)] | None,
+                    BeforeValidator(_not_a_bool)] = None
+    port: Int | None = Field(default=None, ge=1, le=65535)
     env: dict[str, EnvValue] = Field(default_factory=dict)
     args: dict[str, ArgValue] = Field(default_factory=dict)
     depends_on: list[str] = Field(default_factory=list)
     share_gpus: bool = False
-    vram_gb: float | None = Field(default=None, gt=0)
+    vram_gb: Float | None = Field(default=None, gt=0)
     restart: Literal["no", "on-failure", "always"] = "no"
-    max_restarts: int | None = Field(default=None, ge=0)
+    max_restarts: Int | None = Field(default=None, ge=0)
     health: Health = Field(default_factory=Health)
     prompt_type: str | None = None
     prompt_dict: dict[str, str] | None = None
@@ -181,7 +221,7 @@ class TGIService(_Service):
     shm_size: str | None = None
     volumes: list[str] = Field(default_factory=list)
     auth: BasicAuth | None = None
-    api_key: SecretStr | None = None  # TGI 2.3+: clients send `Bearer KEY`; reaches the server as $API_KEY
+    api_key: Secret | None = None  # TGI 2.3+: clients send `Bearer KEY`; reaches the server as $API_KEY
 
     @property
     def starts_something(self) -> bool:
@@ -191,7 +231,7 @@ class TGIService(_Service):
 class VLLMService(_Service):
     kind: Literal["vllm"]
     python: str | None = None
-    api_key: SecretStr | None = None
+    api_key: Secret | None = None
     # hosts (of `hosts:`) one model spans with Ray: the first is the head; `gpus` is per node
     nodes: list[str] | None = Field(default=None, min_length=2)
 
@@ -210,7 +250,7 @@ class TransformersService(_Service):
     python: str | None = None
     device: str | None = None
     dtype: str | None = None
-    api_key: SecretStr | None = None
+    api_key: Secret | None = None
 
     @property
     def starts_something(self) -> bool:
@@ -219,7 +259,7 @@ class TransformersService(_Service):
 
 class OpenAIService(_Service):
     kind: Literal["openai"]
-    api_key: SecretStr | None = None
+    api_key: Secret | None = None
 
     @property
     def external(self) -> bool:
@@ -249,12 +289,12 @@ SERVICE_MODELS: dict[str, type[_Service]] = {
 
 class Front(_Model):
     kind: Literal["gradio", "h2ogpt"] = "gradio"
-    port: int | None = Field(default=None, ge=1, le=65535)
+    port: Int | None = Field(default=None, ge=1, le=65535)
     models: list[str] = Field(default_factory=list)
-    columns: int | None = Field(default=None, ge=1)
+    columns: Int | None = Field(default=None, ge=1)
     auth: FrontAuth | None = None
-    admin_pass: SecretStr | None = None
-    api_keys: list[SecretStr] = Field(default_factory=list)
+    admin_pass: Secret | None = None
+    api_keys: list[Secret] = Field(default_factory=list)
     python: str | None = None
     workdir: str | None = None
     env: dict[str, EnvValue] = Field(default_factory=dict)
@@ -265,7 +305,7 @@ class Front(_Model):
 
 
 class Stack(_Model):
-    version: Literal[1] = 1
+    version: Annotated[Literal[1], BeforeValidator(_not_a_bool)] = 1
     name: str
     env_file: str | None = None
     defaults: Defaults = Field(default_factory=Defaults)

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from h2ostack import __version__
-from h2ostack.errors import EngineUnavailable
+from h2ostack.errors import EngineUnavailable, StackError
 from h2ostack.facts import GPU, Facts
 from h2ostack.loader import load_text
-from h2ostack.plan import Plan, PlanError, make_plan
+from h2ostack.plan import Plan, make_plan
 from h2ostack.runtimes.docker import DockerRuntime, _ContainerHandle, _started_at, engine, labels_for
 from h2ostack.runtimes.docker_render import docker_run_lines
 from h2ostack.spec import Stack
@@ -108,7 +108,7 @@ def test_tgi_api_key_goes_to_env_never_argv() -> None:
 
 
 def test_api_key_as_a_flag_is_refused() -> None:
-    with pytest.raises(PlanError) as info:
+    with pytest.raises(StackError) as info:
         plan_of("name: k\nservices:\n  t: {kind: tgi, image: tgi:2.3, model: m, port: 8080, args: {api_key: sk-x}}\n")
     assert "services.t.args.api_key" in str(info.value) and "set `api_key:` on the service" in str(info.value)
 

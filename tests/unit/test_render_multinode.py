@@ -31,6 +31,7 @@ def rendered(monkeypatch: pytest.MonkeyPatch) -> str:
 
 def test_plan_is_tensor_parallel_per_node_and_pipeline_parallel_across(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("VLLM_KEY", "sk-multinode-key")
     monkeypatch.chdir(ROOT)
     _, _, plan = load_plan(STACK.relative_to(ROOT), gpus="0", check_ports=False)  # this machine's GPUs don't count
     sp = plan.services["llama405b"]
