@@ -163,8 +163,16 @@ def exposure_warnings(stack: Stack) -> list[tuple[str, str]]:
         if svc.starts_something and getattr(svc, "api_key", None) is None:
             out.append((name, f"listens on {bind} without an api key: anyone who reaches this host can use it"))
     for name, front in stack.fronts.items():
-        if front.auth is None:
-            out.append((name, f"front listens on {bind} without `auth:`"))
+        if front.auth is not None:
+            continue  # the page, and the built-in front's /v1 (the password is a bearer key there too)
+        if front.kind == "gradio" and not front.api_keys:
+            out.append((name, f"front listens on {bind} without `auth:` or `api_keys`: anyone who reaches this "
+                              "host can use its page and its /v1 gateway, and with them the models' own keys"))
+        elif front.kind == "gradio":
+            out.append((name, f"front listens on {bind} without `auth:`: anyone who reaches this host can use "
+                              "its page (its /v1 gateway needs one of the `api_keys`), and with it the models' keys"))
+        else:
+            out.append((name, f"front listens on {bind} without `auth:`: anyone who reaches this host can use it"))
     return out
 
 

@@ -5,7 +5,9 @@ raw bytes, never re-parsed; TGI's native API is translated (messages to a prompt
 type, `/generate_stream` events to `chat.completion.chunk`, finish reasons mapped); h2oGPT Gradio
 servers go through gradio_client. Errors are ones a client can act on: unknown model 404 with
 the list, backend down 503, backend timeout 504, a backend's own 4xx passed through, never a
-traceback. With `api_keys` every request needs `Authorization: Bearer KEY`.
+traceback. With `api_keys`, or a front `auth:` (whose password is then a key too: the page's users
+reach /v1 with what they already have, and nobody else does), every request needs
+`Authorization: Bearer KEY`.
 
 Everything is async with one keep-alive connection pool per backend (h2ostack.upstream: a
 fraction of a general-purpose client's per-request cost, which matters for a hop meant to be
@@ -277,7 +279,9 @@ class Gateway:
         for r in routes:
             self.routes.setdefault(r.served_model, r)
         self.listed = list(routes)
-        self.api_keys = [k.encode() for k in api_keys]
+        # keys given (even if all of them came out empty) means closed: an empty key opens nothing
+        self.closed = bool(api_keys)
+        self.api_keys = [k.encode() for k in api_keys if k]
         self.to_prompt = to_prompt
         self.connect_timeout = (connect_timeout if connect_timeout is not None
                                 else _env_seconds("REQUEST_TIMEOUT_FAST", 10.0))
@@ -397,15 +401,15 @@ class Gateway:
                 reply.done()
 
     def authorized(self, scope: dict[str, Any]) -> bool:
-        if not self.api_keys:
+        if not self.closed:
             return True
         got = b""
         for name, value in scope["headers"]:
             if name == b"authorization":
                 got = value
                 break
-        token = got[7:] if got[:7].lower() == b"bearer " else b""
-        return any(hmac.compare_digest(token, k) for k in self.api_keys)
+        token = got[7:].strip() if got[:7].lower() == b"bearer " else b""
+        return bool(token) and any(hmac.compare_digest(token, k) for k in self.api_keys)
 
     def models(self) -> Reply:
         data = [{"id": r.name, "object": "model", "created": 0, "owned_by": "h2ostack", "backend": r.kind,
@@ -649,10 +653,20 @@ def _keep_alive(sp: Any) -> float | None:
         return None
 
 
+def front_keys(spec: Any) -> list[str]:
+    """The bearer keys of a front's /v1: its `api_keys`, and with `auth:` its users' password, so
+    that a front whose page is protected never leaves its gateway (and the models' keys) open."""
+    from h2ostack.spec import reveal
+
+    keys = [reveal(k) or "" for k in spec.api_keys]
+    if spec.auth is not None:
+        keys.append(reveal(spec.auth.password) or "")
+    return keys
+
+
 def build(stack_file: str, front: str) -> Gateway:
     """The gateway of one front of a stack file."""
     from h2ostack.api import load_plan
-    from h2ostack.spec import reveal
 
     stack, _, plan = load_plan(stack_file, check_ports=False)
     spec = stack.fronts[front]
@@ -661,8 +675,7 @@ def build(stack_file: str, front: str) -> Gateway:
         from h2ostack.front.prompts import gateway_prompt as to_prompt  # type: ignore[no-redef]
     except ImportError:
         to_prompt = None
-    keys = [reveal(k) or "" for k in spec.api_keys]
-    return Gateway(routes_from_plan(plan, stack, spec.models), keys, to_prompt)
+    return Gateway(routes_from_plan(plan, stack, spec.models), front_keys(spec), to_prompt)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -156,3 +156,55 @@ def test_limits_come_from_the_environment_and_nonsense_falls_back_to_the_default
     assert got.max_body == 1000 and got.header_timeout == 2.5 and got.max_connections == d.max_connections
     for bad in ("abc", "nan", "inf", "-1", "0", ""):
         assert Limits.from_env({"H2OSTACK_GATEWAY_MAX_BODY": bad, "H2OSTACK_GATEWAY_BODY_TIMEOUT": bad}) == d
+
+
+def _v1_models(base: str, key: str | None) -> int:
+    headers = {"authorization": f"Bearer {key}"} if key is not None else {}
+    return httpx.get(base + "/v1/models", headers=headers, timeout=10).status_code
+
+
+def test_a_front_with_auth_closes_its_gateway_too(tmp_path: Path, write_stack, stack_name: str) -> None:
+    """`auth:` without `api_keys`: the page's password is the only way into /v1, on the gateway
+    alone and on the built-in front's own app."""
+    port = free_port()
+    path = write_stack(f"""\
+version: 1
+name: {stack_name}
+services:
+  m: {{kind: vllm, url: "http://127.0.0.1:{free_port()}", model: m}}
+fronts:
+  chat: {{port: {port}, models: [m], auth: {{user: admin, password: "${{FRONT_PW}}"}}}}
+""")
+    env = {**__import__("os").environ, "H2OSTACK_STATE_DIR": str(tmp_path / "state"), "FRONT_PW": "pw-front-1"}
+    proc = subprocess.Popen([sys.executable, "-m", "h2ostack.gateway", str(path), "--front", "chat", "--port",
+                             str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _answers(base + "/v1/models"), 30, "the gateway")
+        assert [_v1_models(base, k) for k in (None, "wrong", "admin", "admin:pw-front-1", "pw-front-1")] == [401] * 4 + [200]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+    from starlette.testclient import TestClient
+
+    from h2ostack.front.app import build_app
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FRONT_PW", "pw-front-1")
+        mp.setenv("H2OSTACK_STATE_DIR", str(tmp_path / "state"))
+        client = TestClient(build_app(str(path), "chat"))
+        assert client.get("/v1/models").status_code == 401
+        assert client.get("/v1/models", headers={"authorization": "Bearer pw-front-1"}).status_code == 200
+
+
+def test_an_empty_key_opens_nothing(tmp_path: Path, write_stack, stack_name: str) -> None:
+    """A key that came out empty (an unset variable) leaves /v1 closed, never open to every request."""
+    from starlette.testclient import TestClient
+
+    from h2ostack.gateway import Gateway, Route_
+
+    gw = Gateway([Route_("m", "vllm", "openai", "http://127.0.0.1:1", "m")], [""])
+    client = TestClient(gw)
+    assert [client.get("/v1/models", headers=h).status_code
+            for h in ({}, {"authorization": "Bearer "}, {"authorization": "Bearer  "})] == [401] * 3
