@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # the models (pydantic) load only for commands that read a st
     from h2ostack.spec import Stack
 
 LOG_TAIL_LINES = 20
+MALFORMED = "malformed pidfile"  # how the process runtime reports a pidfile it skipped
 
 
 @dataclass(frozen=True)
@@ -332,6 +333,9 @@ def down(target: str | Path, timeout: float = 30.0, force: bool = False, emit: E
 
 def _stop_all(ctx: Ctx, timeout: float, force: bool, emit: Emit) -> list[str]:
     observed = {n: o for n, o in ctx.observe().items() if not n.startswith("<")}
+    for name, obs in observed.items():  # skipped, never a reason to leave the others running
+        if obs.detail.startswith(MALFORMED):
+            emit(Event(name, "warn", obs.detail))
     saved = ctx.state.load_plan() or {}
     entries = [*saved.get("plan", {}).get("services", []), *saved.get("plan", {}).get("fronts", [])]
     deps = {e["name"]: [d for d in e.get("depends_on", []) if d in observed] for e in entries
