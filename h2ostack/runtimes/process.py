@@ -130,6 +130,31 @@ def marked(stack: str, state_root: Path, service: str | None = None) -> list[psu
     return out
 
 
+def marked_stacks(state_root: Path) -> list[str]:
+    """The stacks whose processes run under this state dir, by their markers alone (the state dir
+    itself may be gone)."""
+    import re
+
+    names = set()
+    for proc in psutil.process_iter():
+        try:
+            env = proc.environ()
+        except (psutil.Error, OSError):
+            continue
+        if env.get(MARK_STATE) == str(state_root) and env.get(MARK_SERVICE) and proc.pid != os.getpid():
+            names.add(env.get(MARK_STACK) or "")
+    return sorted(n for n in names if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", n) and ".." not in n)
+
+
+def _marked_port(procs: list[psutil.Process]) -> int | None:
+    for proc in procs:
+        with contextlib.suppress(psutil.Error, OSError, ValueError):
+            port = int(proc.environ().get("H2OSTACK_PORT", ""))
+            if 0 < port < 65536:
+                return port
+    return None
+
+
 def service_of(proc: psutil.Process) -> str | None:
     try:
         return proc.environ().get(MARK_SERVICE)
@@ -236,7 +261,8 @@ class ProcessRuntime:
                 detail = "its shim is gone; processes remain"
             if name in malformed:
                 detail = malformed[name] + (f"; {detail}" if alive else "")
-            out[name] = Observed(name, "process", alive, rec.config_hash if rec else "", rec.port if rec else None,
+            port = rec.port if rec else _marked_port(procs)
+            out[name] = Observed(name, "process", alive, rec.config_hash if rec else "", port,
                                  str(server or (rec.pid if rec else "")), rec.started_at if rec else None, code,
                                  detail, info.get("restarts", 0), info.get("code") if alive else code,
                                  info.get("last_probe_failure"))
