@@ -351,7 +351,7 @@ class Gateway:
                          "request_too_large")
         too_big.headers += CLOSE
         for name, value in scope["headers"]:
-            if name == b"content-length" and (not value.strip().isdigit() or int(value) > limit):
+            if name == b"content-length" and value.strip().isdigit() and int(value) > limit:
                 return too_big
         chunks: list[bytes] = []
         size = 0
