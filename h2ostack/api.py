@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # the models (pydantic) load only for commands that read a st
     from h2ostack.spec import Stack
 
 LOG_TAIL_LINES = 20
+MALFORMED = "malformed pidfile"  # how the process runtime reports a pidfile it skipped
 
 
 @dataclass(frozen=True)
@@ -165,8 +166,16 @@ def exposure_warnings(stack: Stack) -> list[tuple[str, str]]:
         if svc.starts_something and getattr(svc, "api_key", None) is None:
             out.append((name, f"listens on {bind} without an api key: anyone who reaches this host can use it"))
     for name, front in stack.fronts.items():
-        if front.auth is None:
-            out.append((name, f"front listens on {bind} without `auth:`"))
+        if front.auth is not None:
+            continue  # the page, and the built-in front's /v1 (the password is a bearer key there too)
+        if front.kind == "gradio" and not front.api_keys:
+            out.append((name, f"front listens on {bind} without `auth:` or `api_keys`: anyone who reaches this "
+                              "host can use its page and its /v1 gateway, and with them the models' own keys"))
+        elif front.kind == "gradio":
+            out.append((name, f"front listens on {bind} without `auth:`: anyone who reaches this host can use "
+                              "its page (its /v1 gateway needs one of the `api_keys`), and with it the models' keys"))
+        else:
+            out.append((name, f"front listens on {bind} without `auth:`: anyone who reaches this host can use it"))
     return out
 
 
@@ -326,6 +335,9 @@ def down(target: str | Path, timeout: float = 30.0, force: bool = False, emit: E
 
 def _stop_all(ctx: Ctx, timeout: float, force: bool, emit: Emit) -> list[str]:
     observed = {n: o for n, o in ctx.observe().items() if not n.startswith("<")}
+    for name, obs in observed.items():  # skipped, never a reason to leave the others running
+        if obs.detail.startswith(MALFORMED):
+            emit(Event(name, "warn", obs.detail))
     saved = ctx.state.load_plan() or {}
     entries = [*saved.get("plan", {}).get("services", []), *saved.get("plan", {}).get("fronts", [])]
     deps = {e["name"]: [d for d in e.get("depends_on", []) if d in observed] for e in entries
@@ -353,8 +365,9 @@ def _stop_all(ctx: Ctx, timeout: float, force: bool, emit: Emit) -> list[str]:
 
 
 def kill(target: str | Path | None, all_stacks: bool = False, emit: Emit = _noop) -> list[str]:
-    """SIGKILL now, everything of the stack (or of every stack under the state dir)."""
-    names = known_stacks() if all_stacks else []
+    """SIGKILL now, everything of the stack (or of every stack under the state dir, or whose
+    processes carry its markers)."""
+    names = sorted({*known_stacks(), *_marked_stacks()}) if all_stacks else []
     ctxs = [Ctx(n, StackState(n)) for n in names] if all_stacks else [ctx_for(target or "")]
     killed = []
     unreachable: list[EngineUnavailable] = []
@@ -402,14 +415,81 @@ def derive_state(obs: Observed | None, started: bool) -> str:
     return "exited" if obs.exit_code is not None else "stopped"
 
 
+def _marked_stacks() -> list[str]:
+    from h2ostack.runtimes.process import marked_stacks
+
+    return marked_stacks(state_root())
+
+
+def running_stacks() -> list[str]:
+    """Stacks found by what runs, as `down` finds them: processes by their markers, containers of
+    the default engine by their labels (an engine that does not answer adds none)."""
+    names = set(_marked_stacks())
+    if docker_configured():
+        try:
+            import docker
+
+            from h2ostack.runtimes.docker import LABEL
+
+            client = docker.from_env(timeout=5)
+            try:
+                for c in client.containers.list(all=True, filters={"label": [LABEL + "stack"]}):
+                    names.add((c.labels or {}).get(LABEL + "stack", ""))
+            finally:
+                client.close()
+        except Exception:  # noqa: S110 - `status NAME` says what is wrong with the engine
+            pass
+    return sorted(n for n in names if n)
+
+
+def _status_ctx(target: str | Path) -> tuple[Ctx, dict[str, dict[str, Any]]]:
+    """The stack to report on, and with a stack file at hand the entries its plan would have (what
+    fills kind, URL and health when the state dir has no saved plan)."""
+    try:
+        ctx = ctx_for(target)
+    except NotFound:
+        name = str(target)
+        if name not in _marked_stacks():
+            raise
+        ctx = Ctx(name, StackState(name))
+    planned: dict[str, dict[str, Any]] = {}
+    if Path(target).is_file():
+        try:
+            _, _, plan = load_plan(target, check_ports=False)
+            if plan.stack == ctx.name:
+                ctx.plan = plan
+                planned = {e["name"]: e for e in [*plan.to_json()["services"], *plan.to_json()["fronts"]]}
+        except Exception:  # noqa: S110 - status works without the variables only `up` needs
+            pass
+    return ctx, planned
+
+
+def _at_port(entry: dict[str, Any], port: int | None) -> dict[str, Any]:
+    """A planned entry at the port its server actually runs on."""
+    from urllib.parse import urlsplit
+
+    url = entry.get("url")
+    if not url or not port or entry.get("port") == port:
+        return entry
+    u = urlsplit(url)
+    host = f"[{u.hostname}]" if u.hostname and ":" in u.hostname else u.hostname
+    return {**entry, "port": port, "url": u._replace(netloc=f"{host}:{port}").geturl()}
+
+
 def status(target: str | Path | None = None, probe: bool = True) -> list[Row]:
-    ctxs = [ctx_for(target)] if target else [Ctx(n, StackState(n)) for n in known_stacks()]
+    pairs = ([_status_ctx(target)] if target else
+             [(Ctx(n, StackState(n)), {}) for n in sorted({*known_stacks(), *running_stacks()})])
+    ctxs = [c for c, _ in pairs]
     rows: list[Row] = []
     request = health.httpx_requester() if probe and ctxs else None
-    for ctx in ctxs:
+    for ctx, planned in pairs:
         observed = ctx.observe()
         saved = (ctx.state.load_plan() or {}).get("plan", {})
         entries = {e["name"]: e for e in [*saved.get("services", []), *saved.get("fronts", [])]}
+        for name, entry in planned.items():  # the stack file fills in what no saved plan says
+            if name not in entries:
+                obs = observed.get(name)
+                entries[name] = _at_port(entry, obs.port if obs else None)
         names = list(entries) + [n for n in observed if n not in entries]
         checks: dict[str, str] = {}
 

@@ -273,6 +273,9 @@ def status(stack: Annotated[str | None, typer.Argument(help="The stack file or n
                 _console().print(f"gateway {r.stack}/{r.service}: {r.gateway} (OpenAI-compatible)", markup=False)
         for why in dict.fromkeys(r.detail for r in rows if r.state == "unknown" and r.detail):
             _console(stderr=True).print(f"error: {why}", markup=False)
+        for r in rows:
+            if r.detail.startswith(api.MALFORMED):
+                _console(stderr=True).print(f"warning  {r.stack}/{r.service}: {r.detail}", markup=False)
     ok = bool(rows) and all(r.health == "healthy" or r.state == "external" and r.health != "unreachable"
                             for r in rows)
     raise typer.Exit(0 if ok else 1)

@@ -5,13 +5,21 @@ raw bytes, never re-parsed; TGI's native API is translated (messages to a prompt
 type, `/generate_stream` events to `chat.completion.chunk`, finish reasons mapped); h2oGPT Gradio
 servers go through gradio_client. Errors are ones a client can act on: unknown model 404 with
 the list, backend down 503, backend timeout 504, a backend's own 4xx passed through, never a
-traceback. With `api_keys` every request needs `Authorization: Bearer KEY`.
+traceback. With `api_keys`, or a front `auth:` (whose password is then a key too: the page's users
+reach /v1 with what they already have, and nobody else does), every request needs
+`Authorization: Bearer KEY`.
 
 Everything is async with one keep-alive connection pool per backend (h2ostack.upstream: a
 fraction of a general-purpose client's per-request cost, which matters for a hop meant to be
 invisible) and no framework between uvicorn and the handlers, so a slow client holds only its own
 stream. Each response carries `x-h2ostack-overhead-ms`: the gateway's own time before the
 first byte (routing, rewriting, connecting excluded the backend's own work).
+
+Bounded against clients (`Limits`, each settable by an environment variable, e.g. in the front's
+`env:`): a request body over `max_body` is answered 413, headers over `max_header` 431, headers not
+complete within `header_timeout` or a body not complete within `body_timeout` 408, a connection
+beyond `max_connections` 503, each in OpenAI's error shape and with the connection closed. The
+header, time and connection bounds hold for the whole port (`serve`), the body bounds for `/v1`.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import math
 import os
 import time
 import uuid
@@ -106,6 +115,155 @@ def _env_seconds(name: str, default: float) -> float:
         return default
 
 
+def _env_positive(environ: Mapping[str, str], name: str, default: float) -> float:
+    """A positive finite number from the environment; the default for anything else."""
+    try:
+        value = float(environ.get(name, default))
+    except ValueError:
+        return default
+    return value if math.isfinite(value) and value > 0 else default
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one client may make the gateway hold. The body bound leaves room for long chat contexts:
+    a 128k-token conversation is well under 1 MB of JSON, a few base64 images a few MB more."""
+
+    max_body: int = 8 * 1024 * 1024  # bytes: 413
+    max_header: int = 64 * 1024  # bytes, request line and headers together: 431
+    header_timeout: float = 30.0  # seconds from a request's first byte (or the connection) to its last header: 408
+    body_timeout: float = 60.0  # seconds to receive a whole request body: 408
+    max_connections: int = 1000  # open connections, idle or not: 503
+
+    ENV = {"max_body": "H2OSTACK_GATEWAY_MAX_BODY", "max_header": "H2OSTACK_GATEWAY_MAX_HEADER",
+           "header_timeout": "H2OSTACK_GATEWAY_HEADER_TIMEOUT", "body_timeout": "H2OSTACK_GATEWAY_BODY_TIMEOUT",
+           "max_connections": "H2OSTACK_GATEWAY_MAX_CONNECTIONS"}
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Limits:
+        env = os.environ if environ is None else environ
+        d = cls()
+        return cls(int(_env_positive(env, cls.ENV["max_body"], d.max_body)),
+                   int(_env_positive(env, cls.ENV["max_header"], d.max_header)),
+                   _env_positive(env, cls.ENV["header_timeout"], d.header_timeout),
+                   _env_positive(env, cls.ENV["body_timeout"], d.body_timeout),
+                   int(_env_positive(env, cls.ENV["max_connections"], d.max_connections)))
+
+
+CLOSE = [(b"connection", b"close")]
+
+
+def _refusal(status: int, message: str, kind: str) -> bytes:
+    """A whole HTTP response in OpenAI's error shape, written by the protocol itself."""
+    from http import HTTPStatus
+
+    body = json.dumps({"error": {"message": message, "type": kind, "code": status}}).encode()
+    return (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode() + body
+
+
+def bounded_protocol(limits: Limits) -> type:
+    """uvicorn's httptools protocol with the bounds uvicorn lacks: header bytes and time, open
+    connections (uvicorn's own `limit_concurrency` counts only requests whose headers are in, and
+    answers in plain text)."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class Bounded(HttpToolsProtocol):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.head_bytes = 0  # bytes received towards the current request's headers
+            self.head_size = 0  # their parsed size (request line and headers)
+            self.awaiting_head = True
+            self.head_timer: asyncio.TimerHandle | None = None
+
+        def refuse(self, status: int, message: str, kind: str) -> None:
+            self.disarm()
+            if self.transport.is_closing():
+                return
+            if self.cycle is None or self.cycle.response_complete:  # never inside another answer
+                self.transport.write(_refusal(status, message, kind))
+            self.transport.close()
+
+        def arm(self) -> None:
+            if self.head_timer is None:
+                self.head_timer = self.loop.call_later(limits.header_timeout, self.head_expired)
+
+        def disarm(self) -> None:
+            if self.head_timer is not None:
+                self.head_timer.cancel()
+                self.head_timer = None
+
+        def head_expired(self) -> None:
+            self.head_timer = None
+            if self.awaiting_head:
+                self.refuse(408, f"request headers not complete within {limits.header_timeout:g} s",
+                            "request_timeout")
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            if len(self.connections) > limits.max_connections:
+                self.refuse(503, f"the server is at its limit of {limits.max_connections} connections; "
+                            "try again later", "server_busy")
+                return
+            self.arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.disarm()
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            if self.awaiting_head:
+                self.head_bytes += len(data)
+                self.arm()
+            super().data_received(data)
+            if self.awaiting_head and self.head_bytes > limits.max_header:
+                self.refuse(431, f"request headers larger than {limits.max_header} bytes",
+                            "request_header_fields_too_large")
+
+        def on_message_begin(self) -> None:
+            self.head_size = 0
+            super().on_message_begin()
+
+        def on_url(self, url: bytes) -> None:
+            self.head_size += len(url)
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self.head_size += len(name) + len(value) + 4
+            super().on_header(name, value)
+
+        def on_headers_complete(self) -> None:
+            self.awaiting_head = False
+            self.head_bytes = 0
+            self.disarm()
+            if self.head_size > limits.max_header:
+                self.refuse(431, f"request headers larger than {limits.max_header} bytes",
+                            "request_header_fields_too_large")
+                return
+            super().on_headers_complete()
+
+        def on_body(self, body: bytes) -> None:
+            if not self.transport.is_closing():  # nothing more for a refused request
+                super().on_body(body)
+
+        def on_message_complete(self) -> None:
+            self.awaiting_head = True  # whatever comes next is the next request's head
+            if self.transport.is_closing():
+                return
+            super().on_message_complete()
+
+    return Bounded
+
+
+def serve(app: Any, host: str, port: int, limits: Limits | None = None, **kwargs: Any) -> None:
+    """Run `app` under uvicorn with the gateway's bounds on the whole port."""
+    import uvicorn
+
+    limits = limits or Limits.from_env()
+    uvicorn.run(app, host=host, port=port, http=bounded_protocol(limits), log_level="warning", access_log=False,
+                **kwargs)
+
+
 class Gateway:
     """A raw ASGI app for `/v1` (no framework in the hop: routing is three paths), mounted in front
     of the front's own app by `mount`, or served alone by `python -m h2ostack.gateway`.
@@ -114,19 +272,23 @@ class Gateway:
     wait for a backend's next bytes by H2OSTACK_GATEWAY_READ_TIMEOUT (default 600 s)."""
 
     def __init__(self, routes: Sequence[Route_], api_keys: Sequence[str] = (), to_prompt: PromptFn | None = None,
-                 connect_timeout: float | None = None, read_timeout: float | None = None):
+                 connect_timeout: float | None = None, read_timeout: float | None = None,
+                 limits: Limits | None = None):
         self.routes = {r.name: r for r in routes}
         # clients may also name a model as its server knows it
         for r in routes:
             self.routes.setdefault(r.served_model, r)
         self.listed = list(routes)
-        self.api_keys = [k.encode() for k in api_keys]
+        # keys given (even if all of them came out empty) means closed: an empty key opens nothing
+        self.closed = bool(api_keys)
+        self.api_keys = [k.encode() for k in api_keys if k]
         self.to_prompt = to_prompt
         self.connect_timeout = (connect_timeout if connect_timeout is not None
                                 else _env_seconds("REQUEST_TIMEOUT_FAST", 10.0))
         self.read_timeout = (read_timeout if read_timeout is not None
                              else _env_seconds("H2OSTACK_GATEWAY_READ_TIMEOUT", 600.0))
         self.pools: dict[str, Pool] = {}
+        self.limits = limits or Limits.from_env()
 
     def pool(self, route: Route_) -> Pool:
         """One pool per backend, made on first use inside the server's event loop."""
@@ -174,16 +336,42 @@ class Gateway:
         elif method == "GET":
             reply = self.models()
         else:
-            chunks = []
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    return
-                chunks.append(message.get("body", b""))
-                if not message.get("more_body"):
-                    break
-            reply = await self.handle(b"".join(chunks), path == "/v1/chat/completions", t0)
+            raw = await self.body(scope, receive)
+            if raw is None:
+                return
+            reply = raw if isinstance(raw, Reply) else await self.handle(raw, path == "/v1/chat/completions", t0)
         await self.send(reply, receive, send)
+
+    async def body(self, scope: dict[str, Any], receive: Receive) -> bytes | Reply | None:
+        """The request body within `max_body` bytes and `body_timeout` seconds, else the error to
+        answer (the connection then closes: the rest of the body is never read); None when the
+        client left."""
+        limit = self.limits.max_body
+        too_big = _error(413, f"request body larger than {limit} bytes (H2OSTACK_GATEWAY_MAX_BODY)",
+                         "request_too_large")
+        too_big.headers += CLOSE
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.strip().isdigit() and int(value) > limit:
+                return too_big
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(self.limits.body_timeout):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return None
+                    piece = message.get("body", b"")
+                    size += len(piece)
+                    if size > limit:
+                        return too_big
+                    chunks.append(piece)
+                    if not message.get("more_body"):
+                        return b"".join(chunks)
+        except TimeoutError:
+            slow = _error(408, f"request body not complete within {self.limits.body_timeout:g} s", "request_timeout")
+            slow.headers += CLOSE
+            return slow
 
     async def send(self, reply: Reply, receive: Receive, send: Send) -> None:
         headers = [(b"content-type", reply.ctype.encode()), *reply.headers]
@@ -213,15 +401,15 @@ class Gateway:
                 reply.done()
 
     def authorized(self, scope: dict[str, Any]) -> bool:
-        if not self.api_keys:
+        if not self.closed:
             return True
         got = b""
         for name, value in scope["headers"]:
             if name == b"authorization":
                 got = value
                 break
-        token = got[7:] if got[:7].lower() == b"bearer " else b""
-        return any(hmac.compare_digest(token, k) for k in self.api_keys)
+        token = got[7:].strip() if got[:7].lower() == b"bearer " else b""
+        return bool(token) and any(hmac.compare_digest(token, k) for k in self.api_keys)
 
     def models(self) -> Reply:
         data = [{"id": r.name, "object": "model", "created": 0, "owned_by": "h2ostack", "backend": r.kind,
@@ -465,10 +653,20 @@ def _keep_alive(sp: Any) -> float | None:
         return None
 
 
+def front_keys(spec: Any) -> list[str]:
+    """The bearer keys of a front's /v1: its `api_keys`, and with `auth:` its users' password, so
+    that a front whose page is protected never leaves its gateway (and the models' keys) open."""
+    from h2ostack.spec import reveal
+
+    keys = [reveal(k) or "" for k in spec.api_keys]
+    if spec.auth is not None:
+        keys.append(reveal(spec.auth.password) or "")
+    return keys
+
+
 def build(stack_file: str, front: str) -> Gateway:
     """The gateway of one front of a stack file."""
     from h2ostack.api import load_plan
-    from h2ostack.spec import reveal
 
     stack, _, plan = load_plan(stack_file, check_ports=False)
     spec = stack.fronts[front]
@@ -477,15 +675,12 @@ def build(stack_file: str, front: str) -> Gateway:
         from h2ostack.front.prompts import gateway_prompt as to_prompt  # type: ignore[no-redef]
     except ImportError:
         to_prompt = None
-    keys = [reveal(k) or "" for k in spec.api_keys]
-    return Gateway(routes_from_plan(plan, stack, spec.models), keys, to_prompt)
+    return Gateway(routes_from_plan(plan, stack, spec.models), front_keys(spec), to_prompt)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """`python -m h2ostack.gateway STACK_FILE --front NAME --port P`: the gateway alone, without the UI."""
     import argparse
-
-    import uvicorn
 
     ap = argparse.ArgumentParser(prog="python -m h2ostack.gateway")
     ap.add_argument("stack_file")
@@ -493,7 +688,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=7860)
     args = ap.parse_args(argv)
-    uvicorn.run(build(args.stack_file, args.front), host=args.host, port=args.port, log_level="warning", access_log=False)
+    serve(build(args.stack_file, args.front), args.host, args.port)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import re
 import stat
@@ -117,9 +118,47 @@ def read_json(path: Path) -> Any:
         return None
 
 
+MAX_RECORD = 64 * 1024  # a pidfile is a few hundred bytes
+
+
+def read_record_file(path: Path) -> Any:
+    """A pidfile's JSON, read without trusting the file: a regular file (never a FIFO or a device,
+    never through a symlink), at most MAX_RECORD bytes. Raises ValueError saying what is wrong."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise ValueError(f"cannot be opened ({exc.strerror})") from None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
+        data = fh.read(MAX_RECORD + 1)
+    if len(data) > MAX_RECORD:
+        raise ValueError(f"larger than {MAX_RECORD} bytes")
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise ValueError("not JSON") from None
+
+
+def _field(data: dict[str, Any], key: str, kinds: tuple[type, ...], optional: bool = False) -> Any:
+    if key not in data:
+        if optional:
+            return None
+        raise ValueError(f"no {key!r}")
+    value = data[key]
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise ValueError(f"{key!r} is not a {' or '.join(k.__name__ for k in kinds)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{key!r} is not finite")
+    return value
+
+
 @dataclass(frozen=True)
 class ProcRecord:
-    """A pidfile: enough to find the process group again and to never signal a reused pid."""
+    """A pidfile: enough to find the process group again and to never signal a reused pid (or a
+    stranger's: before any signal the process must also carry this stack's markers)."""
 
     service: str
     pid: int
@@ -131,8 +170,19 @@ class ProcRecord:
     kind: str = ""
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ProcRecord:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+    def from_json(cls, data: Any) -> ProcRecord:
+        """The record, checked field by field; ValueError saying what is wrong."""
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        rec = cls(_field(data, "service", (str,)), _field(data, "pid", (int,)), _field(data, "pgid", (int,)),
+                  float(_field(data, "create_time", (int, float))), _field(data, "config_hash", (str,)),
+                  float(_field(data, "started_at", (int, float))), _field(data, "port", (int,), optional=True),
+                  _field(data, "kind", (str,), optional=True) or "")
+        if not 1 < rec.pid < 2**22 or not 1 < rec.pgid < 2**22:
+            raise ValueError("'pid' or 'pgid' out of range")
+        if rec.port is not None and not 0 < rec.port < 65536:
+            raise ValueError("'port' out of range")
+        return rec
 
 
 class StackState:
@@ -180,17 +230,34 @@ class StackState:
         write_json(self.pidfile(rec.service), rec.__dict__)
 
     def records(self) -> dict[str, ProcRecord]:
-        out = {}
-        if self.run_dir.is_dir():
-            for p in sorted(self.run_dir.glob("*.json")):
-                data = read_json(p)
-                if isinstance(data, dict):
-                    with contextlib.suppress(TypeError, KeyError):
-                        out[p.stem] = ProcRecord.from_json(data)
-        return out
+        return self.read_records()[0]
+
+    def read_records(self) -> tuple[dict[str, ProcRecord], dict[str, str]]:
+        """The pidfiles that hold a well-formed record for their service, and, apart, what is
+        wrong with each of the others (skipped: never a reason to leave the rest running)."""
+        out: dict[str, ProcRecord] = {}
+        bad: dict[str, str] = {}
+        try:
+            paths = sorted(self.run_dir.glob("*.json")) if self.run_dir.is_dir() else []
+        except OSError:
+            paths = []
+        for p in paths:
+            try:
+                rec = ProcRecord.from_json(read_record_file(p))
+                if rec.service != p.stem:
+                    raise ValueError(f"it names service {rec.service!r}")
+            except ValueError as exc:
+                bad[p.stem] = f"malformed pidfile {p.name} skipped: {exc}"
+                continue
+            out[p.stem] = rec
+        return out, bad
 
     def exit_info(self, service: str) -> dict[str, Any] | None:
-        return read_json(self.exit_path(service))
+        try:
+            data = read_record_file(self.exit_path(service))
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None
 
     def forget(self, service: str) -> None:
         for p in (self.pidfile(service), self.exit_path(service)):

@@ -14,13 +14,16 @@ socket stops being read, so a slow client holds back its backend instead of maki
 buffer the whole answer. A kept-alive connection idle for `keep_idle` seconds (`KEEP_IDLE` unless
 the server's own limit is known; most close theirs after about 5 s) is dropped, and a
 request on a kept-alive connection that the server closed before answering a single byte is sent
-once more on a new one.
+once more on a new one. A kept-alive connection on which the server sent anything while it was idle
+(or that it closed) is never used again: those bytes would otherwise be read as the answer to the
+next request, and every later client would get the previous one's answer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import socket
 import ssl
 import time
@@ -41,6 +44,7 @@ class _Conn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
+        self.idle = False  # in the pool, between requests: nothing may arrive now
         self.reset()
 
     def reset(self) -> None:
@@ -54,6 +58,7 @@ class _Conn(asyncio.Protocol):
         self.pieces: collections.deque[bytes] = collections.deque()
         self.buffered = 0
         self.got_bytes = False
+        self.dirty = False  # bytes beyond the answer: the connection is out of step
         self.paused = False
         self.waiter: asyncio.Future[None] | None = None
 
@@ -65,6 +70,13 @@ class _Conn(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
+        if self.idle:  # unasked-for bytes: this connection is out of step with its requests
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()
+            return
+        if self.complete:
+            self.dirty = True
         self.got_bytes = True
         try:
             self.parser.feed_data(data)
@@ -84,16 +96,26 @@ class _Conn(asyncio.Protocol):
         self.wake()
 
     # -- httptools callbacks -----------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self.complete:  # a second answer to one request
+            self.dirty = True
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.dirty:
+            return
         self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
+        if self.dirty:
+            return
         self.status = self.parser.get_status_code()
         self.keep_alive = self.parser.should_keep_alive()  # asked after the message, it is always False
         self.head = True
         self.wake()
 
     def on_body(self, body: bytes) -> None:
+        if self.dirty:  # never part of the answer being read
+            return
         self.pieces.append(body)
         self.buffered += len(body)
         if self.buffered > HIGH_WATER and not self.paused and self.transport is not None:
@@ -135,6 +157,24 @@ class _Conn(asyncio.Protocol):
             self.waiter = None
         if expired:
             raise TimeoutError(f"no answer from the backend in {timeout:g} s")
+
+    def clean(self) -> bool:
+        """Nothing unread on the socket and not closed by the peer: safe to send the next request on.
+        Bytes the event loop has not delivered yet are seen by peeking at a duplicate of the socket."""
+        if self.closed or self.got_bytes or self.transport is None or self.transport.is_closing():
+            return False
+        sock = self.transport.get_extra_info("socket")
+        if sock is None:
+            return True
+        try:
+            with socket.socket(fileno=os.dup(sock.fileno())) as dup:
+                waiting = dup.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return True  # nothing there: the normal case
+        except OSError:
+            return False
+        del waiting  # bytes waiting, or b"" (the peer closed): either way unusable
+        return False
 
     def take(self) -> bytes:
         data = b"".join(self.pieces) if len(self.pieces) != 1 else self.pieces[0]
@@ -223,7 +263,8 @@ class Pool:
         now = time.monotonic()
         while self.idle:
             conn = self.idle.pop()
-            if not conn.closed and now - conn.idle_since < self.keep_idle:
+            conn.idle = False
+            if now - conn.idle_since < self.keep_idle and conn.clean():
                 return conn
             if conn.transport is not None:
                 conn.transport.close()
@@ -231,10 +272,11 @@ class Pool:
 
     def give_back(self, conn: _Conn) -> None:
         reusable = (conn.complete and conn.error is None and not conn.closed and not conn.pieces
-                    and conn.keep_alive)
+                    and conn.keep_alive and not conn.dirty)
         if reusable:
             conn.reset()
             conn.idle_since = time.monotonic()
+            conn.idle = True
             self.idle.append(conn)
         elif conn.transport is not None:
             conn.transport.close()

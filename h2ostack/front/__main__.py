@@ -13,13 +13,11 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=7860)
     args = ap.parse_args()
 
-    import uvicorn
-
     from h2ostack.front.app import build_app
+    from h2ostack.gateway import serve
 
     app = build_app(args.stack_file, args.front)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False,
-                timeout_graceful_shutdown=3)
+    serve(app, args.host, args.port, timeout_graceful_shutdown=3)
 
 
 if __name__ == "__main__":

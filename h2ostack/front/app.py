@@ -619,15 +619,15 @@ def build_app(stack_file: str, front: str) -> Any:
 
     from h2ostack.api import load_plan
     from h2ostack.front.prompts import gateway_prompt
-    from h2ostack.gateway import Gateway, routes_from_plan
+    from h2ostack.gateway import Gateway, front_keys, routes_from_plan
     from h2ostack.spec import reveal
 
     stack, _, plan = load_plan(stack_file, check_ports=False)
     spec = stack.fronts[front]
     backends = backends_from_plan(plan, stack, spec.models)
     threading.Thread(target=probe_all, args=(backends,), daemon=True).start()
-    gateway = Gateway(routes_from_plan(plan, stack, spec.models), [reveal(k) or "" for k in spec.api_keys],
-                      gateway_prompt)
+    # /v1 is closed whenever the page is: `api_keys`, or the front users' password as a bearer key
+    gateway = Gateway(routes_from_plan(plan, stack, spec.models), front_keys(spec), gateway_prompt)
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.get("/healthz")

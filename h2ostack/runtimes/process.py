@@ -2,7 +2,10 @@
 
 Found again by pidfile (pid, pgid and start time, so a reused pid is never signalled) or, with
 the state dir gone, by the markers every process of a service carries in its environment
-(H2OSTACK_STACK, H2OSTACK_SERVICE, H2OSTACK_STATE_DIR). Never by process name.
+(H2OSTACK_STACK, H2OSTACK_SERVICE, H2OSTACK_STATE_DIR). Never by process name. A pidfile alone is
+never trusted: the process it names is signalled only if it also carries this stack's and this
+service's markers and leads the recorded process group. A malformed pidfile is skipped and
+reported (the service's processes are still found by their markers).
 """
 
 from __future__ import annotations
@@ -86,17 +89,30 @@ def start(plan: ServicePlan, state: StackState, popen: Callable[..., subprocess.
     return Started(rec, proc)
 
 
-def verified(rec: ProcRecord) -> psutil.Process | None:
-    """The pidfile's process if it is still the one h2ostack started (same start time), else None."""
+def carries_markers(proc: psutil.Process, stack: str, state_root: Path, service: str | None = None) -> bool:
+    """Whether the process was started by h2ostack for this stack (and service) under this state dir."""
+    try:
+        env = proc.environ()
+    except (psutil.Error, OSError):
+        return False
+    return (env.get(MARK_STACK) == stack and env.get(MARK_STATE) == str(state_root)
+            and (service is None or env.get(MARK_SERVICE) == service))
+
+
+def verified(rec: ProcRecord, state: StackState) -> psutil.Process | None:
+    """The pidfile's process if it is still the one h2ostack started for this service: same start
+    time, leading the recorded process group, carrying the stack's markers. Else None."""
     try:
         proc = psutil.Process(rec.pid)
         if abs(proc.create_time() - rec.create_time) > 0.05:
             return None
         if proc.status() == psutil.STATUS_ZOMBIE:
             return None
-        return proc
-    except psutil.Error:
+        if rec.pgid != rec.pid or os.getpgid(rec.pid) != rec.pgid:
+            return None
+    except (psutil.Error, OSError):
         return None
+    return proc if carries_markers(proc, state.stack, state.root.parent, rec.service) else None
 
 
 def marked(stack: str, state_root: Path, service: str | None = None) -> list[psutil.Process]:
@@ -104,20 +120,37 @@ def marked(stack: str, state_root: Path, service: str | None = None) -> list[psu
     out = []
     me = os.getpid()
     for proc in psutil.process_iter():
-        if proc.pid == me:
-            continue
-        try:
-            env = proc.environ()
-        except (psutil.Error, OSError):
-            continue
-        if env.get(MARK_STACK) != stack or env.get(MARK_STATE) != str(state_root):
-            continue
-        if service is not None and env.get(MARK_SERVICE) != service:
+        if proc.pid == me or not carries_markers(proc, stack, state_root, service):
             continue
         with contextlib.suppress(psutil.Error):
             if proc.status() != psutil.STATUS_ZOMBIE:
                 out.append(proc)
     return out
+
+
+def marked_stacks(state_root: Path) -> list[str]:
+    """The stacks whose processes run under this state dir, by their markers alone (the state dir
+    itself may be gone)."""
+    import re
+
+    names = set()
+    for proc in psutil.process_iter():
+        try:
+            env = proc.environ()
+        except (psutil.Error, OSError):
+            continue
+        if env.get(MARK_STATE) == str(state_root) and env.get(MARK_SERVICE) and proc.pid != os.getpid():
+            names.add(env.get(MARK_STACK) or "")
+    return sorted(n for n in names if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", n) and ".." not in n)
+
+
+def _marked_port(procs: list[psutil.Process]) -> int | None:
+    for proc in procs:
+        with contextlib.suppress(psutil.Error, OSError, ValueError):
+            port = int(proc.environ().get("H2OSTACK_PORT", ""))
+            if 0 < port < 65536:
+                return port
+    return None
 
 
 def service_of(proc: psutil.Process) -> str | None:
@@ -146,7 +179,7 @@ def _signal_all(procs: Iterable[psutil.Process], sig: int) -> None:
 def members(state: StackState, service: str, rec: ProcRecord | None) -> list[psutil.Process]:
     procs = {p.pid: p for p in marked(state.stack, state.root.parent, service)}
     if rec is not None:
-        leader = verified(rec)
+        leader = verified(rec, state)
         if leader is not None:
             procs.setdefault(leader.pid, leader)
     return list(procs.values())
@@ -168,10 +201,6 @@ def stop(state: StackState, service: str, rec: ProcRecord | None, timeout: float
     _signal_all(procs, signal.SIGKILL)
     psutil.wait_procs(procs, timeout=10)
     return True
-
-
-def is_running(rec: ProcRecord) -> bool:
-    return verified(rec) is not None
 
 
 def tail(path: Path, lines: int) -> str:
@@ -209,24 +238,29 @@ class ProcessRuntime:
 
     def observe(self) -> dict[str, Observed]:
         out = {}
-        records = self.state.records()
+        records, malformed = self.state.read_records()
         strays: dict[str, list[psutil.Process]] = {}
         for proc in marked(self.state.stack, self.state.root.parent):
             name = service_of(proc)
             if name:
                 strays.setdefault(name, []).append(proc)
-        for name in sorted(set(records) | set(strays)):
+        for name in sorted(set(records) | set(strays) | set(malformed)):
             rec = records.get(name)
-            leader = verified(rec) if rec else None
+            leader = verified(rec, self.state) if rec else None
             procs = strays.get(name, [])
             alive = leader is not None or bool(procs)
             server = _server_pid(leader) if leader else (procs[0].pid if procs else None)
             info = self.state.exit_info(name) or {}
+            info = {k: v for k, v in info.items() if isinstance(v, int) and not isinstance(v, bool)
+                    or k == "last_probe_failure" and isinstance(v, str)}
             code = info.get("code") if not alive else None
             detail = "" if rec else "found by its environment markers (no pidfile)"
             if alive and rec and leader is None:
                 detail = "its shim is gone; processes remain"
-            out[name] = Observed(name, "process", alive, rec.config_hash if rec else "", rec.port if rec else None,
+            if name in malformed:
+                detail = malformed[name] + (f"; {detail}" if alive else "")
+            port = rec.port if rec else _marked_port(procs)
+            out[name] = Observed(name, "process", alive, rec.config_hash if rec else "", port,
                                  str(server or (rec.pid if rec else "")), rec.started_at if rec else None, code,
                                  detail, info.get("restarts", 0), info.get("code") if alive else code,
                                  info.get("last_probe_failure"))
@@ -236,7 +270,7 @@ class ProcessRuntime:
         return _ProcHandle(start(plan, self.state), self.state)
 
     def stop(self, name: str, timeout: float, force: bool = False) -> bool:
-        rec = self.state.records().get(name)
+        rec = self.state.records().get(name)  # a malformed one: None, the markers alone find the processes
         return stop(self.state, name, rec, timeout, force)
 
     def log_tail(self, name: str, lines: int) -> str:

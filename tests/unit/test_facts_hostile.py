@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from h2ostack import facts
-from h2ostack.errors import FactsError
+from h2ostack.errors import FactsError, StackError
 from h2ostack.facts import GPU, Facts, gib_per_gpu, local_model_path, machine_gpus, model_size_gib
 from h2ostack.loader import load_text
 from h2ostack.plan import PlanError, make_plan
@@ -52,12 +52,11 @@ def test_a_name_no_file_system_holds_is_not_a_local_model(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("share", ["abc", '""', "true", "2", "0", "-0.5", ".nan", "[0.5]"])
-def test_a_vllm_memory_share_that_is_not_a_share_is_a_problem_with_its_place(share: str) -> None:
+def test_a_vllm_memory_share_that_is_not_a_share_is_refused_at_load_with_its_place(share: str) -> None:
     text = ("name: g\nservices:\n  a:\n    kind: vllm\n    model: m\n    gpus: [0]\n    vram_gb: 10\n"
             f"    args: {{gpu_memory_utilization: {share}}}\n")
-    s = load_text(text, "s.yaml", {}, Path("/stacks"))
-    with pytest.raises(PlanError) as info:
-        make_plan(s, Facts((GPU(0, 80.0, 80.0),), "stated"))
+    with pytest.raises(StackError) as info:  # refused at load, before any plan
+        load_text(text, "s.yaml", {}, Path("/stacks"))
     assert str(info.value) == "s.yaml:8:12: services.a.args.gpu_memory_utilization: gpu_memory_utilization is the " \
                               "share of each GPU vLLM may use: a number above 0 and at most 1, like 0.9"
 

@@ -237,3 +237,82 @@ def test_a_client_leaving_mid_stream_closes_the_backend_connection() -> None:
         server.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("when", ["while idle", "with the answer"])
+def test_bytes_a_backend_sends_beyond_its_answer_are_never_read_as_the_next_answer(when: str) -> None:
+    """A backend that writes a stray answer on a kept-alive connection (late, or right behind the
+    real one) must not shift every later client's answer by one."""
+    sent, released = asyncio.Event(), asyncio.Event()
+
+    async def stray(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while (body := await read_request(reader)) is not None:
+            extra = ok(b'"stale"') if body == b'"first"' else b""
+            if when == "with the answer":
+                writer.write(ok(body) + extra)
+            else:
+                writer.write(ok(body))
+                await writer.drain()
+                await released.wait()  # the connection is back in the pool, idle
+                writer.write(extra)
+            await writer.drain()
+            released.clear()
+            sent.set()
+
+    async def main() -> None:
+        server, url, conns = await serving(stray)
+        pool = Pool(url)
+        answers = []
+        for body in (b'"first"', b'"second"', b'"third"'):
+            r = await pool.post("/x", body)
+            answers.append(await r.read())
+            r.release()
+            released.set()
+            await sent.wait()  # the stray bytes are on their way before the next request goes out
+            sent.clear()
+        assert answers == [b'"first"', b'"second"', b'"third"']
+        assert len(conns) == 2  # the connection with the stray answer was dropped, the next one kept
+        await pool.close()
+        server.close()
+
+    asyncio.run(main())
+
+
+def test_bytes_not_yet_delivered_by_the_event_loop_are_seen_at_checkout() -> None:
+    """The peek at checkout: stray bytes in the socket that no callback has seen yet."""
+    go = asyncio.Event()
+
+    async def stray(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while (body := await read_request(reader)) is not None:
+            writer.write(ok(body))
+            await writer.drain()
+            if body == b'"first"':
+                await go.wait()
+                writer.write(b"HTTP/1.1 200 OK\r\n")
+                await writer.drain()
+
+    async def main() -> None:
+        server, url, conns = await serving(stray)
+        pool = Pool(url)
+        r = await pool.post("/x", b'"first"')
+        assert await r.read() == b'"first"'
+        r.release()
+        conn = pool.idle[0]
+        conn.transport.pause_reading()  # the loop delivers nothing more to the protocol
+        assert conn.clean()
+        go.set()
+        sock = conn.transport.get_extra_info("socket")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while conn.clean():  # until the stray bytes are in the socket's buffer
+            assert loop.time() < deadline, "the stray bytes never arrived"
+            await asyncio.sleep(0.01)
+        assert sock.fileno() >= 0 and not conn.got_bytes  # seen by the peek alone
+        r = await pool.post("/x", b'"second"')
+        assert await r.read() == b'"second"'
+        r.release()
+        assert len(conns) == 2
+        await pool.close()
+        server.close()
+
+    asyncio.run(main())
