@@ -492,9 +492,19 @@ class _Planner:
         env: dict[str, EnvValue] = {"PYTHONUNBUFFERED": "1", **front.env}
         python = _path(self.stack.base_dir, front.python or self.facts.python)
         if front.kind == "h2ogpt":
-            command = [*h2ogpt.launcher(python, front.workdir), *h2ogpt.model_lock_args(front, services),
-                       *h2ogpt.flags(h2ogpt.DEFAULT_FLAGS)]
-            env.update({"GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": bind})
+            specs = self.stack.services
+            lock, lock_env = h2ogpt.model_lock_args(front, services, specs)
+            given = {k.replace("-", "_") for k in front.args}
+            for key in sorted(given & set(h2ogpt.FRONT_FIELDS)):
+                self.problem(("fronts", name, "args", key), f"`{key}` is set by the front's "
+                                                            f"`{h2ogpt.FRONT_FIELDS[key]}:`, not by `args:`")
+            self.check_openai_models(name, front)
+            command = [*h2ogpt.launcher(python, front.workdir), *lock, *h2ogpt.front_flags(front, bind),
+                       *h2ogpt.flags({k: v for k, v in h2ogpt.DEFAULT_FLAGS.items() if k not in given}),
+                       *h2ogpt.flags(front.args)]
+            env.update({"GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": bind, **lock_env,
+                        **h2ogpt.front_env(front, specs)})
+            env.update(front.env)
             workdir = _path(self.stack.base_dir, front.workdir) if front.workdir else self.stack.base_dir
             probes = h2ogpt.probes()
         else:
@@ -509,6 +519,18 @@ class _Planner:
                            workdir=workdir, probes=tuple(probes), health_timeout=front.health.timeout or 120.0,
                            health_interval=front.health.interval, is_front=True, models=tuple(front.models))
         return replace(plan, config_hash=self.hash_of(plan))
+
+    def check_openai_models(self, name: str, front: Front) -> None:
+        """h2oGPT reads one OpenAI base URL and key (its environment): its OpenAI models must share them."""
+        seen: dict[tuple[str, str | None], str] = {}
+        for model in front.models:
+            svc = self.stack.services[model]
+            if svc.kind == "openai":
+                seen.setdefault(((svc.url or openai.DEFAULT_URL).rstrip("/"), reveal(svc.api_key)), model)
+        if len(seen) > 1:
+            self.problem(("fronts", name, "models"), "an h2oGPT front reads one OpenAI URL and api_key from its "
+                                                     f"environment, but {', '.join(seen.values())} differ: wire "
+                                                     "other OpenAI-compatible servers as `kind: vllm` with `url:`")
 
     @staticmethod
     def hash_of(plan: ServicePlan) -> str:

@@ -105,15 +105,16 @@ def build_prompt(history: Sequence[tuple[str, str]], message: str, prompt_type: 
                  prompt_dict: Mapping[str, Any] | None = None) -> tuple[str, list[str]]:
     """(earlier turns as (user, bot), the new message) -> (prompt, stop sequences)."""
     d = prompt_dict_for(prompt_type, prompt_dict)
-    parts = [d["promptA"] or ""]
+    pre, response, turn_sep = (d.get(k) or "" for k in ("PreInstruct", "PreResponse", "chat_turn_sep"))
+    parts = [d.get("promptA") or ""]
     for user, bot in history:
-        parts.append(f"{d['PreInstruct']}{user}{d['PreResponse']} {bot}{d['chat_turn_sep']}")
-    parts.append(f"{d['PreInstruct']}{message}{d['PreResponse']}")
+        parts.append(f"{pre}{user}{response} {bot}{turn_sep}")
+    parts.append(f"{pre}{message}{response}")
     return "".join(parts), stops_for(d)
 
 
 def stops_for(d: Mapping[str, Any]) -> list[str]:
-    stops = [*d.get("terminate_response", []), d.get("PreResponse") or ""]
+    stops = [*(d.get("terminate_response") or []), d.get("PreResponse") or ""]
     return [s for s in dict.fromkeys(stops) if s.strip()]
 
 
