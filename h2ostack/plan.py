@@ -506,7 +506,7 @@ class _Planner:
                         **h2ogpt.front_env(front, specs)})
             env.update(front.env)
             workdir = _path(self.stack.base_dir, front.workdir) if front.workdir else self.stack.base_dir
-            probes = h2ogpt.probes()
+            probes = h2ogpt.probes(login=front.auth is not None)
         else:
             # the front reads the stack file itself: secrets reach it through the file, never argv
             stack_file = os.path.join(self.stack.base_dir, os.path.basename(self.stack.source))

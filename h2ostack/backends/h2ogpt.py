@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -64,7 +67,10 @@ def env(ctx: Context) -> dict[str, str]:
     return {"GRADIO_SERVER_PORT": str(ctx.port), "GRADIO_SERVER_NAME": ctx.host, "h2ogpt_server_name": ctx.host}
 
 
-def probes() -> list[Probe]:
+def probes(login: bool = False) -> list[Probe]:
+    """Gradio's config; behind a login (which /config refuses), the login page Gradio serves instead."""
+    if login:
+        return [Probe("gradio login page", "GET", "/", timeout=5.0)]
     return [Probe("gradio config", "GET", "/config", timeout=5.0)]
 
 
@@ -199,6 +205,26 @@ def front_env(front: Any, specs: Mapping[str, Any]) -> dict[str, EnvValue]:
         if svc.url and svc.url.rstrip("/") != OPENAI_URL:
             env["OPENAI_BASE_URL"] = svc.url.rstrip("/")
     return env
+
+
+def prepare_auth_db(path: Path, pairs: str) -> None:
+    """h2oGPT's login database, made by h2ostack first so that it is 0600 (h2oGPT would make it with the
+    umask's mode; it holds the passwords h2oGPT checks, in plain) and already holds the stack's user:
+    h2oGPT 0.2.1 lets a user of --auth in with any password the first time, when it is not in this file."""
+    import ast
+    import json
+    import sqlite3
+    import uuid
+
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("CREATE TABLE IF NOT EXISTS Users (username VARCHAR(255) PRIMARY KEY, data TEXT)")
+        for user, password in ast.literal_eval(pairs):
+            db.execute("INSERT OR REPLACE INTO Users (username, data) VALUES (?, ?)",
+                       (user, json.dumps({"password": password, "userid": str(uuid.uuid4())})))
+        db.commit()
 
 
 def front_flags(front: Any, bind: str) -> list[str]:

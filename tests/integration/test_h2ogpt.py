@@ -131,3 +131,97 @@ fronts:
     down = h2o("down", str(path), timeout=180)
     assert down.returncode == 0, down.stderr[-3000:]
     assert marked_processes(h2o.state_dir, stack_name) == []
+
+
+def listening(h2o: H2O, stack: str) -> dict[str, set[str]]:
+    """The addresses each started service's processes listen on (TCP), by service."""
+    import psutil
+
+    out: dict[str, set[str]] = {}
+    for pid, _ in marked_processes(h2o.state_dir, stack):
+        proc = psutil.Process(pid)
+        service = proc.environ()["H2OSTACK_SERVICE"]
+        for conn in proc.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN:
+                out.setdefault(service, set()).add(conn.laddr.ip)
+    return out
+
+
+def assert_no_secret_in_argv_or_logs(h2o: H2O, stack: str, secrets: list[str]) -> None:
+    import psutil
+
+    for pid, _ in marked_processes(h2o.state_dir, stack):
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        assert not [s for s in secrets if s in argv], (psutil.Process(pid).environ()["H2OSTACK_SERVICE"], argv)
+    for log in (h2o.state_dir / stack / "logs").glob("*.log"):
+        text = log.read_text(errors="replace")
+        assert not [s for s in secrets if s in text], log
+
+
+def test_h2ogpt_front_options_auth_admin_and_keys(h2o: H2O, write_stack, stack_name: str,
+                                                  h2ogpt_env: H2OGPTEnv) -> None:
+    import json
+
+    from gradio_client import Client
+
+    ports = {k: free_port() for k in ("tiny", "h")}
+    secrets = {"FRONT_PW": "pw-9f3a", "ADMIN_PW": "adm-77c1", "API_KEY1": "key-51d0"}
+    path = write_stack(f"""\
+version: 1
+name: {stack_name}
+services:
+  tiny: {{kind: transformers, model: {h2ogpt_env.model}, port: {ports['tiny']}}}
+fronts:
+  h:
+    kind: h2ogpt
+    python: {h2ogpt_env.python}
+    port: {ports['h']}
+    models: [tiny]
+    env: {h2ogpt_env.env}
+    args: {{max_new_tokens: 7, max_max_time: 77, height: 321, h2ocolors: false, score_model: None}}
+    auth: {{user: admin, password: "${{FRONT_PW}}"}}
+    admin_pass: "${{ADMIN_PW}}"
+    api_keys: ["${{API_KEY1}}"]
+""")
+    up = h2o("up", str(path), timeout=900, env=secrets)
+    assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-4000:]
+    url = f"http://127.0.0.1:{ports['h']}"
+    # every started server and the front listen only on the planned address
+    assert listening(h2o, stack_name) == {"tiny": {"127.0.0.1"}, "h": {"127.0.0.1"}}
+    assert_no_secret_in_argv_or_logs(h2o, stack_name, list(secrets.values()))
+    auth_db = h2o.state_dir / stack_name / "run" / "h.auth.db"
+    assert auth_db.exists() and auth_db.stat().st_mode & 0o777 == 0o600
+
+    # without login, Gradio refuses; a wrong password too
+    with pytest.raises(Exception, match="(?i)login|401|auth|config"):
+        Client(url, verbose=False)
+    with pytest.raises(Exception, match="(?i)login|401|auth|credentials"):
+        Client(url, verbose=False, auth=("admin", "wrong"))
+    client = Client(url, verbose=False, auth=("admin", secrets["FRONT_PW"]))
+    try:
+        for dep in (client.config or {}).get("dependencies", []):
+            if isinstance(dep, dict) and not isinstance(dep.get("api_name"), str):
+                dep["api_name"] = str(dep.get("api_name"))
+        # the API keys are enforced: without one, no answer
+        refused = ast.literal_eval(client.predict(str({"instruction": "Hello", "max_new_tokens": 4}),
+                                                  api_name="/submit_nochat_api"))
+        assert "Invalid Access Key" in str(refused), refused
+        answer = ast.literal_eval(client.predict(str({"instruction": "Hello", "max_new_tokens": 4,
+                                                      "h2ogpt_key": secrets["API_KEY1"]}),
+                                                 api_name="/submit_nochat_api"))
+        assert answer["error"] == "" and answer["response"].strip(), answer
+        # admin_pass gates /system_info_dict, which shows the args given to generate.py
+        assert json.loads(client.predict("wrong", api_name="/system_info_dict")) == {}
+        info = json.loads(client.predict(secrets["ADMIN_PW"], api_name="/system_info_dict"))
+        assert (info["max_max_time"], info["height"], info["h2ocolors"]) == (77, 321, False), info
+        assert (info["server_name"], info["auth_access"], info["enforce_h2ogpt_api_key"]) == (
+            "127.0.0.1", "closed", True)
+        assert info["auth_filename"] == str(auth_db)
+        # (h2oGPT shows its admin its own settings, credentials included: admin_pass guards them all)
+    finally:
+        client.close()
+
+    down = h2o("down", str(path), timeout=180)
+    assert down.returncode == 0, down.stderr[-3000:]
+    assert marked_processes(h2o.state_dir, stack_name) == []
+    assert not auth_db.exists()
