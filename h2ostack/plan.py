@@ -401,6 +401,10 @@ class _Planner:
         else:  # pragma: no cover - the loader admits no other kind
             raise AssertionError(kind)
         env.update(svc.env)
+        if kind == "tgi":  # either token name reaches the server, whichever its version reads
+            token = next((env[k] for k in tgi.TOKEN_NAMES if k in env), None)
+            for k in tgi.TOKEN_NAMES if token is not None else ():
+                env.setdefault(k, token)
         mode = "container" if image else "process"
         liveness = None
         if svc.health.unhealthy_after:
@@ -437,6 +441,9 @@ class _Planner:
                 spec["restart_policy"] = {"Name": "always"}
         env.pop("CUDA_VISIBLE_DEVICES", None)  # the device request decides what the container sees
         env.pop("CUDA_DEVICE_ORDER", None)
+        hf_home = env.pop("HF_HOME", None)  # a host path: the container sees the cache at the image's path
+        if hf_home and not any(v.split(":")[1:2] == [tgi.DATA] for v in spec["volumes"]):
+            spec["volumes"].append(tgi.cache_volume(svc.image, str(hf_home)))
         return spec
 
     def multinode(self, name: str, svc: Any, common: dict[str, Any]) -> ServicePlan:

@@ -45,7 +45,9 @@ def docker_run_lines(sp: ServicePlan, plan: Plan) -> list[str]:
     for vol in spec.get("volumes", []):
         opts.append(f"-v {q(vol)}")
     lines = [f"# {sp.name}: {sp.kind} container" + (f" on GPUs {','.join(map(str, sp.gpus))}" if sp.gpus else "")]
-    lines += [f': "${{{k}:?set {k} in the environment}}"' for k in secrets]
+    from h2ostack.render import required_checks  # (render imports this module when it runs)
+
+    lines += required_checks(sp.env)
     lines.append(f"docker rm -f {q(spec['name'])} >/dev/null 2>&1 || true")
     args = " ".join(q(a) for a in spec.get("command", []))
     lines.append("docker run -d " + " \\\n    ".join(opts) + f" \\\n    {q(sp.image or '')} {args}")
