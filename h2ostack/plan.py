@@ -58,6 +58,7 @@ class ServicePlan:
     nodes: tuple[tuple[str, str, str], ...] = ()  # multi-node: (host name, ssh target, address), head first
     host: str | None = None  # the `hosts:` entry a container runs on (None: this machine's engine)
     docker_url: str | None = None  # that host's Docker endpoint
+    wiring: tuple[tuple[str, str], ...] = ()  # h2oGPT fronts: (model, how h2oGPT reaches it), secrets as ***
 
     @property
     def runtime_key(self) -> str:
@@ -84,6 +85,8 @@ class ServicePlan:
             out["container"] = mask(dict(self.container or {}))
         if self.is_front:
             out["models"] = list(self.models)
+        if self.wiring:
+            out["wiring"] = dict(self.wiring)
         if self.host:
             out["host"], out["docker"] = self.host, self.docker_url
         if self.nodes:
@@ -514,6 +517,7 @@ class _Planner:
             env.update(front.env)
             workdir = _path(self.stack.base_dir, front.workdir) if front.workdir else self.stack.base_dir
             probes = h2ogpt.probes(login=front.auth is not None)
+            wiring = tuple(h2ogpt.wiring(front, services, specs))
         else:
             # the front reads the stack file itself: secrets reach it through the file, never argv
             stack_file = os.path.join(self.stack.base_dir, os.path.basename(self.stack.source))
@@ -521,10 +525,12 @@ class _Planner:
                        "--host", bind, "--port", str(port)]
             workdir = self.stack.base_dir
             probes = [Probe("front", "GET", "/healthz", timeout=5.0)]
+            wiring = ()
         plan = ServicePlan(name=name, kind=front.kind, mode="process", api="gradio", port=port,
                            url=url_for(bind, port), depends_on=deps, env=env, command=tuple(command),
                            workdir=workdir, probes=tuple(probes), health_timeout=front.health.timeout or 120.0,
-                           health_interval=front.health.interval, is_front=True, models=tuple(front.models))
+                           health_interval=front.health.interval, is_front=True, models=tuple(front.models),
+                           wiring=wiring)
         return replace(plan, config_hash=self.hash_of(plan))
 
     def check_openai_models(self, name: str, front: Front) -> None:

@@ -162,6 +162,19 @@ def lock_entries(front: Any, services: Mapping[str, Any], specs: Mapping[str, An
     return entries
 
 
+def wiring(front: Any, services: Mapping[str, Any], specs: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """What `plan` says of each model: the endpoint form h2oGPT is given (credentials as ***), and how it asks."""
+    out = []
+    for name, entry in zip(front.models, lock_entries(front, services, specs, secret=lambda _: "***"), strict=True):
+        server = entry["inference_server"]
+        how = ("completions, prompt built by h2oGPT as " + entry["prompt_type"] if server.startswith("vllm:") else
+               "chat completions, the server's chat template" if server.startswith("vllm_chat:") else
+               "OpenAI chat completions" if server.startswith("openai") else
+               "prompt built by h2oGPT as " + entry.get("prompt_type", "its own table says for the model"))
+        out.append((name, f"{server} ({how})"))
+    return out
+
+
 def has_secret(front: Any, specs: Mapping[str, Any]) -> bool:
     return any(getattr(specs.get(n), "auth", None) is not None or
                (getattr(specs.get(n), "api_key", None) is not None and getattr(specs.get(n), "kind", "") != "openai")

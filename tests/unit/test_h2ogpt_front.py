@@ -170,3 +170,11 @@ def test_prompt_type_and_dict_are_checked_at_load(text: str, expect: str) -> Non
 def test_literal_round_trips() -> None:
     value = [{"a": "it's \\ \"q\"\nx", "b": None, "c": ["x", "y"], "d": ("u", "p")}]
     assert ast.literal_eval(h2ogpt.literal(value)) == value
+
+
+def test_plan_says_how_each_model_is_wired_without_secrets() -> None:
+    wiring = plan(MIXED).to_json()["fronts"][0]["wiring"]
+    assert wiring["vllm_known"] == "vllm:10.0.0.2:5000 (completions, prompt built by h2oGPT as human_bot)"
+    assert wiring["vllm_chat"] == "vllm_chat:10.0.0.3:5001 (chat completions, the server's chat template)"
+    assert wiring["tgi_auth"].startswith("https://tgi.example:6112    me    ***")
+    assert not any(s in str(wiring) for s in SECRETS)
