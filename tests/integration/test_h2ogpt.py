@@ -12,6 +12,7 @@ import pytest
 
 from h2ostack.backends.h2ogpt import RUN_INSTALLED
 from h2ostack.front.clients import h2ogpt_client
+from h2ostack.spec import reveal
 from tests.conftest import H2O, H2OGPTEnv, free_port, marked_processes
 
 pytestmark = pytest.mark.integration
@@ -225,3 +226,48 @@ fronts:
     assert down.returncode == 0, down.stderr[-3000:]
     assert marked_processes(h2o.state_dir, stack_name) == []
     assert not auth_db.exists()
+
+
+PARSE = """\
+import json, os, sys
+sys.path.insert(0, os.path.dirname(__import__('h2ogpt').__file__))
+from src.utils import get_hf_server, set_openai
+out = []
+for e in json.load(sys.stdin):
+    s = e['inference_server']
+    if s.startswith(('vllm', 'openai')):
+        client, _, inf_type, _, base_url, _, key = set_openai(s, model_name=e['base_model'])
+        out.append({'type': inf_type, 'base_url': str(client.base_url).rstrip('/'), 'key': key})
+    else:
+        url, headers, user, password = get_hf_server(s)
+        out.append({'url': url, 'headers': headers, 'user': user, 'password': password})
+print(json.dumps(out))
+"""
+
+
+def test_model_lock_forms_as_h2ogpts_own_parsers_read_them(h2ogpt_env: H2OGPTEnv) -> None:
+    """Every endpoint form an h2oGPT front is given, read back by h2oGPT's get_hf_server and set_openai
+    with the environment the front gets: credentials arrive, and none was in argv."""
+    import json
+    import subprocess
+
+    from tests.unit.test_h2ogpt_front import MIXED, SECRETS, lock_of, plan
+
+    front = plan(MIXED).fronts["h"]
+    assert not [s for s in SECRETS if s in " ".join(front.command)]
+    entries = lock_of(front)
+    env = {k: reveal(v) or "" for k, v in front.env.items() if k.startswith("OPENAI_")}
+    out = subprocess.run([h2ogpt_env.python, "-c", PARSE], input=json.dumps(entries), capture_output=True, text=True,
+                         timeout=120, env={"PATH": "/usr/bin:/bin", "HOME": str(Path.home()), **env})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.splitlines()[-1]) == [
+        {"url": "https://tgi.example:6112", "headers": {"authorization": "me tgi-secret"}, "user": None,
+         "password": None},
+        {"url": "http://192.168.1.46:6114", "headers": None, "user": None, "password": None},
+        {"url": "http://192.168.1.46:7860", "headers": None, "user": "jon", "password": "h-secret"},
+        {"type": "vllm", "base_url": "http://10.0.0.2:5000/v1", "key": "EMPTY"},
+        {"type": "vllm_chat", "base_url": "http://10.0.0.3:5001/v1", "key": "EMPTY"},
+        {"type": "vllm", "base_url": "https://llm.example/api/v1", "key": "vllm-secret"},
+        {"type": "vllm", "base_url": "http://10.0.0.4:5002/v1", "key": "EMPTY"},
+        {"type": "openai_chat", "base_url": "https://proxy.example/v1", "key": "sk-secret"},
+    ]
