@@ -113,10 +113,11 @@ def openai_server(prefix: str, url: str, key: str | None) -> str:
 
 
 def wired_prompt_type(plan: Any) -> str | None:
-    """The prompt type a service is given, or the one h2ostack infers from its model name."""
-    from h2ostack.front.prompts import infer_prompt_type
+    """The prompt type a vLLM service is asked with through completions (given, or known for its model):
+    the same rule as the built-in front's panes and its /v1."""
+    from h2ostack.front.prompts import completion_prompt_type
 
-    return plan.prompt_type or infer_prompt_type(plan.served_model)
+    return completion_prompt_type(plan.kind, plan.prompt_type, plan.served_model)
 
 
 def inference_server(plan: Any, svc: Any = None, secret: Callable[[Any], str] = reveal_or_none) -> str:
@@ -129,7 +130,7 @@ def inference_server(plan: Any, svc: Any = None, secret: Callable[[Any], str] = 
         return "openai_chat"
     if plan.api == "openai":
         # completions with h2oGPT's prompt where the prompt type is known; chat (the server's template) else
-        prefix = "vllm" if plan.kind == "vllm" and wired_prompt_type(plan) else "vllm_chat"
+        prefix = "vllm" if wired_prompt_type(plan) else "vllm_chat"
         return openai_server(prefix, url, secret(key) if key is not None else None)
     if plan.api == "tgi":
         if auth is not None:
