@@ -64,6 +64,8 @@ fronts:
     assert {n: (r["state"], r["health"]) for n, r in rows.items()} == {
         "own": ("running", "healthy"), "tiny": ("running", "healthy"), "chat": ("running", "healthy")}
     assert rows["own"]["kind"] == "h2ogpt"
+    # every started server and the front listen only on the planned address
+    assert listening(h2o, stack_name) == {"own": {"127.0.0.1"}, "tiny": {"127.0.0.1"}, "chat": {"127.0.0.1"}}
     # generate.py of the installed package, no checkout, with the flags h2oGPT needs here
     own = started_commands(h2o, stack_name)["own"]
     assert RUN_INSTALLED in own and f"--base_model={h2ogpt_env.model}" in own
@@ -114,6 +116,7 @@ fronts:
     assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-4000:]
     rows = h2o.status(str(path))
     assert (rows["h"]["state"], rows["h"]["health"]) == ("running", "healthy"), rows
+    assert listening(h2o, stack_name) == {"tiny": {"127.0.0.1"}, "h": {"127.0.0.1"}}
     assert f"--model_lock=[{{'inference_server':'vllm_chat:127.0.0.1:{ports['tiny']}'" in started_commands(
         h2o, stack_name)["h"]
 
