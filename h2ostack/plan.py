@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from pydantic import SecretStr
+
 from h2ostack import __version__
 from h2ostack.backends import h2ogpt, openai, tgi, transformers, vllm
 from h2ostack.backends.base import Context, Probe
@@ -509,12 +511,16 @@ class _Planner:
                 self.problem(("fronts", name, "args", key), f"`{key}` is set by the front's "
                                                             f"`{h2ogpt.FRONT_FIELDS[key]}:`, not by `args:`")
             self.check_openai_models(name, front)
-            command = [*h2ogpt.launcher(python, front.workdir), *lock, *h2ogpt.front_flags(front, bind),
+            redact = h2ogpt.secret_values(front, specs)
+            command = [*h2ogpt.launcher(python, front.workdir, bool(redact)), *lock,
+                       *h2ogpt.front_flags(front, bind),
                        *h2ogpt.flags({k: v for k, v in h2ogpt.DEFAULT_FLAGS.items() if k not in given}),
                        *h2ogpt.flags(front.args)]
             env.update({"GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": bind, **lock_env,
                         **h2ogpt.front_env(front, specs)})
             env.update(front.env)
+            if redact:
+                env[h2ogpt.REDACT_ENV] = SecretStr(json.dumps(redact))
             workdir = _path(self.stack.base_dir, front.workdir) if front.workdir else self.stack.base_dir
             probes = h2ogpt.probes(login=front.auth is not None)
             wiring = tuple(h2ogpt.wiring(front, services, specs))

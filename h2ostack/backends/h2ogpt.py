@@ -33,9 +33,38 @@ RUN_INSTALLED = ("import os,runpy,sys,h2ogpt;d=os.path.dirname(h2ogpt.__file__);
 DEFAULT_FLAGS = {"openai_server": False, "function_server": False}
 
 
-def launcher(python: str, workdir: str | None) -> list[str]:
-    """`python generate.py` in a git checkout (`workdir:`), else generate.py of the installed package."""
+# h2oGPT prints its model_lock entries and inference_server strings as it starts, credentials included:
+# where a front holds secrets, its stdout and stderr replace each (named in $H2OSTACK_REDACT) with ***
+REDACT_ENV = "H2OSTACK_REDACT"
+REDACTING = ("import json,os,runpy,sys\n"
+             "class _Redact:\n"
+             " def __init__(self,f,k):self.f,self.k=f,k\n"
+             " def write(self,t):\n"
+             "  for x in self.k:t=t.replace(x,'***')\n"
+             "  return self.f.write(t)\n"
+             " def __getattr__(self,n):return getattr(self.f,n)\n"
+             f"_k=sorted((x for x in json.loads(os.environ.pop('{REDACT_ENV}','[]')) if x),key=len,reverse=True)\n"
+             "sys.stdout,sys.stderr=_Redact(sys.stdout,_k),_Redact(sys.stderr,_k)\n")
+RUN_CHECKOUT = "sys.argv[0]='generate.py';runpy.run_path('generate.py',run_name='__main__')"
+
+
+def launcher(python: str, workdir: str | None, redact: bool = False) -> list[str]:
+    """`python generate.py` in a git checkout (`workdir:`), else generate.py of the installed package;
+    with `redact`, behind the filter that keeps credentials out of its log."""
+    if redact:
+        return [python, "-c", REDACTING + (RUN_CHECKOUT if workdir else RUN_INSTALLED)]
     return [python, "generate.py"] if workdir else [python, "-c", RUN_INSTALLED]
+
+
+def secret_values(front: Any, specs: Mapping[str, Any]) -> list[str]:
+    """Every credential an h2oGPT front is given, as text: what its log must not show."""
+    found: list[Any] = [front.auth.password if front.auth else None, front.admin_pass, *front.api_keys,
+                        *(v for v in front.env.values() if isinstance(v, SecretStr))]
+    for name in front.models:
+        svc = specs.get(name)
+        auth = getattr(svc, "auth", None)
+        found += [auth.token if auth else None, getattr(svc, "api_key", None)]
+    return sorted({reveal(v) or "" for v in found if v is not None} - {""})
 
 
 def flags(args: Mapping[str, Any]) -> list[str]:

@@ -274,3 +274,48 @@ def test_model_lock_forms_as_h2ogpts_own_parsers_read_them(h2ogpt_env: H2OGPTEnv
         {"type": "vllm", "base_url": "http://10.0.0.4:5002/v1", "key": "EMPTY"},
         {"type": "openai_chat", "base_url": "https://proxy.example/v1", "key": "sk-secret"},
     ]
+
+
+def test_h2ogpt_front_reaches_a_server_behind_a_key(h2o: H2O, write_stack, stack_name: str, tiny_model: Path,
+                                                   vllm_python: str, h2ogpt_env: H2OGPTEnv) -> None:
+    """vLLM behind an API key (VLLM_API_KEY): the front's model_lock carries the key in h2oGPT's own
+    `vllm:HOST:PORT:/v1:KEY` form, from its environment; no started process has it in its argv. (The
+    TGI forms are read back by h2oGPT's parser above: this h2oGPT environment has no TGI client.)"""
+    ports = {k: free_port() for k in ("vllm", "h")}
+    secrets = {"VLLM_KEY": "vllm-key-4e1f"}
+    # served under the name of the tokenizer folder h2oGPT reads (offline) for the model
+    path = write_stack(f"""\
+version: 1
+name: {stack_name}
+services:
+  keyed:
+    kind: vllm
+    python: {vllm_python}
+    model: {tiny_model}
+    port: {ports['vllm']}
+    api_key: "${{VLLM_KEY}}"
+    prompt_type: plain
+    args: {{served_model_name: {h2ogpt_env.model}, dtype: float32, max_model_len: 256, gpu_memory_utilization: 0.1}}
+    env: {{VLLM_CPU_KVCACHE_SPACE: '1'}}
+fronts:
+  h:
+    kind: h2ogpt
+    python: {h2ogpt_env.python}
+    port: {ports['h']}
+    models: [keyed]
+    env: {h2ogpt_env.env}
+""")
+    up = h2o("up", str(path), timeout=900, env=secrets)
+    assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-4000:]
+    assert_no_secret_in_argv_or_logs(h2o, stack_name, list(secrets.values()))
+    assert listening(h2o, stack_name) == {"keyed": {"127.0.0.1"}, "h": {"127.0.0.1"}}
+    # the key is needed: without it vLLM refuses
+    refused = httpx.post(f"http://127.0.0.1:{ports['vllm']}/v1/completions", trust_env=False, timeout=30,
+                         json={"model": str(h2ogpt_env.model), "prompt": "Hi", "max_tokens": 2})
+    assert refused.status_code == 401
+    out = nochat(f"http://127.0.0.1:{ports['h']}")
+    assert out["error"] == "" and out["response"].strip(), out
+    assert out["save_dict"]["where_from"] == "vllm"
+    down = h2o("down", str(path), timeout=180)
+    assert down.returncode == 0, down.stderr[-3000:]
+    assert marked_processes(h2o.state_dir, stack_name) == []
