@@ -96,6 +96,9 @@ def plan(stack: StackArg, json_out: Annotated[bool, typer.Option("--json", help=
         what = shell_words(s.command) if s.command else (s.image or "")
         table.add_row(s.name, s.kind, s.mode, ",".join(map(str, s.gpus)) or "-", s.url or "-", what)
     con.print(table)
+    for f in p.fronts.values():
+        for model, how in f.wiring:
+            con.print(f"{f.name} -> {model}: {how}", markup=False)
 
 
 @app.command()

@@ -61,6 +61,7 @@ class Route_:
     prompt_dict: dict[str, str] | None = None
     health: str = "unknown"
     keep_alive: float | None = None  # how long the server keeps an idle connection, where the stack set it
+    completions: bool = False  # chat asked through completions with h2oGPT's prompt (vLLM with a prompt type)
 
     @property
     def openai_base(self) -> str:
@@ -429,6 +430,8 @@ class Gateway:
             return _error(404, f"unknown model {name!r}; this gateway serves: {', '.join(names)}",
                           "model_not_found", models=names)
         try:
+            if route.api == "openai" and chat and route.completions and self.to_prompt is not None:
+                return await self.prompted(route, body, t0)
             if route.api == "openai":
                 return await self.passthrough(route, body, raw, chat, t0)
             if route.api == "tgi":
@@ -465,6 +468,73 @@ class Gateway:
                 yield (b"" if tail == b"\n\n" else b"\n\n") + _stream_error(route, exc)
 
         return Reply(resp.status, relay(), ctype, _overhead(_ms(before, t_head)), resp.release)
+
+    # -- vLLM with a prompt type: chat as completions, as the front's panes ask it -----------
+    async def prompted(self, route: Route_, body: dict[str, Any], t0: float) -> Reply:
+        from h2ostack.front.prompts import StopTrimmer, trim_partial_stop
+
+        assert self.to_prompt is not None
+        prompt, stops = self.to_prompt(body.get("messages") or [], route)
+        user_stop = body.get("stop")
+        user_stops = [user_stop] if isinstance(user_stop, str) else list(user_stop or [])
+        sent, stops = stops[:4] + user_stops, stops + user_stops  # (OpenAI's limit of 4, as the panes send)
+        ask = {k: v for k, v in body.items() if k not in ("messages", "stop", "n", "response_format", "tools",
+                                                           "tool_choice", "stream_options")}
+        ask.update(model=route.served_model, prompt=prompt, stop=sent or None)
+        if "max_completion_tokens" in ask:
+            ask.setdefault("max_tokens", ask.pop("max_completion_tokens"))
+        stream = bool(body.get("stream"))
+        rid, created = "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time())
+        before = time.perf_counter() - t0
+        resp = await self.pool(route).post("/completions", json.dumps(ask).encode())
+        t_head = time.perf_counter()
+        if not stream or resp.status >= 400:
+            try:
+                raw = await resp.read()
+            finally:
+                resp.release()
+            if resp.status >= 400:
+                return Reply(resp.status, raw, resp.headers.get("content-type", "application/json"),
+                             _overhead(_ms(before, t_head)))
+            data = json.loads(raw)
+            choice = (data.get("choices") or [{}])[0]
+            text = trim_partial_stop(str(choice.get("text") or ""), stops)
+            out = {"id": rid, "object": "chat.completion", "created": created, "model": route.name,
+                   "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                "finish_reason": choice.get("finish_reason") or "stop"}],
+                   "usage": data.get("usage") or {}}
+            return _json(out, overhead=_ms(before, t_head))
+
+        def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
+            return b"data: " + json.dumps({"id": rid, "object": "chat.completion.chunk", "created": created,
+                                           "model": route.name, "choices": [{"index": 0, "delta": delta,
+                                                                             "finish_reason": finish}]}).encode() + b"\n\n"
+
+        async def translate() -> AsyncIterator[bytes]:
+            trim, finish = StopTrimmer(stops), None
+            try:
+                yield chunk({"role": "assistant", "content": ""}, None)
+                async for line in resp.lines():
+                    if not line.startswith(b"data:") or line[5:].strip() == b"[DONE]":
+                        continue
+                    event = json.loads(line[5:])
+                    if "error" in event:
+                        yield b"data: " + json.dumps({"error": event["error"]}).encode() + b"\n\n"
+                        return
+                    for c in event.get("choices") or []:
+                        text = trim.push(str(c.get("text") or ""))
+                        if text:
+                            yield chunk({"content": text}, None)
+                        finish = c.get("finish_reason") or finish
+                rest = trim.end()
+                if rest:
+                    yield chunk({"content": rest}, None)
+                yield chunk({}, finish or "stop")
+                yield b"data: [DONE]\n\n"
+            except (OSError, TimeoutError) as exc:  # the backend died mid-answer
+                yield _stream_error(route, exc)
+
+        return Reply(200, translate(), "text/event-stream", _overhead(_ms(before, t_head)), resp.release)
 
     # -- TGI native: translated ---------------------------------------------------------
     def tgi_request(self, route: Route_, body: dict[str, Any], chat: bool) -> dict[str, Any]:
@@ -515,6 +585,11 @@ class Gateway:
             finally:
                 resp.release()
             text = data.get("generated_text", "") if isinstance(data, dict) else ""
+            stops = payload["parameters"].get("stop") or []
+            if chat and stops:  # the stop string TGI leaves at the end, cut as the panes cut it
+                from h2ostack.front.prompts import trim_partial_stop
+
+                text = trim_partial_stop(text, stops)
             details = (data.get("details") or {}) if isinstance(data, dict) else {}
             finish = FINISH.get(details.get("finish_reason", ""), "stop")
             usage = {"prompt_tokens": 0, "completion_tokens": details.get("generated_tokens", 0)}
@@ -542,6 +617,10 @@ class Gateway:
             return b"data: " + json.dumps({"id": rid, "object": obj, "created": created, "model": route.name,
                                            "choices": [choice]}).encode() + b"\n\n"
 
+        from h2ostack.front.prompts import StopTrimmer
+
+        trim = StopTrimmer(payload["parameters"].get("stop") or [] if chat else [])
+
         async def translate() -> AsyncIterator[bytes]:
             try:
                 if chat:
@@ -556,11 +635,16 @@ class Gateway:
                         yield b"data: " + json.dumps(err).encode() + b"\n\n"
                         return
                     token = event.get("token") or {}
-                    if not token.get("special"):
-                        yield chunk(token.get("text", ""), None)
+                    if not token.get("special") and not trim.done:
+                        text = trim.push(token.get("text", "")) if trim.stops else token.get("text", "")
+                        if text or not trim.stops:
+                            yield chunk(text, None)
                     details = event.get("details")
                     if event.get("generated_text") is not None:
                         finished = True
+                        rest = trim.end()
+                        if rest:
+                            yield chunk(rest, None)
                         reason = FINISH.get((details or {}).get("finish_reason", ""), "stop")
                         yield chunk(None if chat else "", reason)
                 if not finished:  # the socket closed cleanly, but before TGI's last event
@@ -637,8 +721,11 @@ def routes_from_plan(plan: Any, stack: Any, models: Sequence[str]) -> list[Route
     for name in models:
         sp = plan.services[name]
         svc = stack.services[name]
+        from h2ostack.front.prompts import completion_prompt_type
+
         out.append(Route_(name, sp.kind, sp.api, sp.url or "", sp.served_model or name, auth_headers(sp, stack),
-                          sp.prompt_type, svc.prompt_dict, keep_alive=_keep_alive(sp)))
+                          sp.prompt_type, svc.prompt_dict, keep_alive=_keep_alive(sp),
+                          completions=completion_prompt_type(sp.kind, sp.prompt_type, sp.served_model) is not None))
     return out
 
 

@@ -814,7 +814,23 @@ def _service_rules(loc: Loc, svc: Any, smap: SourceMap) -> list[Problem]:
                            "GPU vLLM may use: a number above 0 and at most 1, like 0.9", line, col))
     if svc.external and not nodes and (svc.gpus or svc.port):
         add("gpus" if svc.gpus else "port", "an external service (`url:`) is not started: it takes no gpus or port")
+    _prompt_rules(svc, add)
     return out
+
+
+def _prompt_rules(svc: Any, add: Any) -> None:
+    """prompt_type is one h2ostack knows (or `custom` with a prompt_dict); prompt_dict keys are h2oGPT's."""
+    from h2ostack.front.prompts import KEYS, PROMPT_TYPES
+
+    known = [*PROMPT_TYPES, "custom"]
+    if svc.prompt_type is not None and svc.prompt_type not in known:
+        add("prompt_type", f"unknown prompt type '{svc.prompt_type}'{did_you_mean(svc.prompt_type, known)}; "
+                           f"one of {', '.join(known)} (custom: with `prompt_dict:`)")
+    if svc.prompt_type == "custom" and not svc.prompt_dict:
+        add("prompt_type", "prompt_type custom needs a `prompt_dict:`")
+    for key in svc.prompt_dict or {}:
+        if key not in KEYS:
+            add("prompt_dict", f"unknown prompt_dict key '{key}'{did_you_mean(key, KEYS)}; one of {', '.join(KEYS)}")
 
 
 def cross_checks(stack: Stack, smap: SourceMap | None = None) -> list[Problem]:
@@ -847,6 +863,8 @@ def cross_checks(stack: Stack, smap: SourceMap | None = None) -> list[Problem]:
         for i, dep in enumerate(front.depends_on):
             if dep not in stack.services:
                 add(("fronts", name, "depends_on", i), f"no service named '{dep}'{did_you_mean(dep, names)}")
+        if front.args and front.kind != "h2ogpt":
+            add(("fronts", name, "args"), "`args:` are generate.py options of an h2ogpt front (`kind: h2ogpt`)")
         if front.kind == "h2ogpt" and not front.python:
             add(("fronts", name, "python"), "an h2ogpt front needs `python:` (the interpreter of an h2oGPT install)")
 

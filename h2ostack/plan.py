@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from pydantic import SecretStr
+
 from h2ostack import __version__
 from h2ostack.backends import h2ogpt, openai, tgi, transformers, vllm
 from h2ostack.backends.base import Context, Probe
@@ -58,6 +60,7 @@ class ServicePlan:
     nodes: tuple[tuple[str, str, str], ...] = ()  # multi-node: (host name, ssh target, address), head first
     host: str | None = None  # the `hosts:` entry a container runs on (None: this machine's engine)
     docker_url: str | None = None  # that host's Docker endpoint
+    wiring: tuple[tuple[str, str], ...] = ()  # h2oGPT fronts: (model, how h2oGPT reaches it), secrets as ***
 
     @property
     def runtime_key(self) -> str:
@@ -84,6 +87,8 @@ class ServicePlan:
             out["container"] = mask(dict(self.container or {}))
         if self.is_front:
             out["models"] = list(self.models)
+        if self.wiring:
+            out["wiring"] = dict(self.wiring)
         if self.host:
             out["host"], out["docker"] = self.host, self.docker_url
         if self.nodes:
@@ -406,6 +411,10 @@ class _Planner:
         else:  # pragma: no cover - the loader admits no other kind
             raise AssertionError(kind)
         env.update(svc.env)
+        if kind == "tgi":  # either token name reaches the server, whichever its version reads
+            token = next((env[k] for k in tgi.TOKEN_NAMES if k in env), None)
+            for k in tgi.TOKEN_NAMES if token is not None else ():
+                env.setdefault(k, token)
         mode = "container" if image else "process"
         liveness = None
         if svc.health.unhealthy_after:
@@ -442,6 +451,9 @@ class _Planner:
                 spec["restart_policy"] = {"Name": "always"}
         env.pop("CUDA_VISIBLE_DEVICES", None)  # the device request decides what the container sees
         env.pop("CUDA_DEVICE_ORDER", None)
+        hf_home = env.pop("HF_HOME", None)  # a host path: the container sees the cache at the image's path
+        if hf_home and not any(v.split(":")[1:2] == [tgi.DATA] for v in spec["volumes"]):
+            spec["volumes"].append(tgi.cache_volume(svc.image, str(hf_home)))
         return spec
 
     def multinode(self, name: str, svc: Any, common: dict[str, Any]) -> ServicePlan:
@@ -497,11 +509,26 @@ class _Planner:
         env: dict[str, EnvValue] = {"PYTHONUNBUFFERED": "1", **front.env}
         python = _path(self.stack.base_dir, front.python or self.facts.python)
         if front.kind == "h2ogpt":
-            command = [*h2ogpt.launcher(python, front.workdir), *h2ogpt.model_lock_args(front, services),
-                       *h2ogpt.flags(h2ogpt.DEFAULT_FLAGS)]
-            env.update({"GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": bind})
+            specs = self.stack.services
+            lock, lock_env = h2ogpt.model_lock_args(front, services, specs)
+            given = {k.replace("-", "_") for k in front.args}
+            for key in sorted(given & set(h2ogpt.FRONT_FIELDS)):
+                self.problem(("fronts", name, "args", key), f"`{key}` is set by the front's "
+                                                            f"`{h2ogpt.FRONT_FIELDS[key]}:`, not by `args:`")
+            self.check_openai_models(name, front)
+            redact = h2ogpt.secret_values(front, specs)
+            command = [*h2ogpt.launcher(python, front.workdir, bool(redact)), *lock,
+                       *h2ogpt.front_flags(front, bind),
+                       *h2ogpt.flags({k: v for k, v in h2ogpt.DEFAULT_FLAGS.items() if k not in given}),
+                       *h2ogpt.flags(front.args)]
+            env.update({"GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": bind, **lock_env,
+                        **h2ogpt.front_env(front, specs)})
+            env.update(front.env)
+            if redact:
+                env[h2ogpt.REDACT_ENV] = SecretStr(json.dumps(redact))
             workdir = _path(self.stack.base_dir, front.workdir) if front.workdir else self.stack.base_dir
-            probes = h2ogpt.probes()
+            probes = h2ogpt.probes(login=front.auth is not None)
+            wiring = tuple(h2ogpt.wiring(front, services, specs))
         else:
             # the front reads the stack file itself: secrets reach it through the file, never argv
             stack_file = os.path.join(self.stack.base_dir, os.path.basename(self.stack.source))
@@ -509,11 +536,25 @@ class _Planner:
                        "--host", bind, "--port", str(port)]
             workdir = self.stack.base_dir
             probes = [Probe("front", "GET", "/healthz", timeout=5.0)]
+            wiring = ()
         plan = ServicePlan(name=name, kind=front.kind, mode="process", api="gradio", port=port,
                            url=url_for(bind, port), depends_on=deps, env=env, command=tuple(command),
                            workdir=workdir, probes=tuple(probes), health_timeout=front.health.timeout or 120.0,
-                           health_interval=front.health.interval, is_front=True, models=tuple(front.models))
+                           health_interval=front.health.interval, is_front=True, models=tuple(front.models),
+                           wiring=wiring)
         return replace(plan, config_hash=self.hash_of(plan))
+
+    def check_openai_models(self, name: str, front: Front) -> None:
+        """h2oGPT reads one OpenAI base URL and key (its environment): its OpenAI models must share them."""
+        seen: dict[tuple[str, str | None], str] = {}
+        for model in front.models:
+            svc = self.stack.services[model]
+            if svc.kind == "openai":
+                seen.setdefault(((svc.url or openai.DEFAULT_URL).rstrip("/"), reveal(svc.api_key)), model)
+        if len(seen) > 1:
+            self.problem(("fronts", name, "models"), "an h2oGPT front reads one OpenAI URL and api_key from its "
+                                                     f"environment, but {', '.join(seen.values())} differ: wire "
+                                                     "other OpenAI-compatible servers as `kind: vllm` with `url:`")
 
     @staticmethod
     def hash_of(plan: ServicePlan) -> str:

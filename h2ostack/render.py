@@ -17,10 +17,12 @@ import re
 import shlex
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from pydantic import SecretStr
 
 from h2ostack.plan import Plan, ServicePlan
+from h2ostack.spec import reveal
 
 RAY_PORT = 6379
 
@@ -84,14 +86,42 @@ def env_name(key: str) -> str:
     return key
 
 
+def secret_ref(key: str, value: SecretStr) -> str:
+    """`${KEY:?...}`: the script stops when a secret is unset; an optional one (empty when planned, as
+    `${HF_TOKEN:-}` makes it) is `${KEY:-}` instead, so that the script runs without it."""
+    return f"${{{key}:-}}" if not value.get_secret_value() else f"${{{key}:?set {key} in the environment}}"
+
+
+def token_aliases(env: Mapping[str, Any]) -> dict[str, str]:
+    """Secrets planned as another one's copy (TGI's HUGGING_FACE_HUB_TOKEN from HF_TOKEN): alias -> origin."""
+    out: dict[str, str] = {}
+    for key, value in env.items():
+        if isinstance(value, SecretStr) and key not in out:
+            for other, same in env.items():
+                if other != key and same is value and other not in out and key not in out.values():
+                    out[other] = key
+    return out
+
+
+def required_checks(env: Mapping[str, Any]) -> list[str]:
+    """The script stops at once when a required secret is unset; a copy is taken from its origin."""
+    aliases = token_aliases(env)
+    lines = [f': "{secret_ref(env_name(k), v)}"' for k, v in env.items()
+             if isinstance(v, SecretStr) and v.get_secret_value() and k not in aliases]
+    return lines + [f'export {env_name(a)}="${{{a}:-${{{env_name(o)}:-}}}}"' for a, o in aliases.items()]
+
+
 def _process_lines(sp: ServicePlan, log_dir: str) -> list[str]:
     lines = [f"# {comment_value(sp.name)}: {comment_value(sp.kind)}"
              + (f" on GPUs {','.join(map(str, sp.gpus))}" if sp.gpus else "")]
     env_words = []
+    aliases = token_aliases(sp.env)
     for key, value in sp.env.items():
         key = env_name(key)
-        if isinstance(value, SecretStr):
-            env_words.append(f'{key}="${{{key}:?set {key} in the environment}}"')
+        if key in aliases:
+            env_words.append(f'{key}="${{{key}:-${{{env_name(aliases[key])}:-}}}}"')
+        elif isinstance(value, SecretStr):
+            env_words.append(f'{key}="{secret_ref(key, value)}"')
         else:
             env_words.append(f"{key}={shlex.quote(str(value))}")
     cd = f"cd {shlex.quote(sp.workdir)} && " if sp.workdir else ""
@@ -117,11 +147,12 @@ def _multinode_lines(sp: ServicePlan, log_dir: str) -> list[str]:
     cv = comment_value
     lines = [f"# {cv(sp.name)}: vLLM across {len(sp.nodes)} nodes with Ray (head {cv(head)}, workers "
              f"{', '.join(cv(w[0]) for w in workers)}); GPUs {','.join(map(str, sp.gpus))} on each node",
-             *[f': "${{{k}:?set {k} in the environment}}"' for k in secrets]]
+             *required_checks(sp.env)]
 
     def on(node: tuple[str, str, str], step: str, argv: list[str]) -> str:
         name, target, addr = node
-        script = [f"printf 'export %s=%q\\n' {k} \"${k}\"" for k in secrets]
+        refs = {k: f"${k}" if reveal(sp.env[k]) else f"${{{k}:-}}" for k in secrets}  # optional: may be unset
+        script = [f"printf 'export %s=%q\\n' {k} \"{refs[k]}\"" for k in secrets]
         script.append("echo " + q("export " + " ".join([*exports, f"VLLM_HOST_IP={q(addr)}"])))
         script.append("echo " + q("exec " + shell_words(argv)))
         log = q(f"{sp.name}-{name}-{step}.log")

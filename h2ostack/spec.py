@@ -172,7 +172,8 @@ class _Service(_Model):
     max_restarts: Int | None = Field(default=None, ge=0)
     health: Health = Field(default_factory=Health)
     prompt_type: str | None = None
-    prompt_dict: dict[str, str] | None = None
+    # h2oGPT's custom prompt: strings, None (e.g. PreInput) and lists of strings (terminate_response)
+    prompt_dict: dict[str, str | None | list[str]] | None = None
     host: str | None = None  # a name of `hosts:`: where a container service runs
 
     @field_validator("restart", mode="before")
@@ -298,6 +299,7 @@ class Front(_Model):
     python: str | None = None
     workdir: str | None = None
     env: dict[str, EnvValue] = Field(default_factory=dict)
+    args: dict[str, ArgValue] = Field(default_factory=dict)  # kind h2ogpt: generate.py options
     depends_on: list[str] = Field(default_factory=list)
     health: Health = Field(default_factory=Health)
 

@@ -259,8 +259,14 @@ class StackState:
             return None
         return data if isinstance(data, dict) else None
 
+    def auth_path(self, service: str) -> Path:
+        """An h2oGPT front's login database (it holds the passwords h2oGPT checks): 0600, gone at `down`."""
+        return self.run_dir / f"{service}.auth.db"
+
     def forget(self, service: str) -> None:
-        for p in (self.pidfile(service), self.exit_path(service)):
+        auth = self.auth_path(service)
+        for p in (self.pidfile(service), self.exit_path(service), auth, auth.with_name(auth.name + ".lock"),
+                  auth.with_name(auth.name + "-journal")):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
 

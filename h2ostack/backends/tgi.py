@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from h2ostack.backends.base import Context, Probe, args_to_flags
 
 API = "tgi"
@@ -9,6 +11,23 @@ DEFAULT_HEALTH_TIMEOUT = 900.0
 CONTAINER_PORT = 80
 # flags that always take a value, even `false`
 VALUE_FLAGS = ("sharded",)
+# where the image keeps the Hugging Face cache: up to 2.2 HUGGINGFACE_HUB_CACHE=/data (the hub layout),
+# from 2.3 HF_HOME=/data (the hub cache in /data/hub)
+DATA = "/data"
+TOKEN_NAMES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")  # newer images read the first, older the second
+
+
+def hub_at_data(image: str | None) -> bool:
+    """Whether the image keeps the hub cache itself in /data (TGI up to 2.2), not in /data/hub."""
+    tag = (image or "").rsplit("/", 1)[-1].partition(":")[2]
+    m = re.match(r"^v?(\d+)\.(\d+)", tag)
+    return bool(m) and (int(m.group(1)), int(m.group(2))) < (2, 3)
+
+
+def cache_volume(image: str | None, hf_home: str) -> str:
+    """The host's Hugging Face cache (HF_HOME) mounted where the image looks for it, so nothing is
+    downloaded twice: its hub folder at /data for TGI up to 2.2, the whole of it from 2.3."""
+    return (hf_home.rstrip("/") + "/hub" if hub_at_data(image) else hf_home.rstrip("/")) + ":" + DATA
 
 
 def launcher_flags(ctx: Context, hostname: str) -> list[str]:

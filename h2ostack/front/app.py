@@ -76,12 +76,14 @@ def in_progress(chats: list[list[dict[str, str]]], past: list[int]) -> list[list
 
 def backends_from_plan(plan: Any, stack: Any, models: list[str]) -> list[Backend]:
     from h2ostack.api import auth_headers
+    from h2ostack.front.prompts import completion_prompt_type
 
     out = []
     for name in models:
         sp = plan.services[name]
         svc = stack.services[name]
-        chat = not (sp.kind == "vllm" and svc.prompt_type)  # vLLM with a prompt type: completions
+        # vLLM with a given or known prompt type: completions with h2oGPT's prompt, as /v1 asks it
+        chat = completion_prompt_type(sp.kind, svc.prompt_type, sp.served_model) is None
         out.append(Backend(name, sp.kind, sp.api, sp.url or "", sp.served_model or name, auth_headers(sp, stack),
                            svc.prompt_type, svc.prompt_dict, chat=chat))
     return out

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from h2ostack.front.prompts import (
+    StopTrimmer,
     build_prompt,
     infer_prompt_type,
     prompt_dict_for,
     stops_for,
-    trim_partial_stop,
 )
 
 READ_TIMEOUT = 600.0  # seconds: a turn's wait for the backend's next piece
@@ -164,26 +164,18 @@ def _tgi_tokens(events: Any) -> Iterator[str]:
 
 
 def _trimmed(pieces: Iterator[str], stops: Sequence[str]) -> Iterator[str]:
-    """Pass pieces through, holding back any tail that could be the start of a stop string."""
-    if not stops:
-        yield from pieces
-        return
-    text, sent = "", 0
-    hold = max(len(s) for s in stops)
+    """Pass pieces through, holding back any tail that could be the start of a stop string (the
+    gateway's /v1 cuts its streams with the same StopTrimmer)."""
+    trim = StopTrimmer(stops)
     for piece in pieces:
-        text += piece
-        cut = trim_partial_stop(text, stops) if any(s in text for s in stops) else None
-        if cut is not None:
-            if len(cut) > sent:
-                yield cut[sent:]
+        out = trim.push(piece)
+        if out:
+            yield out
+        if trim.done:
             return
-        safe = len(text) - hold
-        if safe > sent:
-            yield text[sent:safe]
-            sent = safe
-    final = trim_partial_stop(text, stops)
-    if len(final) > sent:
-        yield final[sent:]
+    rest = trim.end()
+    if rest:
+        yield rest
 
 
 def h2ogpt_client(url: str, headers: dict[str, str] | None = None) -> Any:

@@ -105,15 +105,16 @@ def build_prompt(history: Sequence[tuple[str, str]], message: str, prompt_type: 
                  prompt_dict: Mapping[str, Any] | None = None) -> tuple[str, list[str]]:
     """(earlier turns as (user, bot), the new message) -> (prompt, stop sequences)."""
     d = prompt_dict_for(prompt_type, prompt_dict)
-    parts = [d["promptA"] or ""]
+    pre, response, turn_sep = (d.get(k) or "" for k in ("PreInstruct", "PreResponse", "chat_turn_sep"))
+    parts = [d.get("promptA") or ""]
     for user, bot in history:
-        parts.append(f"{d['PreInstruct']}{user}{d['PreResponse']} {bot}{d['chat_turn_sep']}")
-    parts.append(f"{d['PreInstruct']}{message}{d['PreResponse']}")
+        parts.append(f"{pre}{user}{response} {bot}{turn_sep}")
+    parts.append(f"{pre}{message}{response}")
     return "".join(parts), stops_for(d)
 
 
 def stops_for(d: Mapping[str, Any]) -> list[str]:
-    stops = [*d.get("terminate_response", []), d.get("PreResponse") or ""]
+    stops = [*(d.get("terminate_response") or []), d.get("PreResponse") or ""]
     return [s for s in dict.fromkeys(stops) if s.strip()]
 
 
@@ -155,3 +156,46 @@ def gateway_prompt(messages: Sequence[Mapping[str, Any]], route: Any) -> tuple[s
     turns, message = messages_to_turns(messages)
     prompt_type = route.prompt_type or infer_prompt_type(route.served_model) or "plain"
     return build_prompt(turns, message, prompt_type, route.prompt_dict)
+
+
+def completion_prompt_type(kind: str, prompt_type: str | None, model: str | None) -> str | None:
+    """The one rule for the built-in front's panes, its /v1 gateway and h2oGPT fronts: a vLLM model whose
+    prompt type is given or known is asked through completions with h2oGPT's prompt (the guide's `vllm:`);
+    other OpenAI-compatible models through chat completions, with the server's chat template."""
+    if kind != "vllm":
+        return None
+    return prompt_type or infer_prompt_type(model)
+
+
+class StopTrimmer:
+    """A stream's pieces with the stop strings cut as the panes show them: a piece is held back while
+    its tail could be the start of a stop string; after a stop string, nothing more."""
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = list(stops)
+        self.hold = max((len(s) for s in self.stops), default=0)
+        self.text, self.sent, self.done = "", 0, False
+
+    def push(self, piece: str) -> str:
+        """What may be shown now of the text so far (`done` turns true at a stop string)."""
+        if self.done:
+            return ""
+        if not self.stops:
+            return piece
+        self.text += piece
+        if any(s in self.text for s in self.stops):
+            self.done = True
+            return self._upto(trim_partial_stop(self.text, self.stops))
+        return self._upto(self.text[: max(0, len(self.text) - self.hold)])
+
+    def end(self) -> str:
+        """The rest, once the stream ended."""
+        if self.done or not self.stops:
+            return ""
+        self.done = True
+        return self._upto(trim_partial_stop(self.text, self.stops))
+
+    def _upto(self, shown: str) -> str:
+        out = shown[self.sent:] if len(shown) > self.sent else ""
+        self.sent = max(self.sent, len(shown))
+        return out

@@ -39,11 +39,9 @@ def docker_run_lines(sp: ServicePlan, plan: Plan) -> list[str]:
     if policy:
         name = policy["Name"] + (f":{policy['MaximumRetryCount']}" if policy.get("MaximumRetryCount") else "")
         opts.append(f"--restart {q(name)}")
-    secrets = []
     for key, value in sp.env.items():
         if isinstance(value, SecretStr):
             opts.append(f"-e {q(env_name(key))}")
-            secrets.append(env_name(key))
         else:
             opts.append(f"-e {q(f'{env_name(key)}={value}')}")
     for vol in spec.get("volumes", []):
@@ -51,7 +49,9 @@ def docker_run_lines(sp: ServicePlan, plan: Plan) -> list[str]:
     where = f" on host {comment_value(sp.host)}" if sp.host else ""
     lines = [f"# {comment_value(sp.name)}: {comment_value(sp.kind)} container{where}"
              + (f" on GPUs {','.join(map(str, sp.gpus))}" if sp.gpus else "")]
-    lines += [f': "${{{k}:?set {k} in the environment}}"' for k in secrets]
+    from h2ostack.render import required_checks  # (render imports this module when it runs)
+
+    lines += required_checks(sp.env)
     lines.append(f"{docker} rm -f {q(spec['name'])} >/dev/null 2>&1 || true")
     args = " ".join(q(str(a)) for a in spec.get("command", []))
     lines.append(f"{docker} run -d " + " \\\n    ".join(opts) + f" \\\n    {q(sp.image or '')} {args}")

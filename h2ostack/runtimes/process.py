@@ -53,6 +53,8 @@ def process_env(plan: ServicePlan, state: StackState) -> dict[str, str]:
     env["H2OSTACK_MAX_RESTARTS"] = "" if plan.max_restarts is None else str(plan.max_restarts)
     if plan.port:
         env["H2OSTACK_PORT"] = str(plan.port)
+    if plan.is_front and "H2OGPT_AUTH" in plan.env:  # h2oGPT keeps its logins in a file: the state dir's
+        env["H2OGPT_AUTH_FILENAME"] = str(state.auth_path(plan.name))
     if plan.gpus:  # before a restart the shim waits until NVML shows the old server's memory released
         env["H2OSTACK_GPU_IDS"] = ",".join(str(g) for g in plan.gpus)
         with contextlib.suppress(ImportError):
@@ -73,6 +75,10 @@ def start(plan: ServicePlan, state: StackState, popen: Callable[..., subprocess.
     assert plan.command is not None
     state.ensure("run")
     state.forget(plan.name)
+    if plan.is_front and "H2OGPT_AUTH" in plan.env:
+        from h2ostack.backends.h2ogpt import prepare_auth_db
+
+        prepare_auth_db(state.auth_path(plan.name), reveal(plan.env["H2OGPT_AUTH"]) or "[]")
     with state.open_log(plan.name) as log:
         log.write(f"--- h2ostack: starting {plan.name} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
         log.flush()

@@ -127,3 +127,15 @@ def test_server_parser_fuzz(text: str) -> None:
         parse_server(text)
     except ValueError as exc:
         assert str(exc)
+
+
+@pytest.mark.parametrize("pieces", [["The ans", "wer.\n<hu", "man>: next"], list("The answer.\n<human>: next"),
+                                    ["The answer.\n<human>: next"], ["The answer.\n<hu"]])
+def test_the_gateways_trimmer_cuts_as_the_pane_does(pieces: list[str]) -> None:
+    from h2ostack.front.prompts import StopTrimmer
+
+    stops = ["\n<human>:", "\n<bot>:"]
+    trim = StopTrimmer(stops)
+    shown = "".join(trim.push(p) for p in pieces) + trim.end()
+    assert shown == "".join(_trimmed(iter(pieces), stops)) == "The answer."
+    assert trim.push("more") == "" and trim.end() == ""

@@ -13,14 +13,14 @@ docker rm -f falcon7b-falcon7b >/dev/null 2>&1 || true
 docker run -d --name falcon7b-falcon7b \
     --label io.h2ostack.stack=falcon7b \
     --label io.h2ostack.service=falcon7b \
-    --label io.h2ostack.config-hash=72e3088e57b09fca \
+    --label io.h2ostack.config-hash=520291a0e70c42a5 \
     --label io.h2ostack.version=0.1.0 \
     --label io.h2ostack.port=6112 \
     --label io.h2ostack.kind=tgi \
     -p 127.0.0.1:6112:80 \
     --gpus '"device=0"' \
     --shm-size 2g \
-    -v /home/user/.cache/huggingface:/data \
+    -v /home/user/.cache/huggingface/hub:/data \
     ghcr.io/huggingface/text-generation-inference:1.4.5 --model-id h2oai/h2ogpt-gm-oasst1-en-2048-falcon-7b-v2 --max-input-length 2048 --max-total-tokens 4096 --sharded false --disable-custom-kernels --trust-remote-code --max-stop-sequences 6 --hostname 0.0.0.0
 wait_ready http://127.0.0.1:6112/health
 

@@ -13,14 +13,14 @@ docker rm -f neox20b-neox20b >/dev/null 2>&1 || true
 docker run -d --name neox20b-neox20b \
     --label io.h2ostack.stack=neox20b \
     --label io.h2ostack.service=neox20b \
-    --label io.h2ostack.config-hash=7a128731baf801e1 \
+    --label io.h2ostack.config-hash=d905f7c4fced755b \
     --label io.h2ostack.version=0.1.0 \
     --label io.h2ostack.port=6112 \
     --label io.h2ostack.kind=tgi \
     -p 127.0.0.1:6112:80 \
     --gpus '"device=0,1,2,3"' \
     --shm-size 2g \
-    -v /home/user/.cache/huggingface:/data \
+    -v /home/user/.cache/huggingface/hub:/data \
     ghcr.io/huggingface/text-generation-inference:1.4.5 --model-id h2oai/h2ogpt-oasst1-512-20b --max-input-length 2048 --max-total-tokens 4096 --sharded true --disable-custom-kernels --trust-remote-code --max-stop-sequences 6 --num-shard 4 --hostname 0.0.0.0
 wait_ready http://127.0.0.1:6112/health
 
