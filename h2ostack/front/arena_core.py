@@ -13,12 +13,14 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import queue
 import random
 import re
 import sqlite3
+import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -85,6 +87,83 @@ class Vote:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class Side:
+    """One side's answer as it streams, and its timings once it ends."""
+
+    text: str = ""
+    error: str | None = None
+    ttft: float | None = None  # seconds to the first piece
+    seconds: float | None = None  # to the last
+    tokens: int = 0  # pieces
+    done: bool = False
+
+    def timings(self) -> dict[str, Any]:
+        return {"ttft": self.ttft, "seconds": self.seconds, "tokens": self.tokens, "error": self.error}
+
+
+def stream_pair(streams: Sequence[Callable[[], Iterator[str]]], every: float = 0.05,
+                clock: Callable[[], float] = time.monotonic, stopped: Callable[[], bool] = lambda: False,
+                poll: float = 0.1) -> Iterator[list[Side]]:
+    """Both answers at once, each from its own thread: the sides as they stand, at most every
+    `every` seconds of `clock` (a first piece at once), and always once more when both have ended.
+    `stopped()` (looked at every `poll` seconds at most) abandons the turn: the threads stop at
+    their next piece. An error ends its side with the error; the other side goes on."""
+    sides = [Side() for _ in streams]
+    events: queue.Queue[tuple[int, str, Any]] = queue.Queue()
+    halt = threading.Event()
+
+    def work(i: int, fn: Callable[[], Iterator[str]]) -> None:
+        t0 = clock()
+        first, count = None, 0
+        try:
+            for piece in fn():
+                if halt.is_set():
+                    return
+                count += 1
+                if first is None:
+                    first = clock() - t0
+                events.put((i, "piece", piece))
+            events.put((i, "done", (first, clock() - t0, count)))
+        except Exception as exc:  # a backend down or dying mid-answer: its side says so
+            events.put((i, "error", f"{type(exc).__name__}: {exc}"))
+
+    threads = [threading.Thread(target=work, args=(i, fn), daemon=True) for i, fn in enumerate(streams)]
+    for t in threads:
+        t.start()
+    last = None
+    try:
+        while not all(s.done for s in sides):
+            if stopped():
+                return
+            try:
+                got = [events.get(timeout=poll)]
+            except queue.Empty:
+                continue
+            while True:
+                try:
+                    got.append(events.get_nowait())
+                except queue.Empty:
+                    break
+            started = False
+            for i, kind, value in got:
+                side = sides[i]
+                if kind == "piece":
+                    started |= not side.text
+                    side.text += value
+                elif kind == "done":
+                    side.ttft, side.seconds, side.tokens = value
+                    side.done = True
+                else:
+                    side.error, side.done = value, True
+            now = clock()
+            if started or last is None or now - last >= every or all(s.done for s in sides):
+                last = now
+                yield [Side(**asdict(s)) for s in sides]
+    finally:
+        halt.set()
 
 
 # -- storage --------------------------------------------------------------------------------------
