@@ -86,6 +86,10 @@ def chats(battle: Battle | None, live: tuple[str, str, str] | None = None) -> tu
 
 
 def reveal_text(battle: Battle | None) -> str:
+    if battle is not None and battle.voted is None and battle.asking:
+        return "Model A and Model B are answering…"
+    if battle is not None and battle.voted is None and battle.turns:
+        return "Which answer is better? Vote to see which models they were, or ask on."
     if battle is None or battle.voted is None:
         return "Two anonymous models answer; vote to see which they were."
     return (f"**{VOTE_LABELS[battle.voted]}.** Model A was **{battle.a}**, Model B was **{battle.b}**. "
