@@ -222,7 +222,7 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
         if arena is not None:
             from h2ostack.front.arena import build_tabs
 
-            build_tabs(arena)
+            build_tabs(arena, demo)
 
         # -- chat ----------------------------------------------------------------------------
         skip = gr.skip()

@@ -2,7 +2,8 @@
 "Model A" and "Model B" in random order, streaming side by side; a vote (A better, B better, tie,
 both bad) reveals their names and goes to the stack's vote store; a Leaderboard tab shows the
 ratings. Questions within a battle continue its conversation; Regenerate asks the last one again;
-New battle draws another pair (favouring pairs with few votes).
+New battle draws another pair (favouring pairs with few votes). A page can be linked: `?tab=arena`
+opens it on the Arena, `?pair=x,y` makes its first battle one between those two models.
 
 Scripts and LLM judges use Gradio's API: `/arena_new`, `/arena_ask` (a question; both answers),
 `/arena_vote` (a, b, tie or bothbad; the names) and `/arena_leaderboard` (JSON), in one client
@@ -165,6 +166,22 @@ def vote(arena: Arena, kind: str, battle: Battle | None) -> list[Any]:
     return [reveal_text(battle), board_markdown(arena), battle]
 
 
+def linked(arena: Arena, query: dict[str, str], battle: Battle | None) -> Battle | None:
+    """A page opened with `?pair=x,y` battles those two models first (in random sides)."""
+    names = [b.name for b in arena.backends]
+    pair = list(dict.fromkeys(x for x in (query.get("pair") or "").split(",") if x in names))
+    if len(pair) != 2:
+        return battle
+    a, b = pair if arena.rng.random() < 0.5 else pair[::-1]
+    return Battle(a, b)
+
+
+# `?tab=arena` (or leaderboard, compare): the page opens on that tab
+OPEN_TAB_JS = """() => { const t = (new URL(location).searchParams.get('tab') || '').toLowerCase();
+  const b = t && [...document.querySelectorAll('button[role=tab]')].find(x => x.textContent.trim().toLowerCase() === t);
+  if (b) b.click(); }"""
+
+
 def board_markdown(arena: Arena) -> str:
     return leaderboard_markdown(leaderboard(arena.store.votes(arena.front), rounds=BOOTSTRAP_ROUNDS))
 
@@ -173,8 +190,8 @@ def board_json(arena: Arena) -> str:
     return json.dumps(leaderboard(arena.store.votes(arena.front), rounds=BOOTSTRAP_ROUNDS).to_json())
 
 
-def build_tabs(arena: Arena) -> None:
-    """The Arena and Leaderboard tabs, inside the front's Blocks."""
+def build_tabs(arena: Arena, demo: gr.Blocks) -> None:
+    """The Arena and Leaderboard tabs, inside the front's Blocks (`demo`, for its load events)."""
     battle = gr.State(None)
     with gr.Tab("Arena", id="arena", elem_id="arena-tab"):
         reveal = gr.Markdown(reveal_text(None), elem_id="arena-reveal")
@@ -216,3 +233,9 @@ def build_tabs(arena: Arena) -> None:
         return board_json(arena)
 
     gr.api(arena_leaderboard, api_name="arena_leaderboard")
+
+    def page_loaded(request: gr.Request, current: Battle | None) -> Battle | None:
+        return linked(arena, dict(request.query_params) if request else {}, current)
+
+    demo.load(page_loaded, [battle], [battle], api_visibility="private", show_progress="hidden")
+    demo.load(None, None, None, js=OPEN_TAB_JS, api_visibility="private", show_progress="hidden")

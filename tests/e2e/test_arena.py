@@ -89,7 +89,10 @@ def test_battle_streams_two_anonymous_answers_and_a_vote_reveals_them(arena_stac
     before = arena_stack.votes()["votes"]
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = open_arena(browser, arena_stack.url)
+        # a link opens the page on the Arena, its first battle between the two models named
+        page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+        page.goto(arena_stack.url + "/?tab=arena&pair=tgi,tiny")
+        page.wait_for_selector("#arena-input textarea", state="visible", timeout=60_000)
         ask(page, "Hello there, who are you?")
         # both sides stream: the answers grow over several looks (the TGI stand-in sends a piece
         # every 50 ms), while the sides are named only Model A and Model B

@@ -157,3 +157,15 @@ def test_gradio_api_battle_and_vote(arena: arena_mod.Arena) -> None:
         assert arena.store.count() == 2
     finally:
         demo.close()
+
+
+def test_a_link_names_the_first_battles_pair(arena: arena_mod.Arena) -> None:
+    sides = set()
+    for _ in range(40):
+        battle = arena_mod.linked(arena, {"pair": "z,x"}, None)
+        assert battle is not None and {battle.a, battle.b} == {"x", "z"}
+        sides.add(battle.a)
+    assert sides == {"x", "z"}  # still in random sides
+    kept = arena_mod.Battle("x", "y")
+    for bad in ({}, {"pair": "x"}, {"pair": "x,x"}, {"pair": "x,nope"}, {"pair": "../x,y\n"}):
+        assert arena_mod.linked(arena, bad, kept) is kept
