@@ -225,6 +225,19 @@ def kill(stack: Annotated[str | None, typer.Argument(help="The stack file, or a 
     con.print(f"killed {len(killed)} service(s)" if killed else "nothing was running", markup=False)
 
 
+@app.command()
+def arena(stack: Annotated[str, typer.Argument(help="The stack file, or a stack's name.")],
+          json_out: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+          jsonl: Annotated[bool, typer.Option("--jsonl", help="Every vote as a JSON line, not the leaderboard.")
+                           ] = False,
+          front: Annotated[str | None, typer.Option("--front", help="Only this front's votes.")] = None) -> None:
+    """The leaderboard of the Arena's votes: Bradley-Terry ratings with 95% intervals, votes, win rates,
+    and how often Model A won (side bias)."""
+    from h2ostack.front import arena_cli
+
+    _guard(lambda: arena_cli.run(stack, json_out, jsonl, front, _console()))
+
+
 def _age(seconds: float | None) -> str:
     if seconds is None:
         return "-"

@@ -867,6 +867,8 @@ def cross_checks(stack: Stack, smap: SourceMap | None = None) -> list[Problem]:
             add(("fronts", name, "args"), "`args:` are generate.py options of an h2ogpt front (`kind: h2ogpt`)")
         if front.kind == "h2ogpt" and not front.python:
             add(("fronts", name, "python"), "an h2ogpt front needs `python:` (the interpreter of an h2oGPT install)")
+        if front.arena and (front.kind != "gradio" or len(set(front.models)) < 2):
+            add(("fronts", name, "arena"), "an Arena is a tab of the built-in front and needs two models or more")
 
     cycle = find_cycle({n: [d for d in s.depends_on if d in stack.services and d != n]
                        for n, s in stack.services.items()})

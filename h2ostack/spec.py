@@ -302,6 +302,8 @@ class Front(_Model):
     args: dict[str, ArgValue] = Field(default_factory=dict)  # kind h2ogpt: generate.py options
     depends_on: list[str] = Field(default_factory=list)
     health: Health = Field(default_factory=Health)
+    arena: bool = Field(default=False, description="an Arena tab: two anonymous models per question, votes "
+                        "-> leaderboard (votes in the state dir's <stack>/arena.sqlite3)")
 
     _secret_env = field_validator("env", mode="before")(_Service._secret_env.__func__)  # type: ignore[attr-defined]
 

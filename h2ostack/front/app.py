@@ -143,7 +143,7 @@ def system_info(backends: list[Backend]) -> dict[str, Any]:
 
 
 def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str | None,
-                 title: str = "h2ostack") -> gr.Blocks:
+                 title: str = "h2ostack", arena: Any = None) -> gr.Blocks:
     n_fixed = len(backends)
     n = n_fixed + EXTRA_SLOTS
     columns = columns or min(max(n_fixed, 1), 3)
@@ -170,6 +170,9 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
                             "settings": [{"max_new_tokens": 256, "temperature": 0.0} for _ in range(n)],
                             "stats": {}, "log": []})
         gr.Markdown(f"## {title}: {', '.join(names) or 'no models yet'}")
+        grid_tab = contextlib.ExitStack()  # with an Arena (front/arena.py), the grid is a tab beside it
+        if arena is not None:
+            grid_tab.enter_context(gr.Tab("Compare", id="compare", elem_id="compare-tab"))
         shown = gr.CheckboxGroup(names, value=names, label="Models shown", elem_id="h2o-shown")
         panes: list[gr.Column] = []
         heads: list[gr.Markdown] = []
@@ -217,6 +220,11 @@ def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str |
         with gr.Row():
             export_btn = gr.Button("Export conversations (JSONL)")
             export_file = gr.File(label="export", interactive=False)
+        grid_tab.close()
+        if arena is not None:
+            from h2ostack.front.arena import build_tabs
+
+            build_tabs(arena, demo)
 
         # -- chat ----------------------------------------------------------------------------
         skip = gr.skip()
@@ -637,7 +645,13 @@ def build_app(stack_file: str, front: str) -> Any:
         return JSONResponse({"ok": True, "models": [b.name for b in backends]})
 
     auth = (spec.auth.user, reveal(spec.auth.password) or "") if spec.auth else None
+    arena = None
+    if spec.arena:
+        from h2ostack.front.arena import Arena
+        from h2ostack.front.arena_core import VoteStore, arena_path
+
+        arena = Arena(backends, VoteStore(arena_path(stack.name)), front)
     blocks = build_blocks(backends, spec.columns, reveal(spec.admin_pass) if spec.admin_pass else None,
-                          title=f"h2ostack · {stack.name}")
+                          title=f"h2ostack · {stack.name}", arena=arena)
     # /v1 goes straight to the gateway, ahead of FastAPI's routing and middleware
     return gateway.mount(gr.mount_gradio_app(app, blocks, path="/", auth=auth, css=CSS))
