@@ -57,9 +57,9 @@ printf '%s\\0' "$(( $# + 1 ))" "${H2T_AS:-${0##*/}}" "$@" >>"$H2T_LOG"
 """
 # an interpreter named by its path (python, ray): the path, argv, then KEY=VALUE of every planned key
 ENV_STUB = """#!/bin/bash
-envs=()
-for k in ${H2T_KEYS-}; do envs+=("$k=${!k-<unset>}"); done
-printf '%s\\0' "$(( $# + 1 + ${#envs[@]} ))" "$0" "$@" "${envs[@]}" >>"$H2T_LOG"
+__h2t_envs=()  # (names no planned key takes: a key `k` would read the loop's own variable)
+for __h2t_k in ${H2T_KEYS-}; do __h2t_envs+=("$__h2t_k=${!__h2t_k-<unset>}"); done
+printf '%s\\0' "$(( $# + 1 + ${#__h2t_envs[@]} ))" "$0" "$@" "${__h2t_envs[@]}" >>"$H2T_LOG"
 """
 SSH_STUB = PLAIN_STUB + "exec /bin/bash -s\n"  # the remote side: the same stubs and log
 PRELUDE = f"""command_not_found_handle() {{ H2T_AS="not-found:$1" {STUBS}/path/curl "${{@:2}}"; return 127; }}
