@@ -9,6 +9,7 @@ import json
 import os
 import random
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +28,30 @@ def backends() -> list[Backend]:
 
 
 def wiring(demo: Any) -> dict[str, Any]:
+    """The page's config, each component's id as its rank on the page (Gradio numbers the
+    components of every Blocks made in the process from one counter)."""
     cfg = demo.get_config_file()
     names = {i: f.name for i, f in demo.fns.items()}
-    comps = [{"id": c["id"], "type": c["type"],
-              "props": {k: v for k, v in c["props"].items() if k not in ("value", "proxy_url", "_selectable")}}
+
+    def layout_ids(node: dict[str, Any]) -> Iterator[int]:
+        yield node["id"]
+        for c in node.get("children", []):
+            yield from layout_ids(c)
+
+    rank = {x: k for k, x in enumerate(sorted({c["id"] for c in cfg["components"]} | set(layout_ids(cfg["layout"]))))}
+
+    def renumber(node: dict[str, Any]) -> dict[str, Any]:
+        return {**node, "id": rank[node["id"]],
+                **({"children": [renumber(c) for c in node["children"]]} if "children" in node else {})}
+
+    comps = [{"id": rank[c["id"]], "type": c["type"],
+              # (a State's value is the server's, never sent to the page)
+              "props": {k: v for k, v in c["props"].items() if not (c["type"] == "state" and k == "value")}}
              for c in cfg["components"]]
-    return {"dependencies": [{**d, "fn": names.get(d["id"])} for d in cfg["dependencies"]],
-            "components": comps, "layout": cfg["layout"]}
+    deps = [{**d, "fn": names.get(d["id"]), "targets": [[rank.get(t[0], t[0]), *t[1:]] for t in d["targets"]],
+             **{k: [rank[x] for x in d[k]] for k in ("inputs", "outputs", "show_progress_on") if d.get(k)}}
+            for d in cfg["dependencies"]]
+    return {"dependencies": deps, "components": comps, "layout": renumber(cfg["layout"])}
 
 
 def pages(tmp_path: Path) -> dict[str, Any]:
