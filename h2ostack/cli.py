@@ -37,6 +37,15 @@ def _console(stderr: bool = False) -> Any:
     return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
 
 
+def _seconds(value: float) -> float:
+    """A `--timeout`: a finite number of seconds, not negative (nan would never end, inf never kill)."""
+    import math
+
+    if not math.isfinite(value) or value < 0:
+        raise typer.BadParameter(f"{value} is not a number of seconds (a finite number, 0 or more)")
+    return value
+
+
 def _fail(message: str, code: int) -> typer.Exit:
     _console(stderr=True).print(message, markup=False)
     return typer.Exit(code)
@@ -106,7 +115,7 @@ def up(stack: StackArg,
        services: Annotated[list[str] | None, typer.Argument(help="Only these services (and what they need).")] = None,
        gpus: GpusOpt = None, gpu_memory: GpuMemOpt = None,
        attach: Annotated[bool, typer.Option("--attach", help="Stay and stream logs; Ctrl-C stops the stack.")] = False,
-       timeout: Annotated[float, typer.Option("--timeout", help="Grace period when stopping, seconds.")] = 30.0,
+       timeout: Annotated[float, typer.Option("--timeout", help="Grace period when stopping, seconds.", callback=_seconds)] = 30.0,
        locked: Annotated[bool, typer.Option("--locked", help="Refuse to start if anything differs from "
                                             "STACK.lock (images, model revisions, packages, GPUs).")] = False,
        ) -> None:
@@ -201,7 +210,7 @@ class _Progress:
 
 @app.command()
 def down(stack: Annotated[str, typer.Argument(help="The stack file, or a stack's name.")],
-         timeout: Annotated[float, typer.Option("--timeout", help="Seconds between SIGTERM and SIGKILL.")] = 30.0,
+         timeout: Annotated[float, typer.Option("--timeout", help="Seconds between SIGTERM and SIGKILL.", callback=_seconds)] = 30.0,
          ) -> None:
     """Stop the stack in reverse order: SIGTERM to each group or container, SIGKILL after the timeout."""
     from h2ostack import api
@@ -351,7 +360,7 @@ def logs(stack: Annotated[str, typer.Argument(help="The stack file, or a stack's
 @app.command()
 def check(stack: StackArg,
           max_tokens: Annotated[int, typer.Option("--max-tokens", help="Tokens to ask for.")] = 16,
-          timeout: Annotated[float, typer.Option("--timeout", help="Seconds per request.")] = 120.0,
+          timeout: Annotated[float, typer.Option("--timeout", help="Seconds per request.", callback=_seconds)] = 120.0,
           prompt: Annotated[str | None, typer.Option("--prompt", help="The question to ask.")] = None,
           expect: Annotated[str | None, typer.Option("--expect", help="Fail unless every answer holds this "
                                                      "text (case aside).")] = None) -> None:
