@@ -132,7 +132,7 @@ def ctx_for(target: str | Path) -> Ctx:
         name = stack_name(p)
         return Ctx(name, StackState(name))
     name = check_stack_name(str(target))  # a name, never a path: it resolves only under the state dir
-    if name not in known_stacks() and not docker_configured():
+    if name not in known_stacks() and not docker_configured() and name not in _marked_stacks():
         raise NotFound(f"no stack file or known stack named {name!r} (state dir: {state_root()})")
     return Ctx(name, StackState(name))
 

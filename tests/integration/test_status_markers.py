@@ -47,7 +47,7 @@ services:
         ("vllm", f"http://127.0.0.1:{pa}", "healthy"), ("vllm", f"http://127.0.0.1:{pb}", "healthy")]
     assert filled[a]["ident"] and filled[a]["ident"] != filled[b]["ident"]
 
-    down = h2o("down", str(path), timeout=120)
+    down = h2o("down", stack_name, timeout=120)  # by name too: the stack is known by its markers
     assert down.returncode == 0, down.stderr
     assert marked_processes(h2o.state_dir, stack_name) == []
     _, after = _rows(h2o)
