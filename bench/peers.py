@@ -68,6 +68,32 @@ SERVE_DRIVER = ("import sys\nfrom vllm.utils.argparse_utils import FlexibleArgum
                 "from vllm.benchmarks.serve import add_cli_args, main\n"
                 "p = FlexibleArgumentParser()\nadd_cli_args(p)\nmain(p.parse_args(sys.argv[1:]))\n")
 
+# the floor of any Python hop: a relay that copies bytes between a client's connection and its own
+# (kept-alive) connection to the backend, on uvloop, parsing nothing; in the sequential part only
+RELAY = """
+import asyncio, sys, uvloop
+UP = int(sys.argv[2])
+class Up(asyncio.Protocol):
+    def __init__(self, down): self.down = down
+    def data_received(self, data): self.down.write(data)
+    def connection_lost(self, exc): self.down.close()
+class Down(asyncio.Protocol):
+    def connection_made(self, t):
+        self.t, self.up, self.buf = t, None, []
+        asyncio.ensure_future(self.connect())
+    async def connect(self):
+        self.up, _ = await asyncio.get_running_loop().create_connection(lambda: Up(self.t), "127.0.0.1", UP)
+        for b in self.buf: self.up.write(b)
+    def data_received(self, data):
+        self.up.write(data) if self.up else self.buf.append(data)
+    def connection_lost(self, exc):
+        if self.up: self.up.close()
+async def main():
+    srv = await asyncio.get_running_loop().create_server(Down, "127.0.0.1", int(sys.argv[1]))
+    await srv.serve_forever()
+uvloop.run(main())
+"""
+
 
 @dataclass
 class Arm:
@@ -108,23 +134,29 @@ def wait_ready(url: str, headers: dict[str, str], proc: subprocess.Popen, what: 
     raise SystemExit(f"{what} did not answer {url} within {limit:.0f} s")
 
 
-def sequential(arms: list[Arm]) -> dict[str, list[float]]:
+def sequential(arms: list[Arm]) -> tuple[dict[str, list[float]], list[float]]:
+    """The latencies (ms) of each arm, and h2ostack's own time by its `x-h2ostack-overhead-ms`."""
     lat: dict[str, list[float]] = {a.name: [] for a in arms}
+    own: list[float] = []
     with httpx.Client(timeout=TIMEOUT_S) as c:
         def once(a: Arm) -> float:
             t = time.perf_counter()
             r = c.post(a.base + "/v1/completions", headers=a.headers,
                        json={"model": a.fixed_model, "prompt": "hi", "max_tokens": 4})
             r.read()
+            ms = (time.perf_counter() - t) * 1000
             r.raise_for_status()
-            return (time.perf_counter() - t) * 1000
+            if "x-h2ostack-overhead-ms" in r.headers:
+                own.append(float(r.headers["x-h2ostack-overhead-ms"]))
+            return ms
         for i in range(20):
             for a in interleaved(arms, i):
                 once(a)
+        own.clear()
         for i in range(N_SEQ):
             for a in interleaved(arms, i):
                 lat[a.name].append(once(a))
-    return lat
+    return lat, own
 
 
 async def open_loop(arm: Arm, rate: int) -> tuple[list[float], int]:
@@ -286,7 +318,8 @@ def main() -> None:
         "litellm_settings: {telemetry: false}\n")
     env = {**os.environ, "H2OSTACK_STATE_DIR": str(tmp / "state"), "BENCH_KEY": key}
     h2o = [sys.executable, "-m", "h2ostack.cli"]
-    up = subprocess.run([*h2o, "up", str(stack), *names], env=env, capture_output=True, text=True)
+    # the CPU vLLM starts only for its part, so that it idles on no core the other parts use
+    up = subprocess.run([*h2o, "up", str(stack), "fixed"], env=env, capture_output=True, text=True)
     if up.returncode != 0:
         raise SystemExit(f"h2ostack up failed:\n{up.stderr[-3000:]}")
     auth = {"authorization": f"Bearer {key}"}
@@ -312,19 +345,31 @@ def main() -> None:
         print(f"Cores: {split(h2o, str(stack), env, (gw.pid, ll.pid), load_with_backends=True)}", flush=True)
         report: dict = {"versions": versions(litellm_py, vllm_py)}
         if "sequential" in PARTS:
-            lat = sequential(arms)
+            relay_port = free_port()
+            relay = subprocess.Popen([sys.executable, "-c", RELAY, str(relay_port), str(ports["fixed"])])
+            try:
+                wait_ready(f"http://127.0.0.1:{relay_port}/v1/models", {}, relay, "the relay")
+                split(h2o, str(stack), env, (gw.pid, ll.pid, relay.pid), load_with_backends=True)
+                seq_arms = [*arms, Arm("tcp relay", f"http://127.0.0.1:{relay_port}", "fixed", "", "")]
+                lat, own = sequential(seq_arms)
+            finally:
+                relay.terminate()
+                relay.wait(10)
             d = lat["direct"]
             print(f"\nSequential non-streaming, backend with a fixed 50 ms latency ({N_SEQ} requests per arm,"
                   " interleaved)")
             print(f"  {'':<12}{'median':>10}{'p99':>10}{'added median':>14}{'added p99':>11}")
             report["sequential"] = {}
-            for a in arms:
+            for a in seq_arms:
                 x = lat[a.name]
                 row = {"p50": statistics.median(x), "p99": pct(x, 99),
                        "added_p50": statistics.median(x) - statistics.median(d), "added_p99": pct(x, 99) - pct(d, 99)}
                 report["sequential"][a.name] = row
                 added = "" if a.name == "direct" else f"{row['added_p50']:>12.2f}ms{row['added_p99']:>9.2f}ms"
                 print(f"  {a.name:<12}{row['p50']:>8.2f}ms{row['p99']:>8.2f}ms{added}")
+            report["sequential"]["h2ostack own time"] = {"p50": statistics.median(own), "p99": pct(own, 99)}
+            print(f"  h2ostack's own time (x-h2ostack-overhead-ms): median {statistics.median(own):.2f} ms,"
+                  f" p99 {pct(own, 99):.2f} ms; tcp relay: the floor of a Python hop (copies bytes, parses nothing)")
             print("  (target for h2ostack: added at most 0.4 ms at the median, 2 ms at p99)", flush=True)
         if "load" in PARTS:
             print(f"\nOpen-loop load against the 50 ms stand-in ({LOAD_S:g} s recorded per arm and run after "
@@ -339,7 +384,11 @@ def main() -> None:
             report["load"] = {"rows": rows, "sustained": s}
         if "serve" in PARTS:
             assert vllm_py is not None
-            print(f"\nvllm bench serve (openai-chat, random {SERVE_IN} in / {SERVE_OUT} out, ignore_eos, "
+            up = subprocess.run([*h2o, "up", str(stack), "vllm"], env=env, capture_output=True, text=True)
+            if up.returncode != 0:
+                raise SystemExit(f"h2ostack up of the CPU vLLM failed:\n{up.stderr[-3000:]}")
+            print(f"\nCores: {split(h2o, str(stack), env, (gw.pid, ll.pid), load_with_backends=True)}")
+            print(f"vllm bench serve (openai-chat, random {SERVE_IN} in / {SERVE_OUT} out, ignore_eos, "
                   f"{SERVE_PROMPTS} prompts at most {SERVE_CONC} at once; {SERVE_SETS} runs per arm, interleaved)",
                   flush=True)
             res = serve(arms, vllm_py, model, tmp / "serve", key)
