@@ -53,7 +53,7 @@ from cores import split  # bench/cores.py
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = os.environ.get("BENCH_PARTS", "sequential,load,serve").split(",")
 N_SEQ = int(os.environ.get("BENCH_N", "300"))
-RATES = [int(x) for x in os.environ.get("BENCH_RATES", "10,20,30,50,75,100,150,200,300,400,500,600,800,1000,1200,1500").split(",")]
+RATES = [int(x) for x in os.environ.get("BENCH_RATES", "10,20,30,40,50,75,100,150,200,300,400,500,600,800,1000,1200,1500,1800,2000,2500").split(",")]
 LOAD_S = float(os.environ.get("BENCH_LOAD_S", "4"))  # recorded seconds per run; each arm runs twice a rate
 WARM_S = 1.0  # sent first at the same rate and not recorded
 MIN_REQUESTS = 100  # recorded per arm and run at the lowest rates (their p99 from 200 at least)
