@@ -53,7 +53,8 @@ from cores import split  # bench/cores.py
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = os.environ.get("BENCH_PARTS", "sequential,load,serve").split(",")
 N_SEQ = int(os.environ.get("BENCH_N", "300"))
-RATES = [int(x) for x in os.environ.get("BENCH_RATES", "10,20,30,40,50,75,100,150,200,300,400,500,600,800,1000,1200,1500,1800,2000,2500").split(",")]
+RATES = [int(x) for x in os.environ.get(
+    "BENCH_RATES", "10,20,30,40,50,75,100,150,200,300,400,500,600,800,1000,1200,1500,1800,2000,2500").split(",")]
 LOAD_S = float(os.environ.get("BENCH_LOAD_S", "4"))  # recorded seconds per run; each arm runs twice a rate
 WARM_S = 1.0  # sent first at the same rate and not recorded
 MIN_REQUESTS = 100  # recorded per arm and run at the lowest rates (their p99 from 200 at least)
@@ -186,42 +187,60 @@ async def open_loop(arm: Arm, rate: int) -> tuple[list[float], int]:
     return [ms for ms, ok in res if ok], sum(1 for _, ok in res if not ok)
 
 
+def measure(arms: list[Arm], rate: int, alive: set[str], run) -> dict:
+    """One rate: every arm still in twice, interleaved; direct's p50/p99, each gateway's added."""
+    direct = arms[0]
+    lat: dict[str, list[float]] = {a.name: [] for a in arms}
+    err = dict.fromkeys(lat, 0)
+    for i in range(2):
+        for a in interleaved(arms, i):
+            if a is direct or a.name in alive:
+                ms, e = run(open_loop(a, rate))
+                lat[a.name] += ms
+                err[a.name] += e
+    d50, d99 = statistics.median(lat[direct.name] or [float("nan")]), pct(lat[direct.name], 99)
+    row = {"rate": rate, direct.name: {"p50": d50, "p99": d99, "errors": err[direct.name]}}
+    for a in arms[1:]:
+        if a.name in alive:
+            p50, p99 = statistics.median(lat[a.name] or [float("nan")]), pct(lat[a.name], 99)
+            row[a.name] = {"p50": p50, "p99": p99, "added_p50": p50 - d50, "added_p99": p99 - d99,
+                           "errors": err[a.name]}
+    return row
+
+
+def failed(r: dict) -> bool:
+    return not r["added_p99"] <= 50 or bool(r["errors"])
+
+
 def load(arms: list[Arm]) -> list[dict]:
-    """Rising rates; at each, every arm still in twice, interleaved. An arm leaves once its p99
-    added passes 50 ms or it fails a request; the ladder ends when no gateway is left."""
+    """Rising rates; at each, every arm still in twice, interleaved. A rate at which a gateway's p99
+    added passes 50 ms or it fails a request is measured once more (a stall of this shared machine
+    knocks out one measurement, not an arm), and the arm leaves if it fails again; the ladder ends
+    when no gateway is left."""
     try:
         import uvloop  # the load generator shares its core with the backend: the faster loop
         run = uvloop.run
     except ImportError:
         run = asyncio.run
-    direct, gws = arms[0], arms[1:]
-    alive = {a.name for a in gws}
+    alive = {a.name for a in arms[1:]}
     rows = []
     for rate in RATES:
-        lat: dict[str, list[float]] = {a.name: [] for a in arms}
-        err = dict.fromkeys(lat, 0)
-        for i in range(2):
-            for a in interleaved(arms, i):
-                if a is direct or a.name in alive:
-                    ms, e = run(open_loop(a, rate))
-                    lat[a.name] += ms
-                    err[a.name] += e
-        d50, d99 = statistics.median(lat[direct.name] or [float("nan")]), pct(lat[direct.name], 99)
-        row = {"rate": rate, direct.name: {"p50": d50, "p99": d99, "errors": err[direct.name]}}
-        for a in gws:
-            if a.name not in alive:
-                continue
-            p50, p99 = statistics.median(lat[a.name] or [float("nan")]), pct(lat[a.name], 99)
-            row[a.name] = {"p50": p50, "p99": p99, "added_p50": p50 - d50, "added_p99": p99 - d99,
-                           "errors": err[a.name]}
-            if not p99 - d99 <= 50 or err[a.name]:
-                alive.discard(a.name)
+        row = measure(arms, rate, alive, run)
+        again = {a.name for a in arms[1:] if a.name in row and failed(row[a.name])}
+        if again:
+            second = measure(arms, rate, again, run)
+            for name in again:
+                if not failed(second[name]):
+                    row[name] = {**second[name], "measured again": True}
+                else:
+                    alive.discard(name)
         rows.append(row)
         print(f"  {rate:>6}/s  " + "  ".join(
             f"{k}: " + (f"+{v['added_p50']:.2f}/+{v['added_p99']:.2f} ms" if "added_p50" in v else
                         f"{v['p50']:.2f}/{v['p99']:.2f} ms") + f" {v['errors']} err"
+            + (" (2nd)" if v.get("measured again") else "")
             for k, v in row.items() if k != "rate"), flush=True)
-        if err[direct.name] or not alive:
+        if row["direct"]["errors"] or not alive:
             break
     return rows
 
@@ -288,6 +307,7 @@ def versions(litellm_py: str | None, vllm_py: str | None) -> str:
 
 def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-peers-"))
+    all_cores = os.sched_getaffinity(0)
     need_vllm = "serve" in PARTS
     vllm_py = subprocess.run(["bash", str(ROOT / "scripts" / "vllm-env.sh")], capture_output=True, text=True,
                              check=True).stdout.strip().splitlines()[-1] if need_vllm else None
@@ -342,14 +362,20 @@ def main() -> None:
                 Arm("h2ostack", gw_base, "fixed", gw_base, "vllm", auth),
                 Arm("litellm", ll_base, "fixed", ll_base, "vllm", auth)]
         print(f"Versions: {versions(litellm_py, vllm_py)}")
-        print(f"Cores: {split(h2o, str(stack), env, (gw.pid, ll.pid), load_with_backends=True)}", flush=True)
+
+        def repin(*extra: int) -> str:
+            """split() again, from every core (it divides the cores this process has)."""
+            os.sched_setaffinity(0, all_cores)
+            return split(h2o, str(stack), env, (gw.pid, ll.pid, *extra), load_with_backends=True)
+
+        print(f"Cores: {repin()}", flush=True)
         report: dict = {"versions": versions(litellm_py, vllm_py)}
         if "sequential" in PARTS:
             relay_port = free_port()
             relay = subprocess.Popen([sys.executable, "-c", RELAY, str(relay_port), str(ports["fixed"])])
             try:
                 wait_ready(f"http://127.0.0.1:{relay_port}/v1/models", {}, relay, "the relay")
-                split(h2o, str(stack), env, (gw.pid, ll.pid, relay.pid), load_with_backends=True)
+                repin(relay.pid)
                 seq_arms = [*arms, Arm("tcp relay", f"http://127.0.0.1:{relay_port}", "fixed", "", "")]
                 lat, own = sequential(seq_arms)
             finally:
@@ -376,18 +402,21 @@ def main() -> None:
                   f"{WARM_S:g} s of warm-up, two runs per rate, interleaved); direct: p50/p99, gateways: "
                   "added p50/p99", flush=True)
             rows = load(arms)
-            s = {a.name: sustained(rows, a.name) for a in arms[1:]}
-            ratio = s["h2ostack"] / s["litellm"] if s["litellm"] else float("inf")
-            print(f"  sustained rate with p99 added under 10 ms: h2ostack {s['h2ostack']}/s, litellm "
-                  f"{s['litellm']}/s ({ratio:.1f}x; target 3x){' (h2ostack held to the last rate tried)' if s['h2ostack'] == rows[-1]['rate'] else ''}",
-                  flush=True)
-            report["load"] = {"rows": rows, "sustained": s}
+            report["load"] = {"rows": rows}
+            for limit in (10, 50):
+                s = {a.name: sustained(rows, a.name, limit) for a in arms[1:]}
+                ratio = f"{s['h2ostack'] / s['litellm']:.1f}x" if s["litellm"] else "LiteLLM below the lowest rate"
+                held = " (h2ostack held to the last rate tried)" if s["h2ostack"] == rows[-1]["rate"] else ""
+                print(f"  sustained rate with p99 added under {limit} ms: h2ostack {s['h2ostack']}/s, litellm "
+                      f"{s['litellm']}/s ({ratio}{'; target 3x' if limit == 10 else ''}){held}", flush=True)
+                report["load"][f"sustained_{limit}ms"] = s
         if "serve" in PARTS:
             assert vllm_py is not None
+            os.sched_setaffinity(0, all_cores)
             up = subprocess.run([*h2o, "up", str(stack), "vllm"], env=env, capture_output=True, text=True)
             if up.returncode != 0:
                 raise SystemExit(f"h2ostack up of the CPU vLLM failed:\n{up.stderr[-3000:]}")
-            print(f"\nCores: {split(h2o, str(stack), env, (gw.pid, ll.pid), load_with_backends=True)}")
+            print(f"\nCores: {repin()}")
             print(f"vllm bench serve (openai-chat, random {SERVE_IN} in / {SERVE_OUT} out, ignore_eos, "
                   f"{SERVE_PROMPTS} prompts at most {SERVE_CONC} at once; {SERVE_SETS} runs per arm, interleaved)",
                   flush=True)
