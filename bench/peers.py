@@ -60,7 +60,7 @@ WARM_S = 1.0  # sent first at the same rate and not recorded
 MIN_REQUESTS = 100  # recorded per arm and run at the lowest rates (their p99 from 200 at least)
 SERVE_PROMPTS = int(os.environ.get("BENCH_SERVE_PROMPTS", "128"))
 SERVE_CONC = int(os.environ.get("BENCH_SERVE_CONCURRENCY", "16"))
-SERVE_SETS = int(os.environ.get("BENCH_SERVE_SETS", "2"))
+SERVE_SETS = int(os.environ.get("BENCH_SERVE_SETS", "4"))
 SERVE_IN, SERVE_OUT = 32, 64
 TIMEOUT_S = 10.0
 # `vllm bench serve` itself; the env's `vllm` console script looks up a distribution named vllm,
@@ -428,8 +428,17 @@ def main() -> None:
                 print(f"  {label:<16}" + "".join(f"{fmt.format(med[a.name][k]):>12}" for a in arms)
                       + "".join(f"{med[a.name][k] / med['direct'][k]:>18.1%}" if med["direct"][k] else f"{'':>18}"
                                 for a in arms[1:]))
+            # each gateway run against the direct run of the same set (its neighbour in the order)
+            paired = {a.name: {k: statistics.median(g[k] / d[k] for g, d in zip(res[a.name], res["direct"], strict=True))
+                               for k in ("request_throughput", "output_throughput", "median_ttft_ms")}
+                      for a in arms[1:]}
+            for a in arms[1:]:
+                pr = paired[a.name]
+                print(f"  {a.name}/direct, median of the {SERVE_SETS} sets' ratios: req/s "
+                      f"{pr['request_throughput']:.1%}, output tok/s {pr['output_throughput']:.1%}, TTFT p50 "
+                      f"{pr['median_ttft_ms']:.1%}")
             print("  (target for h2ostack: throughput and TTFT p50 within 2% of direct)")
-            report["serve"] = {"runs": res, "medians": med}
+            report["serve"] = {"runs": res, "medians": med, "paired": paired}
         for a, p in (("h2ostack", gw), ("litellm", ll)):
             rss = sum(q.memory_info().rss for q in [psutil.Process(p.pid), *psutil.Process(p.pid).children(True)])
             print(f"{a} memory (RSS, with its children): {rss / 2**20:.0f} MB")
