@@ -163,6 +163,24 @@ def turn_records(page: Any, base: str, question: str, want: int, model: str | No
     raise AssertionError(f"no {want} records of {question!r} in the export")
 
 
+def set_tokens(page: Any, i: int, n: int) -> None:
+    """Pane i's max_new_tokens set to n through its settings, and the setting's event (not queued)
+    answered by the server: it is in the page's session before the next question is asked."""
+    if not page.is_visible(f"#h2o-tokens-{i}"):
+        page.click(f"#h2o-pane-{i} >> text=settings")
+    field = page.locator(f"#h2o-tokens-{i} input[type=number]")
+    with page.expect_response(lambda r: "/run/predict" in r.url and r.request.post_data_json is not None
+                              and r.request.post_data_json.get("data", [None])[0] == n,
+                              timeout=30_000) as setting:
+        for _ in range(5):  # typed again if the field was redrawn while it was typed into
+            field.fill(str(n))
+            if field.input_value() == str(n):
+                break
+        field.press("Enter")
+    assert setting.value.ok, setting.value.status
+    assert field.input_value() == str(n)
+
+
 def test_pane_settings_regenerate_and_clear(front_stack: FrontStack) -> None:
     """The panes' conversations and settings live in the page's session on the server: a pane's
     own max_new_tokens reaches its backend, Regenerate replaces the last turn, Clear starts over.
@@ -177,16 +195,11 @@ def test_pane_settings_regenerate_and_clear(front_stack: FrontStack) -> None:
         page.wait_for_selector("#h2o-input textarea", timeout=60_000)
         page.wait_for_function("document.querySelector('#h2o-head-2').innerText.includes('healthy')",
                                timeout=60_000)
+        # the page's load events have been applied (they hide the panes the URL leaves out, and
+        # update every pane) before the page is used
+        page.wait_for_selector("#h2o-pane-1", state="hidden", timeout=60_000)
         # the vLLM pane answers with at most 3 tokens, the transformers pane keeps the default
-        page.click("#h2o-pane-2 >> text=settings")
-        field = page.locator("#h2o-tokens-2 input[type=number]")
-        # the setting's event (not queued) has reached the session before the question is asked
-        with page.expect_response(lambda r: "/run/predict" in r.url and r.request.post_data_json is not None
-                                  and r.request.post_data_json.get("data", [None])[0] == 3,
-                                  timeout=30_000) as setting:
-            field.fill("3")
-            field.press("Enter")
-        assert setting.value.ok, setting.value.status
+        set_tokens(page, 2, 3)
 
         def ask(question: str) -> list[dict[str, Any]]:
             page.fill("#h2o-input textarea", question)
@@ -237,6 +250,9 @@ def test_pane_settings_regenerate_and_clear(front_stack: FrontStack) -> None:
 
         # Stop while a turn streams: the transformers pane keeps the text it had, in its finished
         # turns, and its stopped answer leaves no record
+        # (the transformers pane's answer may run to 2048 tokens, so that it still streams when Stop
+        # comes, however busy the machine)
+        set_tokens(page, 0, 2048)
         page.fill("#h2o-input textarea", "Tell me another story")
         page.click("#h2o-submit")
         page.wait_for_function(streams_now, timeout=60_000)
@@ -250,6 +266,8 @@ def test_pane_settings_regenerate_and_clear(front_stack: FrontStack) -> None:
         assert page.evaluate("document.querySelectorAll('#h2o-live-0 [data-testid=\"bot\"]').length") == 0
         other = [r["model"] for r in turn_records(page, base, "Tell me another story", 0)]
         assert "tiny" not in other, other
+
+        set_tokens(page, 0, 256)
 
         # Clear empties every pane, and the next turn starts a new conversation
         page.click("#h2o-clear")
