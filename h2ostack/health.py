@@ -269,8 +269,10 @@ def wait_ready(base: str, probes: tuple[Probe, ...] | list[Probe], timeout: floa
                 last = why
                 break
             step += 1
-            if on_step and step < len(probes):
-                on_step(probes[step].name)
+            if step < len(probes):
+                phase("warming")  # the port answers: the next probes (the warm-up request) may take a while
+                if on_step:
+                    on_step(probes[step].name)
         now = clock()
         if step == len(probes):
             phase("ready")

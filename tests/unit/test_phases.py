@@ -160,3 +160,9 @@ def test_download_timeout_from_the_environment() -> None:
 ])
 def test_the_phase_status_shows(args: tuple, phase: str) -> None:
     assert derive_phase(*args) == phase
+
+
+def test_warming_is_told_before_a_warm_up_that_passes_at_its_first_try() -> None:
+    clock = Clock()
+    seen, _ = run(clock, server(clock, 3, 3), 60)  # (a real warm-up request blocks while the model loads)
+    assert seen == [("loading", ""), ("warming", ""), ("ready", "")]
