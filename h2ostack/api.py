@@ -567,14 +567,14 @@ def status(target: str | Path | None = None, probe: bool = True) -> list[Row]:
             path = (entry.get("health", {}).get("probes") or ["/health"])[0]
             why = health.probe_once(url, health_probe(path), request, {})
             download = None
-            if why is not None and started:
+            if why is not None and started and (recorded != "ready" or (obs and obs.restarts)):
                 argv = [*(entry.get("command") or ()), *((entry.get("container") or {}).get("command") or ())]
                 ids = health.repo_ids(argv) if entry.get("mode", "process") == "process" else []
                 mode = runtime_key(entry.get("mode"), entry.get("host"))
                 download = health.detect_download(health.hub_dir(entry.get("env") or {}), ids,
                                                   lambda: _log_tail(ctx, mode, name))
             phases[name] = health.derive_phase(started, alive, why is None, recorded, bool(entry.get("on_demand")),
-                                               download)
+                                               download, bool(obs and obs.restarts))
             checks[name] = "healthy" if why is None else ("unhealthy" if started and obs and obs.started_at
                                                            and time.time() - obs.started_at > 5 else "starting")
             if why is not None and not started:

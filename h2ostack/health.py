@@ -144,10 +144,12 @@ def detect_download(hub: Path, ids: Iterable[str], log: Callable[[], str] | None
 
 
 def derive_phase(started: bool, alive: bool, answering: bool | None, recorded: str | None,
-                 on_demand: bool = False, download: Download | None = None) -> str:
+                 on_demand: bool = False, download: Download | None = None, restarted: bool = False) -> str:
     """The phase `status` shows, from what it observed: the process (`alive`), whether the port
     answers the first probe (`answering`, None: not probed), the phase last recorded for the
-    service (by `up` or the gateway), and a download under way."""
+    service (by `up` or the gateway), a download under way, and whether the server was restarted
+    (by its restart policy) since. A ready server that stops answering stays `ready` (its health
+    says `unhealthy`); a restarted one loads again."""
     if not started:
         return "ready" if answering else "-"
     if not alive:
@@ -157,6 +159,8 @@ def derive_phase(started: bool, alive: bool, answering: bool | None, recorded: s
     if answering is None:
         return recorded or "-"
     if not answering:
+        if recorded == "ready" and not restarted:
+            return "ready"
         return f"downloading ({download})" if download is not None else "loading"
     return "warming" if recorded in ("downloading", "loading", "warming") else "ready"
 

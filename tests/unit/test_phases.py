@@ -152,6 +152,9 @@ def test_download_timeout_from_the_environment() -> None:
     ((True, True, True, "warming"), "warming"),
     ((True, True, True, "loading"), "warming"),
     ((True, True, True, "ready"), "ready"),
+    ((True, True, False, "ready"), "ready"),  # hung: its health says so
+    ((True, True, False, "ready", False, None, True), "loading"),  # restarted by its policy
+    ((True, True, False, "ready", False, Download(10), True), "downloading (10 B)"),
     ((True, True, True, None), "ready"),
     ((True, True, False, "asleep"), "asleep"),
     ((True, True, None, "ready"), "ready"),
@@ -166,3 +169,24 @@ def test_warming_is_told_before_a_warm_up_that_passes_at_its_first_try() -> None
     clock = Clock()
     seen, _ = run(clock, server(clock, 3, 3), 60)  # (a real warm-up request blocks while the model loads)
     assert seen == [("loading", ""), ("warming", ""), ("ready", "")]
+
+
+def test_the_recorded_phase_round_trips_and_garbage_is_ignored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
+    from h2ostack.api import Event, phase_path, phase_recorder, recorded_phase
+    from h2ostack.state import StackState
+
+    monkeypatch.setenv("H2OSTACK_STATE_DIR", str(tmp_path / "state"))
+    st = StackState("lab")
+    assert recorded_phase(st, "a") is None
+    events: list[Event] = []
+    record = phase_recorder(st, "a", events.append)
+    record("downloading", "40%")
+    assert recorded_phase(st, "a") == "downloading"
+    record("ready", "")
+    assert recorded_phase(st, "a") == "ready"
+    assert [e.detail for e in events] == ["downloading (40%)", "ready"] and {e.kind for e in events} == {"phase"}
+    assert st.read_records() == ({}, {})  # never taken for a pidfile
+    for garbage in ("{not json", '{"phase": "sleepy"}', "[1]"):
+        phase_path(st, "a").write_text(garbage)
+        assert recorded_phase(st, "a") is None
