@@ -11,7 +11,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import H2O, ROOT, free_port, marked_processes
+from tests.conftest import H2O, ROOT, free_port, marked_processes, wait_for
 
 pytestmark = pytest.mark.integration
 KEY = "sk-metrics-key"
@@ -101,3 +101,49 @@ fronts:
     assert marked_processes(h2o.state_dir, stack_name) == []
     rows = h2o.status(str(path))
     assert {n: r["phase"] for n, r in rows.items()} == {"tiny": "stopped", "tgi": "stopped", "chat": "stopped"}
+
+
+def test_a_download_is_never_cut_by_the_readiness_timeout(h2o: H2O, write_stack, stack_name: str,
+                                                          tmp_path: Path) -> None:
+    hf, port = tmp_path / "hf", free_port()
+
+    def stack(env: str) -> Path:
+        return write_stack(f"""\
+version: 1
+name: {stack_name}
+services:
+  fetch:
+    kind: vllm
+    python: {ROOT / 'tests' / 'standin-python'}
+    model: org/standin-model
+    port: {port}
+    health: {{timeout: 3}}
+    env: {{HF_HOME: "{hf}", {env}}}
+""")
+
+    # a server that loads for longer than its readiness timeout is given up on
+    slow = h2o("up", str(stack('START_DELAY: "8"')), timeout=120)
+    assert slow.returncode == 1 and "not ready after 3 s" in slow.stdout + slow.stderr, slow.stderr
+    assert marked_processes(h2o.state_dir, stack_name) == []
+    # a download has a limit of its own
+    path = stack('STANDIN_DOWNLOAD_S: "8"')
+    cut = h2o("up", str(path), timeout=120, env={"H2OSTACK_DOWNLOAD_TIMEOUT": "2"})
+    assert cut.returncode == 1 and "still downloading after 2 s" in cut.stdout + cut.stderr, cut.stderr
+    assert marked_processes(h2o.state_dir, stack_name) == []
+    # without it, one that downloads for longer than its readiness timeout is not cut, and says what it does
+    up = h2o.popen("up", str(path))
+    try:
+        seen = wait_for(lambda: (p := h2o.status(str(path)).get("fetch", {}).get("phase", "")).startswith(
+            "downloading (") and p, 30, "status to tell the download")
+        assert str(seen).endswith("iB)"), seen  # its bytes so far
+        said, _ = up.communicate(timeout=120)
+        assert up.returncode == 0, said
+        assert "phase    fetch: downloading (" in said and "ready    fetch" in said, said
+        assert h2o.status(str(path))["fetch"]["phase"] == "ready"
+        assert [p.name for p in (hf / "hub" / "models--org--standin-model" / "blobs").iterdir()] == ["0123abcd"]
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+        h2o("down", str(path), timeout=120)
+    assert marked_processes(h2o.state_dir, stack_name) == []
