@@ -7,6 +7,7 @@ Docker SDK) and imported only when a stack has such services.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import threading
@@ -34,7 +35,7 @@ MALFORMED = "malformed pidfile"  # how the process runtime reports a pidfile it 
 @dataclass(frozen=True)
 class Event:
     service: str
-    kind: str  # plan | keep | stop | start | wait | step | ready | fail | skip | warn
+    kind: str  # plan | keep | stop | start | wait | step | phase | ready | fail | skip | warn
     detail: str = ""
     elapsed: float | None = None
 
@@ -292,7 +293,10 @@ def up(path: str | Path, only: Iterable[str] = (), gpus: str | None = None, gpu_
             try:
                 took = health.wait_ready(sp.url or "", sp.probes, sp.health_timeout * timeout_scale,
                                          sp.health_interval, handle.exit_code, request, headers, cancel=cancel,
-                                         on_step=lambda step: emit(Event(name, "step", step)))
+                                         on_step=lambda step: emit(Event(name, "step", step)),
+                                         on_phase=phase_recorder(state, name, emit),
+                                         download=download_watch(sp, runtime),
+                                         download_limit=health.download_timeout())
             except health.Exited as exc:
                 raise StartFailed(f"exited while starting (code {exc.code})\n"
                                   + runtime.log_tail(name, LOG_TAIL_LINES)) from None
@@ -326,6 +330,57 @@ class StartFailed(Exception):
     pass
 
 
+def phase_path(state: StackState, service: str) -> Path:
+    """Where the phase last recorded for a service is kept (beside its pidfile; not a `.json`,
+    which the pidfile reader would take for one)."""
+    return state.run_dir / f"{service}.phase"
+
+
+def record_phase(state: StackState, service: str, phase: str, detail: str = "") -> None:
+    """The phase a service is in, for `status` (`up` records each change; so may the gateway)."""
+    from h2ostack.state import write_json
+
+    state.ensure("run")
+    write_json(phase_path(state, service), {"phase": phase, "detail": detail, "at": time.time()})
+
+
+def recorded_phase(state: StackState, service: str) -> str | None:
+    from h2ostack.state import read_record_file
+
+    try:
+        data = read_record_file(phase_path(state, service))
+    except (ValueError, OSError):
+        return None
+    phase = data.get("phase") if isinstance(data, dict) else None
+    return phase if phase in health.PHASES else None
+
+
+def phase_recorder(state: StackState, service: str, emit: Emit) -> Callable[[str, str], None]:
+    """`wait_ready`'s `on_phase`: each phase recorded for `status` and told to `up`'s progress."""
+    def on_phase(phase: str, detail: str) -> None:
+        with contextlib.suppress(OSError):  # status then tells the phase from what it observes alone
+            record_phase(state, service, phase, detail)
+        emit(Event(service, "phase", f"{phase} ({detail})" if detail else phase))
+    return on_phase
+
+
+def download_watch(sp: ServicePlan, runtime: Runtime) -> Callable[[], health.Download | None]:
+    """What a starting server is downloading: its model's blobs in the hub cache (processes), or
+    the last line of its log (TGI's download lines, the progress bars of vLLM and transformers)."""
+    argv = list(sp.command or ()) + list((sp.container or {}).get("command") or ())
+    ids = health.repo_ids(argv)
+    hub = health.hub_dir(sp.env)
+    name = sp.name
+
+    def log() -> str:
+        try:
+            return runtime.log_tail(name, 2)
+        except Exception:  # a log that cannot be read shows no download
+            return ""
+
+    return lambda: health.detect_download(hub, ids if sp.mode == "process" else (), log)
+
+
 def down(target: str | Path, timeout: float = 30.0, force: bool = False, emit: Emit = _noop) -> list[str]:
     """Stop everything of the stack in reverse dependency order; returns what was stopped."""
     ctx = ctx_for(target)
@@ -352,6 +407,8 @@ def _stop_all(ctx: Ctx, timeout: float, force: bool, emit: Emit) -> list[str]:
             stopped.append(name)
         if observed[name].mode == "process":
             ctx.state.forget(name)
+        with contextlib.suppress(OSError):
+            phase_path(ctx.state, name).unlink(missing_ok=True)
         emit(Event(name, "stopped"))
 
     outcomes = executor.run_graph(executor.reverse(deps), stop_one)
@@ -399,6 +456,7 @@ class Row:
     last_exit: int | None = None
     last_probe_failure: str | None = None
     gateway: str | None = None  # a gradio front's OpenAI-compatible base URL
+    phase: str = "-"  # downloading (progress) | loading | warming | ready | asleep | stopped (on demand) | stopped
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -492,18 +550,31 @@ def status(target: str | Path | None = None, probe: bool = True) -> list[Row]:
                 entries[name] = _at_port(entry, obs.port if obs else None)
         names = list(entries) + [n for n in observed if n not in entries]
         checks: dict[str, str] = {}
+        phases: dict[str, str] = {}
 
         def probe_health(name: str, ctx: Ctx = ctx, entries: dict = entries, observed: dict = observed,
-                         checks: dict = checks) -> None:
+                         checks: dict = checks, phases: dict = phases) -> None:
             entry = entries.get(name, {})
             obs = observed.get(name)
             url = entry.get("url")
             started = entry.get("mode", "process") != "external"
+            alive = bool(obs and obs.alive)
+            recorded = recorded_phase(ctx.state, name) if started and not name.startswith("<") else None
+            phases[name] = health.derive_phase(started, alive, None, recorded, bool(entry.get("on_demand")))
             if not url or request is None or (started and not (obs and obs.alive)):
                 checks[name] = "-"
                 return
             path = (entry.get("health", {}).get("probes") or ["/health"])[0]
             why = health.probe_once(url, health_probe(path), request, {})
+            download = None
+            if why is not None and started and (recorded != "ready" or (obs and obs.restarts)):
+                argv = [*(entry.get("command") or ()), *((entry.get("container") or {}).get("command") or ())]
+                ids = health.repo_ids(argv) if entry.get("mode", "process") == "process" else []
+                mode = runtime_key(entry.get("mode"), entry.get("host"))
+                download = health.detect_download(health.hub_dir(entry.get("env") or {}), ids,
+                                                  lambda: _log_tail(ctx, mode, name))
+            phases[name] = health.derive_phase(started, alive, why is None, recorded, bool(entry.get("on_demand")),
+                                               download, bool(obs and obs.restarts))
             checks[name] = "healthy" if why is None else ("unhealthy" if started and obs and obs.started_at
                                                            and time.time() - obs.started_at > 5 else "starting")
             if why is not None and not started:
@@ -531,8 +602,16 @@ def status(target: str | Path | None = None, probe: bool = True) -> list[Row]:
                             time.time() - obs.started_at if obs and obs.alive and obs.started_at else None,
                             obs.exit_code if obs else None, obs.detail if obs else "",
                             obs.restarts if obs else 0, obs.last_exit if obs else None,
-                            obs.last_probe_failure if obs else None, gateway_url(entry)))
+                            obs.last_probe_failure if obs else None, gateway_url(entry),
+                            phases.get(name, "-")))
     return rows
+
+
+def _log_tail(ctx: Ctx, mode: str, name: str) -> str:
+    try:
+        return ctx.runtime(mode).log_tail(name, 2)
+    except Exception:  # a log that cannot be read shows no download
+        return ""
 
 
 def gateway_url(entry: dict[str, Any]) -> str | None:

@@ -169,6 +169,9 @@ class _Progress:
         self.progress: Any = None
         self.tasks: dict[str, Any] = {}
         self.t0: dict[str, float] = {}
+        self.steps: dict[str, str] = {}  # what each service's wait is at: its probe, and its phase
+        self.phases: dict[str, str] = {}
+        self.said: dict[str, str] = {}  # the last phase given a line of its own
 
     def __enter__(self) -> _Progress:
         from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -188,9 +191,20 @@ class _Progress:
             self.t0[name] = time.monotonic()
             say(f"starting {name}", markup=False)
         elif ev.kind == "wait" and self.progress is not None:
+            self.steps[name] = ev.detail
             self.tasks[name] = self.progress.add_task(f"{name}: waiting for {ev.detail}", total=None)
-        elif ev.kind == "step" and name in self.tasks:
-            self.progress.update(self.tasks[name], description=f"{name}: waiting for {ev.detail}")
+        elif ev.kind in ("step", "phase") and name in self.tasks:
+            if ev.kind == "step":
+                self.steps[name] = ev.detail
+            else:
+                self.phases[name] = ev.detail
+            phase = f"{self.phases[name]}, " if name in self.phases else ""
+            self.progress.update(self.tasks[name], description=f"{name}: {phase}waiting for {self.steps[name]}")
+        if ev.kind == "phase":  # a line for each new phase (a download's progress shows on its bar)
+            word = ev.detail.partition(" (")[0]
+            if word != "ready" and self.said.get(name) != word:
+                self.said[name] = word
+                say(f"phase    {name}: {ev.detail}", markup=False)
         elif ev.kind in ("ready", "fail", "skip") and name in self.tasks:
             self.progress.remove_task(self.tasks.pop(name))
         if ev.kind == "ready":
@@ -265,7 +279,7 @@ def status(stack: Annotated[str | None, typer.Argument(help="The stack file or n
         from rich.table import Table
 
         rows = _guard(lambda: api.status(stack))
-        t = Table("stack", "service", "kind", "state", "health", "gpus", "url", "pid/container", "uptime",
+        t = Table("stack", "service", "kind", "state", "phase", "health", "gpus", "url", "pid/container", "uptime",
                   "restarts")
         for r in rows:
             state = r.state + (f" ({r.exit_code})" if r.state == "exited" and r.exit_code is not None else "")
@@ -273,7 +287,7 @@ def status(stack: Annotated[str | None, typer.Argument(help="The stack file or n
                                           else "")
             if r.last_probe_failure:
                 restarts += f", failed probe {r.last_probe_failure}"
-            t.add_row(r.stack, r.service, r.kind, state, r.health, ",".join(map(str, r.gpus)) or "-", r.url or "-",
+            t.add_row(r.stack, r.service, r.kind, state, r.phase, r.health, ",".join(map(str, r.gpus)) or "-", r.url or "-",
                       r.ident or "-", _age(r.uptime), restarts)
         return t, rows
 

@@ -35,10 +35,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Mutable
 from dataclasses import dataclass, field
 from typing import Any
 
+from h2ostack.metrics import CONTENT_TYPE as METRICS_TYPE
+from h2ostack.metrics import UNKNOWN_MODEL, Metrics, Model, stream_text, tokens_in
 from h2ostack.upstream import KEEP_IDLE, Pool
 
 OVERHEAD_HEADER = "x-h2ostack-overhead-ms"
-PATHS = {"/v1/models": "GET", "/v1/chat/completions": "POST", "/v1/completions": "POST"}
+METRICS = "/metrics"
+PATHS = {"/v1/models": "GET", "/v1/chat/completions": "POST", "/v1/completions": "POST", METRICS: "GET"}
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[dict[str, Any], Receive, Send], Awaitable[None]]
@@ -81,6 +84,7 @@ class Reply:
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     # called once the reply is sent or given up (a stream's upstream connection)
     done: Callable[[], None] | None = None
+    rec: Model | None = None  # the model's metrics, for an answer to a completion request
 
 
 def _json(data: Any, status: int = 200, overhead: str | None = None) -> Reply:
@@ -274,7 +278,7 @@ class Gateway:
 
     def __init__(self, routes: Sequence[Route_], api_keys: Sequence[str] = (), to_prompt: PromptFn | None = None,
                  connect_timeout: float | None = None, read_timeout: float | None = None,
-                 limits: Limits | None = None):
+                 limits: Limits | None = None, metrics: Metrics | None = None):
         self.routes = {r.name: r for r in routes}
         # clients may also name a model as its server knows it
         for r in routes:
@@ -290,6 +294,10 @@ class Gateway:
                              else _env_seconds("H2OSTACK_GATEWAY_READ_TIMEOUT", 600.0))
         self.pools: dict[str, Pool] = {}
         self.limits = limits or Limits.from_env()
+        # /metrics: a registry of this gateway's own; each model's recorder bound once
+        self.metrics = metrics or Metrics()
+        self.recs = {r.name: self.metrics.model(r.name) for r in routes}
+        self.unknown = self.metrics.model(UNKNOWN_MODEL)
 
     def pool(self, route: Route_) -> Pool:
         """One pool per backend, made on first use inside the server's event loop."""
@@ -306,9 +314,9 @@ class Gateway:
 
     # -- ASGI ---------------------------------------------------------------------------
     def mount(self, app: ASGIApp) -> ASGIApp:
-        """`app` with this gateway answering everything under /v1."""
+        """`app` with this gateway answering everything under /v1, and /metrics."""
         async def both(scope: dict[str, Any], receive: Receive, send: Send) -> None:
-            if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            if scope["type"] == "http" and (scope["path"].startswith("/v1/") or scope["path"] == METRICS):
                 await self(scope, receive, send)
             else:
                 await app(scope, receive, send)
@@ -335,13 +343,16 @@ class Gateway:
         elif not self.authorized(scope):
             reply = _error(401, "missing or wrong API key", "authentication_error")
         elif method == "GET":
-            reply = self.models()
+            reply = self.models() if path != METRICS else Reply(200, self.metrics.text(), METRICS_TYPE)
         else:
             raw = await self.body(scope, receive)
             if raw is None:
                 return
             reply = raw if isinstance(raw, Reply) else await self.handle(raw, path == "/v1/chat/completions", t0)
-        await self.send(reply, receive, send)
+        if reply.rec is None and method == "POST" and path in PATHS:  # refused before a model was known
+            reply.rec = self.unknown
+            self.unknown.begin()
+        await self.send(reply, receive, send, t0)
 
     async def body(self, scope: dict[str, Any], receive: Receive) -> bytes | Reply | None:
         """The request body within `max_body` bytes and `body_timeout` seconds, else the error to
@@ -374,30 +385,43 @@ class Gateway:
             slow.headers += CLOSE
             return slow
 
-    async def send(self, reply: Reply, receive: Receive, send: Send) -> None:
+    async def send(self, reply: Reply, receive: Receive, send: Send, t0: float = 0.0) -> None:
         headers = [(b"content-type", reply.ctype.encode()), *reply.headers]
+        rec, tokens = reply.rec, None
         try:
             if isinstance(reply.body, bytes):
                 headers.append((b"content-length", str(len(reply.body)).encode()))
                 await send({"type": "http.response.start", "status": reply.status, "headers": headers})
                 await send({"type": "http.response.body", "body": reply.body})
+                if rec is not None and reply.status < 400:
+                    tokens = tokens_in(reply.body)
                 return
             await send({"type": "http.response.start", "status": reply.status, "headers": headers})
             # a client that leaves mid-stream: stop reading its backend (closing the connection
             # tells the backend to stop generating)
             gone = asyncio.ensure_future(receive())
+            pieces, usage = 0, None  # the stream's pieces with text, and the usage it reports
             try:
                 async for piece in reply.body:
                     if gone.done():
                         break
                     await send({"type": "http.response.body", "body": piece, "more_body": True})
+                    if rec is not None:
+                        n, u = stream_text(piece)
+                        if n and not pieces:
+                            rec.first(t0)
+                        pieces += n
+                        usage = u if u is not None else usage
                 await send({"type": "http.response.body", "body": b""})
             finally:
                 gone.cancel()
+                tokens = usage if usage is not None else pieces
                 aclose = getattr(reply.body, "aclose", None)
                 if aclose is not None:
                     await aclose()
         finally:
+            if rec is not None:
+                rec.end(reply.status, t0, tokens)
             if reply.done is not None:
                 reply.done()
 
@@ -414,7 +438,8 @@ class Gateway:
 
     def models(self) -> Reply:
         data = [{"id": r.name, "object": "model", "created": 0, "owned_by": "h2ostack", "backend": r.kind,
-                 "served_model": r.served_model, "health": r.health} for r in self.listed]
+                 "served_model": r.served_model, "health": r.health, "phase": self.metrics.phase(r.name)}
+                for r in self.listed]
         return _json({"object": "list", "data": data})
 
     async def handle(self, raw: bytes, chat: bool, t0: float) -> Reply:
@@ -429,6 +454,17 @@ class Gateway:
             names = [r.name for r in self.listed]
             return _error(404, f"unknown model {name!r}; this gateway serves: {', '.join(names)}",
                           "model_not_found", models=names)
+        rec = self.recs[route.name]
+        rec.begin()
+        try:
+            reply = await self.route(route, body, raw, chat, t0)
+        except BaseException as exc:  # cancelled (the client left: 499), or a fault of the gateway's own
+            rec.end(499 if isinstance(exc, asyncio.CancelledError) else 500, t0, None)
+            raise
+        reply.rec = rec
+        return reply
+
+    async def route(self, route: Route_, body: dict[str, Any], raw: bytes, chat: bool, t0: float) -> Reply:
         try:
             if route.api == "openai" and chat and route.completions and self.to_prompt is not None:
                 return await self.prompted(route, body, t0)

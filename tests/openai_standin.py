@@ -4,7 +4,9 @@ Invoked in place of a vLLM interpreter (`python: bench/standin-python`), it take
 sleeps START_DELAY seconds before listening (as a server loading weights does), and records the
 time of its first healthy answer in READY_LOG so a benchmark can see when readiness was noticed.
 With STANDIN_IGNORE_SIGTERM=1 it ignores SIGTERM, as a stuck server does; while the file named
-by STANDIN_HANG_FILE exists, /health hangs, as a wedged server's does.
+by STANDIN_HANG_FILE exists, /health hangs, as a wedged server's does. With
+STANDIN_DOWNLOAD_S=N it first "downloads" its `--model` (a hub id) for N seconds, as the hub does:
+a blob under the hub cache (HF_HOME) that grows as `.incomplete`, then complete.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ def main(argv: list[str]) -> None:
     if os.environ.get("STANDIN_IGNORE_SIGTERM") == "1":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     latency = float(os.environ.get("STANDIN_LATENCY_MS", "0")) / 1000
+    download(args.get("--model", "m"), float(os.environ.get("STANDIN_DOWNLOAD_S", "0")))
     time.sleep(float(os.environ.get("START_DELAY", "0")))
     ready_log = os.environ.get("READY_LOG")
     first = {"done": False}
@@ -78,6 +81,22 @@ def main(argv: list[str]) -> None:
                             "choices": [{"index": 0, "text": "hi", "finish_reason": "length"}]})
 
     Server((host, port), Handler).serve_forever()
+
+
+def download(repo: str, seconds: float) -> None:
+    if seconds <= 0:
+        return
+    home = os.environ.get("HF_HOME") or os.path.expanduser("~/.cache/huggingface")
+    blobs = os.path.join(home, "hub", "models--" + repo.replace("/", "--"), "blobs")
+    os.makedirs(blobs, exist_ok=True)
+    part = os.path.join(blobs, "0123abcd.incomplete")
+    end = time.monotonic() + seconds
+    with open(part, "ab") as fh:
+        while time.monotonic() < end:
+            fh.write(b"\0" * 65536)
+            fh.flush()
+            time.sleep(0.2)
+    os.replace(part, part.removesuffix(".incomplete"))
 
 
 if __name__ == "__main__":
