@@ -290,6 +290,7 @@ class Gateway:
                              else _env_seconds("H2OSTACK_GATEWAY_READ_TIMEOUT", 600.0))
         self.pools: dict[str, Pool] = {}
         self.limits = limits or Limits.from_env()
+        self.ondemand: Any = None  # h2ostack.ondemand.Manager where the front has on-demand models
 
     def pool(self, route: Route_) -> Pool:
         """One pool per backend, made on first use inside the server's event loop."""
@@ -429,6 +430,33 @@ class Gateway:
             names = [r.name for r in self.listed]
             return _error(404, f"unknown model {name!r}; this gateway serves: {', '.join(names)}",
                           "model_not_found", models=names)
+        if self.ondemand is not None and route.name in self.ondemand:
+            return await self.on_demand(route, body, raw, chat, t0)
+        return await self.dispatch(route, body, raw, chat, t0)
+
+    async def on_demand(self, route: Route_, body: dict[str, Any], raw: bytes, chat: bool, t0: float) -> Reply:
+        """An on-demand model: started (or woken) first, held up until its answer is sent."""
+        lease = await self.ondemand.acquire(route.name)
+        if lease.error is not None:
+            reply = _error(503, lease.error, "model_unavailable")
+            reply.headers.append((b"retry-after", str(lease.retry_after).encode()))
+            return reply
+        try:
+            reply = await self.dispatch(route, body, raw, chat, time.perf_counter())
+        except BaseException:
+            lease.release()
+            raise
+        before = reply.done
+
+        def done() -> None:
+            lease.release()
+            if before is not None:
+                before()
+
+        reply.done = done
+        return reply
+
+    async def dispatch(self, route: Route_, body: dict[str, Any], raw: bytes, chat: bool, t0: float) -> Reply:
         try:
             if route.api == "openai" and chat and route.completions and self.to_prompt is not None:
                 return await self.prompted(route, body, t0)
@@ -762,7 +790,17 @@ def build(stack_file: str, front: str) -> Gateway:
         from h2ostack.front.prompts import gateway_prompt as to_prompt  # type: ignore[no-redef]
     except ImportError:
         to_prompt = None
-    return Gateway(routes_from_plan(plan, stack, spec.models), front_keys(spec), to_prompt)
+    gateway = Gateway(routes_from_plan(plan, stack, spec.models), front_keys(spec), to_prompt)
+    attach_on_demand(gateway, plan, stack, spec.models)
+    return gateway
+
+
+def attach_on_demand(gateway: Gateway, plan: Any, stack: Any, models: Sequence[str]) -> None:
+    """Give the gateway the manager of its on-demand models (none: nothing changes per request)."""
+    if any(plan.services[m].on_demand for m in models):
+        from h2ostack.ondemand import manager_for
+
+        gateway.ondemand = manager_for(plan, stack, models)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
