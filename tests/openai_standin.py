@@ -4,7 +4,8 @@ Invoked in place of a vLLM interpreter (`python: bench/standin-python`), it take
 sleeps START_DELAY seconds before listening (as a server loading weights does), and records the
 time of its first healthy answer in READY_LOG so a benchmark can see when readiness was noticed.
 With STANDIN_IGNORE_SIGTERM=1 it ignores SIGTERM, as a stuck server does; while the file named
-by STANDIN_HANG_FILE exists, /health hangs, as a wedged server's does.
+by STANDIN_HANG_FILE exists, /health hangs, as a wedged server's does. With STANDIN_STREAM_CHUNKS=N
+a request with `"stream": true` is answered as N chat chunks, STANDIN_LATENCY_MS apart.
 """
 
 from __future__ import annotations
@@ -51,6 +52,22 @@ def main(argv: list[str]) -> None:
             self.end_headers()
             self.wfile.write(data)
 
+        def stream(self, chunks: int) -> None:
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            for i in range(chunks + 1):
+                time.sleep(latency)
+                last = i == chunks
+                event = {"id": "x", "object": "chat.completion.chunk", "model": model, "choices": [
+                    {"index": 0, "delta": {} if last else {"content": f"t{i} "},
+                     "finish_reason": "length" if last else None}]}
+                data = b"data: " + json.dumps(event).encode() + b"\n\n" + (b"data: [DONE]\n\n" if last else b"")
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+
         def do_GET(self) -> None:
             hang = os.environ.get("STANDIN_HANG_FILE")
             if self.path == "/health" and hang and os.path.exists(hang):
@@ -72,6 +89,10 @@ def main(argv: list[str]) -> None:
             if isinstance(body.get("max_tokens"), int) and body["max_tokens"] < 1:  # vLLM's validation
                 self.send(400, {"error": {"message": "max_tokens must be at least 1", "type": "BadRequestError",
                                           "code": 400}})
+                return
+            chunks = int(os.environ.get("STANDIN_STREAM_CHUNKS", "0"))
+            if body.get("stream") and chunks:
+                self.stream(chunks)
                 return
             time.sleep(latency)
             self.send(200, {"id": "x", "object": "text_completion", "model": model,
