@@ -383,13 +383,16 @@ class _Planner:
             if avail is None:
                 continue
             always = sum(c for _, c in claims)
-            self.budget[gid] = max(0.0, avail - always)
+            # the GPU's whole memory: what on-demand models of this stack hold now comes back when
+            # they are put away (the release wait makes sure of it before each start)
+            cap = g.total_gib if g and g.total_gib else avail
+            self.budget[gid] = max(0.0, cap - always)
             for od_name, od_need in (c for c in every if services[c[0]].on_demand):
-                if always + od_need > avail + 1e-9:
+                if always + od_need > cap + 1e-9:
                     beside = f" beside the always-on services' {always:.1f} GiB" if claims else ""
                     self.problem(("services", od_name, "gpus"),
                                  f"does not fit on GPU {gid} even alone: it needs {od_need:.1f} GiB{beside} but "
-                                 f"{avail:.1f} GiB is free there")
+                                 f"GPU {gid} has {cap:.1f} GiB")
         for gid, claims in ((g, [c for c in lst if not services[c[0]].on_demand]) for g, lst in need.items()):
             g = self.facts.gpu(gid)
             avail = g.free_gib if g and g.free_gib is not None else (g.total_gib if g else None)

@@ -121,6 +121,9 @@ def test_requests_in_turn_start_put_away_and_start_again(on_demand: Callable[[st
     shown = gw.h2o("status", str(gw.path), env=GPUS)
     assert shown.returncode == 0, shown.stdout  # models put away are no failure
     assert f"{gw.stack}/b: stopped; GPU memory not checked" in shown.stdout
+    logged = gw.h2o("logs", str(gw.path), "gw", check=True).stdout  # the front's log says what it did, and why
+    assert "h2ostack on demand: a: put away" in logged and "making room for b" in logged
+    assert "GPU memory not checked (NVML cannot be read here)" in logged
 
 
 def rows_pid(gw: Gateway, name: str) -> str:
