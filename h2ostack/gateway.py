@@ -436,13 +436,15 @@ class Gateway:
 
     async def on_demand(self, route: Route_, body: dict[str, Any], raw: bytes, chat: bool, t0: float) -> Reply:
         """An on-demand model: started (or woken) first, held up until its answer is sent."""
+        up = self.ondemand.phase(route.name) == "ready"
         lease = await self.ondemand.acquire(route.name)
         if lease.error is not None:
             reply = _error(503, lease.error, "model_unavailable")
             reply.headers.append((b"retry-after", str(lease.retry_after).encode()))
             return reply
         try:
-            reply = await self.dispatch(route, body, raw, chat, time.perf_counter())
+            # the overhead header counts the manager's own time, not a start the request waited for
+            reply = await self.dispatch(route, body, raw, chat, t0 if up else time.perf_counter())
         except BaseException:
             lease.release()
             raise
