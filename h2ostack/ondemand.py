@@ -33,7 +33,7 @@ log = logging.getLogger("h2ostack.ondemand")
 
 PHASES = ("stopped", "starting", "ready", "putting away", "asleep", "waking")
 EVENT_KINDS = ("starting", "ready", "start failed", "waking", "woken", "putting away", "put away", "queue full",
-               "busy")
+               "busy", "exited")
 QUEUE_ENV, BUSY_WAIT_ENV = "H2OSTACK_ONDEMAND_QUEUE", "H2OSTACK_ONDEMAND_BUSY_WAIT"
 DEFAULT_QUEUE = 64  # requests waiting per model while it starts
 DEFAULT_BUSY_WAIT = 120.0  # seconds a start waits for busy models to finish before it gives up
@@ -189,8 +189,14 @@ class Manager:
                 log.exception("on-demand idle check failed")
 
     async def tick(self) -> None:
-        """Put away what has been idle for its idle_timeout."""
+        """Put away what has been idle for its idle_timeout; forget a ready server that has exited on
+        its own (the next request starts it again)."""
         lock, _ = self._loop_state()
+        alive = getattr(self.ops, "alive", None)
+        for m in [m for m in self.models.values() if m.phase in ("ready", "asleep")] if alive else []:
+            if not await alive(m.name) and m.phase in ("ready", "asleep"):
+                m.phase, m.note = "stopped", "exited on its own; started again on the next request"
+                self.emit(m.name, "exited", detail=m.note)
         for name in idle_due(self.models.values(), self.clock()):
             async with lock:
                 if name in idle_due([self.models[name]], self.clock()):
@@ -341,6 +347,21 @@ class ProcessOps:
         self.sleep_known[sp.name] = got
         return got
 
+    async def alive(self, name: str) -> bool:
+        """Whether the service's recorded process still runs (containers are taken as running)."""
+        sp = self.plan.services[name]
+        if sp.mode != "process":
+            return True
+        return await asyncio.to_thread(self._alive, name)
+
+    def _alive(self, name: str) -> bool:
+        from h2ostack.runtimes.process import verified
+        from h2ostack.state import StackState
+
+        state = StackState(self.stack.name)
+        rec = state.records().get(name)
+        return rec is not None and verified(rec, state) is not None
+
     async def start(self, name: str) -> Started:
         from h2ostack import api
         from h2ostack.backends import vllm
@@ -452,6 +473,19 @@ def read_state(stack: str) -> dict[str, dict[str, Any]]:
     return data if isinstance(data, dict) else {}
 
 
+def _is_sleeping(sp: Any, stack: Any) -> bool | None:
+    """What a running vLLM's /is_sleeping says (None: it says nothing, so it cannot sleep)."""
+    import httpx
+
+    from h2ostack.api import auth_headers
+
+    try:
+        got = httpx.get((sp.url or "") + "/is_sleeping", headers=auth_headers(sp, stack), timeout=5).json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    return got.get("is_sleeping") if isinstance(got, dict) and isinstance(got.get("is_sleeping"), bool) else None
+
+
 def manager_for(plan: Any, stack: Any, models: Iterable[str], ops: Ops | None = None) -> Manager | None:
     """The manager of a front's on-demand models (None when it has none): what runs already (a
     front started again beside them) counts as ready."""
@@ -472,7 +506,12 @@ def manager_for(plan: Any, stack: Any, models: Iterable[str], ops: Ops | None = 
     out = []
     for n in names:
         sp = plan.services[n]
-        out.append(Model(n, sp.idle_timeout, sp.sleep, phase="ready" if n in alive else "stopped"))
+        model = Model(n, sp.idle_timeout, sp.sleep, phase="ready" if n in alive else "stopped")
+        if n in alive and sp.sleep:
+            sleeping = _is_sleeping(sp, stack)
+            model.can_sleep = sleeping is not None
+            model.phase = "asleep" if sleeping else model.phase
+        out.append(model)
     claims = {n: dict(plan.services[n].claims) for n in names}
     manager = Manager(out, claims, plan.gpu_budget, ops or ProcessOps(plan, stack))
     manager.listeners.append(write_state(stack.name, manager))

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -181,6 +183,10 @@ def test_idle_timeout_puts_away(on_demand: Callable[[str], Gateway], tiny_model:
     rows = gw.status()
     assert rows["brief"]["state"] == "stopped (on demand)"
     assert gw.ask("brief")  # started again on the next request
+    # a server that dies on its own is noticed, and started again by the next request
+    os.kill(int(gw.status()["brief"]["ident"]), signal.SIGKILL)  # the server (its shim then ends too)
+    wait_for(lambda: "exited on its own" in gw.status()["brief"]["detail"], 60, "the gateway to notice the exit")
+    assert gw.ask("brief") and gw.running() == {"brief"}
 
 
 def test_cpu_vllm_cannot_sleep_so_it_is_stopped_and_status_says_so(

@@ -233,3 +233,21 @@ def test_release_is_idempotent(twice: bool) -> None:
             lease.release()
         assert m.models["a"].inflight == 0
     run(go())
+
+
+def test_a_ready_server_that_exited_on_its_own_is_started_again() -> None:
+    class Dying(FakeOps):
+        async def alive(self, name: str) -> bool:
+            return name in self.running
+
+    async def go() -> None:
+        ops, clock = Dying(), Clock()
+        m = manager(ops, clock)
+        (await m.acquire("a")).release()
+        await m.tick()
+        assert m.phase("a") == "ready"
+        ops.running.discard("a")  # it crashed
+        await m.tick()
+        assert m.phase("a") == "stopped" and "exited on its own" in m.models["a"].note
+        assert (await m.acquire("a")).error is None and ops.log == ["start a", "start a"]
+    run(go())
