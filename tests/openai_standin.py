@@ -5,7 +5,10 @@ sleeps START_DELAY seconds before listening (as a server loading weights does), 
 time of its first healthy answer in READY_LOG so a benchmark can see when readiness was noticed.
 With STANDIN_IGNORE_SIGTERM=1 it ignores SIGTERM, as a stuck server does; while the file named
 by STANDIN_HANG_FILE exists, /health hangs, as a wedged server's does. With STANDIN_STREAM_CHUNKS=N
-a request with `"stream": true` is answered as N chat chunks, STANDIN_LATENCY_MS apart.
+a request with `"stream": true` is answered as N chat chunks, STANDIN_LATENCY_MS apart. With
+VLLM_SERVER_DEV_MODE=1 it serves vLLM's sleep endpoints (POST /sleep?level=N, POST /wake_up,
+GET /is_sleeping) and answers 503 to generation while asleep; `-c CODE` (vLLM's platform question)
+prints whether it can sleep: STANDIN_CAN_SLEEP=1.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ def main(argv: list[str]) -> None:
     time.sleep(float(os.environ.get("START_DELAY", "0")))
     ready_log = os.environ.get("READY_LOG")
     first = {"done": False}
+    dev = os.environ.get("VLLM_SERVER_DEV_MODE") == "1"
+    asleep = {"now": False}
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -78,6 +83,8 @@ def main(argv: list[str]) -> None:
                     with open(ready_log, "a") as fh:
                         fh.write(f"{os.environ.get('H2OSTACK_SERVICE')} {time.time()}\n")
                 self.send(200, {})
+            elif self.path == "/is_sleeping" and dev:
+                self.send(200, {"is_sleeping": asleep["now"]})
             elif self.path == "/v1/models":
                 self.send(200, {"object": "list", "data": [{"id": model, "object": "model"}]})
             else:
@@ -86,6 +93,13 @@ def main(argv: list[str]) -> None:
         def do_POST(self) -> None:
             length = int(self.headers.get("content-length", "0"))
             body = json.loads(self.rfile.read(length) or b"{}")
+            if dev and self.path.split("?")[0] in ("/sleep", "/wake_up"):
+                asleep["now"] = self.path.startswith("/sleep")
+                self.send(200, {})
+                return
+            if asleep["now"]:
+                self.send(503, {"error": {"message": "asleep", "type": "ServiceUnavailable", "code": 503}})
+                return
             if isinstance(body.get("max_tokens"), int) and body["max_tokens"] < 1:  # vLLM's validation
                 self.send(400, {"error": {"message": "max_tokens must be at least 1", "type": "BadRequestError",
                                           "code": 400}})
@@ -104,6 +118,9 @@ def main(argv: list[str]) -> None:
 if __name__ == "__main__":
     # called as `PY -m vllm.entrypoints.openai.api_server ...`: drop the `-m MODULE`
     rest = sys.argv[1:]
+    if rest[:1] == ["-c"]:  # h2ostack asking vLLM's platform whether it can sleep
+        print("sleep standin", os.environ.get("STANDIN_CAN_SLEEP") == "1")
+        sys.exit(0)
     if rest[:1] == ["-m"]:
         rest = rest[2:]
     main(rest)

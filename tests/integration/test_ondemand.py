@@ -51,6 +51,9 @@ class Gateway:
                                                     max_tokens=3)
         return reply.choices[0].message.content or ""
 
+    def complete(self, model: str) -> str:
+        return self.client.completions.create(model=model, prompt="hi", max_tokens=3).choices[0].text
+
     def running(self) -> set[str]:
         return running(self.h2o.state_dir, self.stack)
 
@@ -208,3 +211,22 @@ def _is_service(proc: psutil.Process, gw: Gateway, name: str) -> bool:
     except (psutil.Error, OSError):
         return False
     return env.get("H2OSTACK_STACK") == gw.stack and env.get("H2OSTACK_SERVICE") == name
+
+
+def test_a_vllm_that_can_sleep_is_put_to_sleep_and_woken_not_restarted(on_demand: Callable[[str], Gateway]
+                                                                       ) -> None:
+    """vLLM's sleep endpoints, served by the stand-in where the engine says it can sleep (no GPU here)."""
+    common = f"kind: vllm, python: {STANDIN}, gpus: 2, vram_gb: 8, on_demand: true"
+    gw = on_demand(f"  s1: {{{common}, model: m1, port: {free_port()}, sleep: 1, env: {{STANDIN_CAN_SLEEP: '1'}}}}\n"
+                   f"  s2: {{{common}, model: m2, port: {free_port()}}}\n")
+    assert gw.complete("s1")
+    pid = gw.status()["s1"]["ident"]
+    assert any("--enable-sleep-mode" in p.cmdline() for p in psutil.process_iter() if _is_service(p, gw, "s1"))
+    assert gw.complete("s2")
+    rows = gw.status()
+    assert gw.running() == {"s1", "s2"}  # s1 sleeps in its process, its GPU memory handed back
+    assert rows["s1"]["state"] == "asleep" and "asleep (vLLM sleep level 1)" in rows["s1"]["detail"]
+    assert gw.complete("s1")  # woken (the stand-in answers 503 while asleep), s2 put away to make room
+    rows = gw.status()
+    assert rows["s1"]["state"] == "running" and rows["s1"]["ident"] == pid and gw.running() == {"s1"}
+    assert rows["s2"]["state"] == "stopped (on demand)"
