@@ -562,9 +562,7 @@ def status(target: str | Path | None = None, probe: bool = True) -> list[Row]:
         checks: dict[str, str] = {}
         od_view: dict[str, dict[str, Any]] = {}
         if any(e.get("on_demand") for e in entries.values()):
-            from h2ostack.ondemand import read_state
-
-            od_view = read_state(ctx.name)
+            od_view = ctx.state.ondemand_view()
 
         def probe_health(name: str, ctx: Ctx = ctx, entries: dict = entries, observed: dict = observed,
                          checks: dict = checks) -> None:

@@ -38,7 +38,6 @@ QUEUE_ENV, BUSY_WAIT_ENV = "H2OSTACK_ONDEMAND_QUEUE", "H2OSTACK_ONDEMAND_BUSY_WA
 DEFAULT_QUEUE = 64  # requests waiting per model while it starts
 DEFAULT_BUSY_WAIT = 120.0  # seconds a start waits for busy models to finish before it gives up
 RELEASE_TIMEOUT = 120.0
-STATE_FILE = "ondemand.json"
 
 
 @dataclass(frozen=True)
@@ -443,7 +442,7 @@ class ProcessOps:
 
 def write_state(stack: str, manager: Manager) -> Listener:
     """A listener keeping `<state dir>/<stack>/ondemand.json` (read by `status`) up to date."""
-    from h2ostack.state import StackState, write_json
+    from h2ostack.state import ONDEMAND_FILE, StackState, write_json
 
     state = StackState(stack)
     last: dict[str, dict[str, Any]] = {}
@@ -456,21 +455,11 @@ def write_state(stack: str, manager: Manager) -> Listener:
         view = {n: {**snap, **last.get(n, {})} for n, snap in manager.snapshot().items()}
         try:
             state.ensure()
-            write_json(state.root / STATE_FILE, view)
+            write_json(state.root / ONDEMAND_FILE, view)
         except OSError as exc:
-            log.warning("could not write %s: %s", STATE_FILE, exc)
+            log.warning("could not write %s: %s", ONDEMAND_FILE, exc)
 
     return on_event
-
-
-def read_state(stack: str) -> dict[str, dict[str, Any]]:
-    from h2ostack.state import StackState, read_json
-
-    try:
-        data = read_json(StackState(stack).root / STATE_FILE)
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _is_sleeping(sp: Any, stack: Any) -> bool | None:
