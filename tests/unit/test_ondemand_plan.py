@@ -153,3 +153,23 @@ def test_an_on_demand_service_no_gradio_front_serves_is_refused() -> None:
     err = load_error(f"name: od\nservices:\n  a: {{kind: transformers, model: m, on_demand: true}}\nfronts:\n"
                      f"  f: {{models: [a]}}\n  h: {{kind: h2ogpt, python: {PY}, models: [a]}}\n")
     assert "an h2oGPT front reaches its models directly" in err
+
+
+def test_plan_and_check_say_what_is_on_demand(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from h2ostack.cli import app
+
+    monkeypatch.setenv("H2OSTACK_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("H2OSTACK_GPUS", "0,1")
+    monkeypatch.setenv("H2OSTACK_GPU_MEMORY", "10")
+    path = tmp_path / "s.yaml"
+    path.write_text(textwrap.dedent(THREE))
+    shown = CliRunner().invoke(app, ["plan", str(path)])
+    assert shown.exit_code == 0, shown.output
+    assert "a: on demand (GPU 0: 8.0 GiB, GPU 1: 8.0 GiB; put away after 30 s idle); cannot be up beside b, c" \
+        in shown.output
+    # nothing of it runs, and `check` does not count that as a failure (the gateway starts them)
+    checked = CliRunner().invoke(app, ["check", str(path)])
+    assert checked.exit_code == 0, checked.output
+    assert "a: on demand, not checked" in checked.output
