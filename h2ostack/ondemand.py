@@ -383,22 +383,29 @@ class ProcessOps:
         if sleep:
             why = await asyncio.to_thread(self._sleep, sp, sleep)
             if why is None:
-                return PutAway("asleep", time.monotonic() - t0, f"asleep (vLLM sleep level {sleep})")
+                # a sleeping server keeps its CUDA context (NVML still lists it): wait for the memory alone
+                released = await asyncio.to_thread(self._released, sp, set())
+                return PutAway("asleep", time.monotonic() - t0, f"asleep (vLLM sleep level {sleep}){released}")
             declined = f"the engine declined to sleep ({why}); "
         note = await asyncio.to_thread(self._stop, sp)
         return PutAway("stopped", time.monotonic() - t0, declined + note)
 
     def _stop(self, sp: Any) -> str:
         from h2ostack import api
-        from h2ostack.shim import release_wait
 
         pids = api.stop_service(sp, self.stack.name)
+        return "stopped" + self._released(sp, pids)
+
+    def _released(self, sp: Any, pids: set[int]) -> str:
+        """The release wait on the service's GPUs (its old pids gone, its memory free again)."""
+        from h2ostack.shim import release_wait
+
         if not sp.gpus:
-            return "stopped"
+            return ""
         need = max((c for _, c in sp.claims if c is not None), default=None)
         got = release_wait(pids, list(sp.gpus), None, self.release_timeout, lambda: False, need_gib=need)
         log.info("%s: %s", sp.name, got)
-        return f"stopped; {got}"
+        return f"; {got}"
 
     def _request(self, sp: Any, method: str, path: str, timeout: float) -> tuple[int, Any]:
         import httpx

@@ -225,7 +225,8 @@ def test_a_vllm_that_can_sleep_is_put_to_sleep_and_woken_not_restarted(on_demand
     assert gw.complete("s2")
     rows = gw.status()
     assert gw.running() == {"s1", "s2"}  # s1 sleeps in its process, its GPU memory handed back
-    assert rows["s1"]["state"] == "asleep" and "asleep (vLLM sleep level 1)" in rows["s1"]["detail"]
+    assert rows["s1"]["state"] == "asleep"
+    assert "asleep (vLLM sleep level 1); GPU memory not checked (NVML cannot be read here)" in rows["s1"]["detail"]
     assert gw.complete("s1")  # woken (the stand-in answers 503 while asleep), s2 put away to make room
     rows = gw.status()
     assert rows["s1"]["state"] == "running" and rows["s1"]["ident"] == pid and gw.running() == {"s1"}
