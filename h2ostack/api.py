@@ -284,25 +284,11 @@ def up(path: str | Path, only: Iterable[str] = (), gpus: str | None = None, gpu_
                 except health.NotReady as exc:
                     emit(Event(name, "warn", f"external endpoint {sp.url} is not reachable: {exc}"))
                 return 0.0
-            runtime = ctx.runtime(sp.runtime_key)
-            emit(Event(name, "start", " ".join(sp.command or ()) if sp.mode == "process" else sp.image or ""))
-            handle = runtime.start(sp)
-            with lock:
-                started.append(name)
-            emit(Event(name, "wait", sp.probes[0].name if sp.probes else ""))
-            try:
-                took = health.wait_ready(sp.url or "", sp.probes, sp.health_timeout * timeout_scale,
-                                         sp.health_interval, handle.exit_code, request, headers, cancel=cancel,
-                                         on_step=lambda step: emit(Event(name, "step", step)),
-                                         on_phase=phase_recorder(state, name, emit),
-                                         download=download_watch(sp, runtime),
-                                         download_limit=health.download_timeout())
-            except health.Exited as exc:
-                raise StartFailed(f"exited while starting (code {exc.code})\n"
-                                  + runtime.log_tail(name, LOG_TAIL_LINES)) from None
-            except health.NotReady as exc:
-                raise StartFailed(f"{exc}\n" + runtime.log_tail(name, LOG_TAIL_LINES)) from None
-            emit(Event(name, "ready", sp.url or "", took))
+            if sp.on_demand:
+                emit(Event(name, "skip", "on demand: the stack's gateway starts it on its first request"))
+                return 0.0
+            took = _start_wait(ctx, sp, emit, request, headers, cancel, timeout_scale,
+                               lambda: _note(lock, started, name))
             return took
 
         deps = {n: [d for d in everything[n].depends_on if d in targets] for n in targets}
@@ -379,6 +365,80 @@ def download_watch(sp: ServicePlan, runtime: Runtime) -> Callable[[], health.Dow
             return ""
 
     return lambda: health.detect_download(hub, ids if sp.mode == "process" else (), log)
+
+
+def _note(lock: threading.Lock, started: list[str], name: str) -> None:
+    with lock:
+        started.append(name)
+
+
+def _start_wait(ctx: Ctx, sp: ServicePlan, emit: Emit, request: health.Requester, headers: dict[str, str],
+                cancel: threading.Event | None, timeout_scale: float = 1.0,
+                spawned: Callable[[], None] = lambda: None, lock: Any = None) -> float:
+    """Start one service and wait until it answers (`up`'s and the on-demand manager's one way to
+    start a server); `lock`, where given, is held around the spawn only."""
+    name = sp.name
+    runtime = ctx.runtime(sp.runtime_key)
+    emit(Event(name, "start", " ".join(sp.command or ()) if sp.mode == "process" else sp.image or ""))
+    if lock is not None:
+        with lock:
+            handle = runtime.start(sp)
+    else:
+        handle = runtime.start(sp)
+    spawned()
+    emit(Event(name, "wait", sp.probes[0].name if sp.probes else ""))
+    try:
+        took = health.wait_ready(sp.url or "", sp.probes, sp.health_timeout * timeout_scale,
+                                 sp.health_interval, handle.exit_code, request, headers, cancel=cancel,
+                                 on_step=lambda step: emit(Event(name, "step", step)),
+                                 on_phase=phase_recorder(ctx.state, name, emit),
+                                 download=download_watch(sp, runtime),
+                                 download_limit=health.download_timeout())
+    except health.Exited as exc:
+        raise StartFailed(f"exited while starting (code {exc.code})\n"
+                          + runtime.log_tail(name, LOG_TAIL_LINES)) from None
+    except health.NotReady as exc:
+        raise StartFailed(f"{exc}\n" + runtime.log_tail(name, LOG_TAIL_LINES)) from None
+    emit(Event(name, "ready", sp.url or "", took))
+    return took
+
+
+def start_service(sp: ServicePlan, stack: Stack, emit: Emit = _noop, cancel: threading.Event | None = None,
+                  request: health.Requester | None = None, stop_timeout: float = 30.0) -> float:
+    """Start one service of a stack whose `up` has run (an on-demand one, for the gateway): the same
+    runtimes, records and markers as `up`, so status, down and kill see it. The stack's lock is held
+    while the process is spawned, not while it loads. A start that fails stops what it started and
+    raises StartFailed; returns the seconds to ready."""
+    state = StackState(stack.name)
+    ctx = Ctx(stack.name, state)
+    try:
+        return _start_wait(ctx, sp, emit, request or health.httpx_requester(), auth_headers(sp, stack), cancel,
+                           lock=state.lock())
+    except BaseException:
+        with state.lock():
+            ctx.runtime(sp.runtime_key).stop(sp.name, stop_timeout)
+            if sp.mode == "process":
+                state.forget(sp.name)
+        raise
+
+
+def service_pids(stack: str, name: str) -> set[int]:
+    """The pids of a process service's group as they are now (what NVML lists while it holds GPUs)."""
+    from h2ostack.runtimes.process import marked
+
+    return {p.pid for p in marked(stack, state_root(), name)}
+
+
+def stop_service(sp: ServicePlan, stack: str, timeout: float = 30.0) -> set[int]:
+    """Stop one service of a stack (an on-demand one put away) under the stack's lock; the pids it had."""
+    state = StackState(stack)
+    ctx = Ctx(stack, state)
+    pids = service_pids(stack, sp.name) if sp.mode == "process" else set()
+    with state.lock():
+        ctx.runtime(sp.runtime_key).stop(sp.name, timeout)
+        if sp.mode == "process":
+            state.forget(sp.name)
+    return pids
 
 
 def down(target: str | Path, timeout: float = 30.0, force: bool = False, emit: Emit = _noop) -> list[str]:
@@ -462,14 +522,22 @@ class Row:
         return dict(self.__dict__)
 
 
-def derive_state(obs: Observed | None, started: bool) -> str:
-    """The state column, a pure function of what was observed."""
+# what an on-demand service put away (or on its way up) shows: not a failure
+ON_DEMAND_STATES = ("stopped (on demand)", "asleep", "starting", "waking", "putting away")
+
+
+def derive_state(obs: Observed | None, started: bool, on_demand: dict[str, Any] | None = None) -> str:
+    """The state column, a pure function of what was observed (`on_demand`: the gateway's view of
+    an on-demand service, None for others)."""
     if not started:
         return "external"
+    if on_demand is not None and not (obs and obs.alive):
+        return "stopped (on demand)"
     if obs is None:
         return "not started"
     if obs.alive:
-        return "running"
+        phase = (on_demand or {}).get("phase")
+        return phase if phase in ("asleep", "starting", "waking", "putting away") else "running"
     return "exited" if obs.exit_code is not None else "stopped"
 
 
@@ -551,6 +619,9 @@ def status(target: str | Path | None = None, probe: bool = True) -> list[Row]:
         names = list(entries) + [n for n in observed if n not in entries]
         checks: dict[str, str] = {}
         phases: dict[str, str] = {}
+        od_view: dict[str, dict[str, Any]] = {}
+        if any(e.get("on_demand") for e in entries.values()):
+            od_view = ctx.state.ondemand_view()
 
         def probe_health(name: str, ctx: Ctx = ctx, entries: dict = entries, observed: dict = observed,
                          checks: dict = checks, phases: dict = phases) -> None:
@@ -596,11 +667,15 @@ def status(target: str | Path | None = None, probe: bool = True) -> list[Row]:
             entry = entries.get(name, {})
             obs = observed.get(name)
             started = entry.get("mode", "process") != "external"
+            od = od_view.get(name, {}) if entry.get("on_demand") else None
+            detail = obs.detail if obs else ""
+            if od:
+                detail = "; ".join(x for x in (str(od.get("note") or ""), detail) if x)
             rows.append(Row(ctx.name, name, entry.get("kind", "?"), entry.get("mode", obs.mode if obs else "?"),
-                            derive_state(obs, started), checks.get(name, "-"), entry.get("gpus", []),
+                            derive_state(obs, started, od), checks.get(name, "-"), entry.get("gpus", []),
                             entry.get("url"), obs.ident if obs else "",
                             time.time() - obs.started_at if obs and obs.alive and obs.started_at else None,
-                            obs.exit_code if obs else None, obs.detail if obs else "",
+                            obs.exit_code if obs else None, detail,
                             obs.restarts if obs else 0, obs.last_exit if obs else None,
                             obs.last_probe_failure if obs else None, gateway_url(entry),
                             phases.get(name, "-")))

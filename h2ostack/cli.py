@@ -105,6 +105,12 @@ def plan(stack: StackArg, json_out: Annotated[bool, typer.Option("--json", help=
         what = shell_words(s.command) if s.command else (s.image or "")
         table.add_row(s.name, s.kind, s.mode, ",".join(map(str, s.gpus)) or "-", s.url or "-", what)
     con.print(table)
+    for s in p.on_demand().values():
+        mem = ", ".join(f"GPU {g}: {c:.1f} GiB" if c is not None else f"GPU {g}: memory not known" for g, c in s.claims)
+        con.print(f"{s.name}: on demand ({mem or 'no GPU'}; put away after {s.idle_timeout:g} s idle"
+                  + (f", by vLLM sleep level {s.sleep}" if s.sleep else "") + "); "
+                  + (f"cannot be up beside {', '.join(s.excludes)}" if s.excludes else "fits beside every other"),
+                  markup=False)
     for f in p.fronts.values():
         for model, how in f.wiring:
             con.print(f"{f.name} -> {model}: {how}", markup=False)
@@ -313,10 +319,13 @@ def status(stack: Annotated[str | None, typer.Argument(help="The stack file or n
         for why in dict.fromkeys(r.detail for r in rows if r.state == "unknown" and r.detail):
             _console(stderr=True).print(f"error: {why}", markup=False)
         for r in rows:
+            if r.state in api.ON_DEMAND_STATES and r.detail:
+                _console().print(f"{r.stack}/{r.service}: {r.detail}", markup=False)
+        for r in rows:
             if r.detail.startswith(api.MALFORMED):
                 _console(stderr=True).print(f"warning  {r.stack}/{r.service}: {r.detail}", markup=False)
     ok = bool(rows) and all(r.health == "healthy" or r.state == "external" and r.health != "unreachable"
-                            for r in rows)
+                            or r.state in api.ON_DEMAND_STATES for r in rows)
     raise typer.Exit(0 if ok else 1)
 
 
@@ -385,7 +394,7 @@ def check(stack: StackArg,
     from h2ostack.check import PROMPT, check_service
 
     stack_model, _, p = _plan(stack, None, None, check_ports=False)
-    targets = [s for s in p.services.values()]
+    targets = [s for s in p.services.values() if not s.on_demand]
     results: dict[str, Any] = {}
 
     def one(name: str) -> None:
@@ -405,6 +414,9 @@ def check(stack: StackArg,
     if prompt:
         _console().print(f"asked: {prompt}", markup=False)
     _console().print(t)
+    for s in p.on_demand().values():
+        _console().print(f"{s.name}: on demand, not checked (ask through the front's gateway, which starts it)",
+                         markup=False)
     raise typer.Exit(0 if all(r.ok for r in results.values()) else 1)
 
 

@@ -298,6 +298,7 @@ class Gateway:
         self.metrics = metrics or Metrics()
         self.recs = {r.name: self.metrics.model(r.name) for r in routes}
         self.unknown = self.metrics.model(UNKNOWN_MODEL)
+        self.ondemand: Any = None  # h2ostack.ondemand.Manager where the front has on-demand models
 
     def pool(self, route: Route_) -> Pool:
         """One pool per backend, made on first use inside the server's event loop."""
@@ -465,6 +466,35 @@ class Gateway:
         return reply
 
     async def route(self, route: Route_, body: dict[str, Any], raw: bytes, chat: bool, t0: float) -> Reply:
+        if self.ondemand is not None and route.name in self.ondemand:
+            return await self.on_demand(route, body, raw, chat, t0)
+        return await self.dispatch(route, body, raw, chat, t0)
+
+    async def on_demand(self, route: Route_, body: dict[str, Any], raw: bytes, chat: bool, t0: float) -> Reply:
+        """An on-demand model: started (or woken) first, held up until its answer is sent."""
+        up = self.ondemand.phase(route.name) == "ready"
+        lease = await self.ondemand.acquire(route.name)
+        if lease.error is not None:
+            reply = _error(503, lease.error, "model_unavailable")
+            reply.headers.append((b"retry-after", str(lease.retry_after).encode()))
+            return reply
+        try:
+            # the overhead header counts the manager's own time, not a start the request waited for
+            reply = await self.dispatch(route, body, raw, chat, t0 if up else time.perf_counter())
+        except BaseException:
+            lease.release()
+            raise
+        before = reply.done
+
+        def done() -> None:
+            lease.release()
+            if before is not None:
+                before()
+
+        reply.done = done
+        return reply
+
+    async def dispatch(self, route: Route_, body: dict[str, Any], raw: bytes, chat: bool, t0: float) -> Reply:
         try:
             if route.api == "openai" and chat and route.completions and self.to_prompt is not None:
                 return await self.prompted(route, body, t0)
@@ -798,7 +828,43 @@ def build(stack_file: str, front: str) -> Gateway:
         from h2ostack.front.prompts import gateway_prompt as to_prompt  # type: ignore[no-redef]
     except ImportError:
         to_prompt = None
-    return Gateway(routes_from_plan(plan, stack, spec.models), front_keys(spec), to_prompt)
+    gateway = Gateway(routes_from_plan(plan, stack, spec.models), front_keys(spec), to_prompt)
+    attach_on_demand(gateway, plan, stack, spec.models)
+    return gateway
+
+
+def attach_on_demand(gateway: Gateway, plan: Any, stack: Any, models: Sequence[str]) -> None:
+    """Give the gateway the manager of its on-demand models (none: nothing changes per request)."""
+    if any(plan.services[m].on_demand for m in models):
+        from h2ostack.ondemand import manager_for
+
+        gateway.ondemand = manager = manager_for(plan, stack, models)
+        if manager is not None:
+            manager.listeners.append(metrics_listener(gateway.metrics, manager))
+            for name in manager.models:  # /metrics and /v1/models tell each one's phase from the start
+                gateway.metrics.set_phase(name, ON_DEMAND_PHASE[manager.phase(name)])
+
+
+# the on-demand manager's phases as the readiness phases /metrics and /v1/models tell
+ON_DEMAND_PHASE = {"stopped": "stopped (on demand)", "starting": "loading", "ready": "ready",
+                   "putting away": "ready", "asleep": "asleep", "waking": "loading"}
+
+
+def metrics_listener(metrics: Metrics, manager: Any) -> Callable[[Any], None]:
+    """The on-demand manager's events into the gateway's metrics: each model's phase and waiting
+    requests, and its starts, wakes and put-aways with their durations."""
+    def on_event(event: Any) -> None:
+        name = event.service
+        metrics.set_phase(name, ON_DEMAND_PHASE.get(manager.phase(name), "ready"))
+        metrics.set_waiting(name, manager.models[name].waiters)
+        if event.seconds is not None:
+            if event.kind == "ready":
+                metrics.on_start(name, event.seconds)
+            elif event.kind == "woken":
+                metrics.on_wake(name, event.seconds)
+            elif event.kind == "put away":
+                metrics.on_put_away(name, event.seconds)
+    return on_event
 
 
 def main(argv: Sequence[str] | None = None) -> None:

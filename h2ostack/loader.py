@@ -814,6 +814,15 @@ def _service_rules(loc: Loc, svc: Any, smap: SourceMap) -> list[Problem]:
                            "GPU vLLM may use: a number above 0 and at most 1, like 0.9", line, col))
     if svc.external and not nodes and (svc.gpus or svc.port):
         add("gpus" if svc.gpus else "port", "an external service (`url:`) is not started: it takes no gpus or port")
+    if svc.on_demand and not svc.starts_something:
+        add("on_demand", "only a service h2ostack starts can be on demand (not `url:`, `nodes:` or an h2oGPT "
+                         "server without `python:`)")
+    if svc.sleep is not None and kind != "vllm":
+        add("sleep", f"only vLLM can sleep (its sleep mode); a {kind} service on demand is stopped and started")
+    elif svc.sleep is not None and not svc.on_demand:
+        add("sleep", "`sleep:` says how an on-demand service is put away: add `on_demand: true`")
+    if "idle_timeout" in svc.model_fields_set and not svc.on_demand:
+        add("idle_timeout", "`idle_timeout:` is for on-demand services: add `on_demand: true`")
     _prompt_rules(svc, add)
     return out
 
@@ -856,6 +865,9 @@ def cross_checks(stack: Stack, smap: SourceMap | None = None) -> list[Problem]:
                 add(("services", name, "depends_on", i), f"no service named '{dep}'{did_you_mean(dep, names)}")
             elif dep == name:
                 add(("services", name, "depends_on", i), "a service cannot depend on itself")
+            elif stack.services[dep].on_demand:
+                add(("services", name, "depends_on", i), f"'{dep}' is on demand: nothing waits for it at `up` "
+                                                         "(depend on always-on services only)")
     for name, front in stack.fronts.items():
         for i, model in enumerate(front.models):
             if model not in stack.services:
@@ -863,12 +875,25 @@ def cross_checks(stack: Stack, smap: SourceMap | None = None) -> list[Problem]:
         for i, dep in enumerate(front.depends_on):
             if dep not in stack.services:
                 add(("fronts", name, "depends_on", i), f"no service named '{dep}'{did_you_mean(dep, names)}")
+            elif stack.services[dep].on_demand:
+                add(("fronts", name, "depends_on", i), f"'{dep}' is on demand: list it in `models:`, where the "
+                                                       "gateway starts it on its first request")
         if front.args and front.kind != "h2ogpt":
             add(("fronts", name, "args"), "`args:` are generate.py options of an h2ogpt front (`kind: h2ogpt`)")
+        for i, model in enumerate(front.models):
+            if front.kind == "h2ogpt" and model in stack.services and stack.services[model].on_demand:
+                add(("fronts", name, "models", i), f"'{model}' is on demand, which the built-in front's gateway "
+                                                   "starts; an h2oGPT front reaches its models directly")
         if front.kind == "h2ogpt" and not front.python:
             add(("fronts", name, "python"), "an h2ogpt front needs `python:` (the interpreter of an h2oGPT install)")
         if front.arena and (front.kind != "gradio" or len(set(front.models)) < 2):
             add(("fronts", name, "arena"), "an Arena is a tab of the built-in front and needs two models or more")
+
+    served = {m for f in stack.fronts.values() if f.kind == "gradio" for m in f.models}
+    for name, svc in stack.services.items():
+        if svc.on_demand and name not in served:
+            add(("services", name, "on_demand"), "nothing would start it: list it in the `models:` of a front "
+                                                 "(kind gradio), whose gateway starts it on its first request")
 
     cycle = find_cycle({n: [d for d in s.depends_on if d in stack.services and d != n]
                        for n, s in stack.services.items()})

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -61,6 +61,12 @@ class ServicePlan:
     host: str | None = None  # the `hosts:` entry a container runs on (None: this machine's engine)
     docker_url: str | None = None  # that host's Docker endpoint
     wiring: tuple[tuple[str, str], ...] = ()  # h2oGPT fronts: (model, how h2oGPT reaches it), secrets as ***
+    on_demand: bool = False  # not started by `up`: the front's gateway starts it (h2ostack.ondemand)
+    idle_timeout: float = 600.0
+    sleep: int | None = None  # vLLM sleep level it is put away with, where the engine can sleep
+    # on demand: GiB it takes on each of its GPUs (None: not known, so it never shares a GPU with another)
+    claims: tuple[tuple[int, float | None], ...] = ()
+    excludes: tuple[str, ...] = ()  # on-demand services it cannot be up beside
 
     @property
     def runtime_key(self) -> str:
@@ -98,6 +104,12 @@ class ServicePlan:
             out["restart"] = {"policy": self.restart, "max_restarts": self.max_restarts,
                               "unhealthy_after": self.unhealthy_after,
                               "liveness": self.liveness.path if self.liveness else None}
+        if not self.is_front:
+            out["on_demand"] = self.on_demand
+        if self.on_demand:
+            out["idle_timeout"], out["sleep"] = self.idle_timeout, self.sleep
+            out["memory_gib"] = {str(g): c for g, c in self.claims}
+            out["excludes"] = list(self.excludes)
         out["config_hash"] = self.config_hash
         return out
 
@@ -112,6 +124,8 @@ class Plan:
     services: Mapping[str, ServicePlan]
     fronts: Mapping[str, ServicePlan]
     gpu_source: str = "none"
+    # per GPU: GiB left to on-demand services beside the always-on ones (GPUs whose memory is known)
+    gpu_budget: Mapping[int, float] = field(default_factory=dict)
 
     def all(self) -> dict[str, ServicePlan]:
         return {**self.services, **self.fronts}
@@ -119,10 +133,33 @@ class Plan:
     def deps(self) -> dict[str, list[str]]:
         return {n: list(s.depends_on) for n, s in self.all().items()}
 
+    def on_demand(self) -> dict[str, ServicePlan]:
+        return {n: s for n, s in self.services.items() if s.on_demand}
+
     def to_json(self) -> dict[str, Any]:
-        return {"stack": self.stack, "order": [list(level) for level in self.order],
-                "services": [s.to_json() for s in self.services.values()],
-                "fronts": [f.to_json() for f in self.fronts.values()]}
+        out = {"stack": self.stack, "order": [list(level) for level in self.order],
+               "services": [s.to_json() for s in self.services.values()],
+               "fronts": [f.to_json() for f in self.fronts.values()]}
+        if self.gpu_budget and any(s.on_demand for s in self.services.values()):
+            out["on_demand_budget_gib"] = {str(g): round(b, 3) for g, b in self.gpu_budget.items()}
+        return out
+
+
+def fits(name: str, up: Iterable[str], claims: Mapping[str, Mapping[int, float | None]],
+         budget: Mapping[int, float]) -> bool:
+    """Whether on-demand service `name` fits beside the on-demand services `up`, GPU by GPU: the
+    memory they claim within the GPU's budget; one whose memory is not known shares no GPU."""
+    mine = claims.get(name, {})
+    for gid, need in mine.items():
+        others = [claims[o][gid] for o in up if o != name and gid in claims.get(o, {})]
+        if not others:
+            continue
+        if need is None or any(c is None for c in others):
+            return False
+        cap = budget.get(gid)
+        if cap is not None and need + sum(c for c in others if c is not None) > cap + 1e-9:
+            return False
+    return True
 
 
 class PlanError(StackError):
@@ -187,6 +224,8 @@ class _Planner:
         self.problems: list[Problem] = []
         self.busy = set(facts.busy_ports) - set(keep_ports)
         self.taken_ports: set[int] = set()
+        self.claims: dict[str, dict[int, float | None]] = {}  # on-demand services: GiB per GPU
+        self.budget: dict[int, float] = {}
 
     def problem(self, loc: tuple, msg: str) -> None:
         line, col = self.stack.position(loc)
@@ -219,9 +258,13 @@ class _Planner:
 
     def assign_on(self, started: dict[str, Service], ids: list[int] | None, where: str
                   ) -> dict[str, tuple[int, ...]]:
+        """Always-on services get devices of their own (unless `share_gpus`); on-demand services
+        may share devices with each other, never with an always-on one."""
         owners: dict[int, list[str]] = {}
+        od_load: dict[int, int] = {}  # on-demand services per device, to spread counts over them
         out: dict[str, tuple[int, ...]] = {}
-        for name, svc in started.items():
+        ordered = sorted(started.items(), key=lambda item: item[1].on_demand)
+        for name, svc in ordered:
             explicit = svc.gpu_ids
             if explicit is None:
                 continue
@@ -231,9 +274,12 @@ class _Planner:
                 if ids is not None and gid not in ids:
                     self.problem(("services", name, "gpus"),
                                  f"GPU {gid} does not exist: the GPUs {where} are {ids or 'none'}")
-                owners.setdefault(gid, []).append(name)
+                if svc.on_demand:
+                    od_load[gid] = od_load.get(gid, 0) + 1
+                else:
+                    owners.setdefault(gid, []).append(name)
             out[name] = tuple(explicit)
-        for name, svc in started.items():
+        for name, svc in ordered:
             if svc.gpu_ids is not None or not svc.gpu_count:
                 out.setdefault(name, ())
                 continue
@@ -249,18 +295,35 @@ class _Planner:
             if len(free) < svc.gpu_count:
                 self.problem(("services", name, "gpus"),
                              f"needs {svc.gpu_count} GPU(s) but only {len(free)} of the GPUs {where} "
-                             f"({ids or 'none'}) are free")
+                             f"({ids or 'none'}) are free" + (" beside the always-on services" if svc.on_demand
+                                                               else ""))
                 out[name] = ()
                 continue
+            if svc.on_demand:
+                free.sort(key=lambda g: od_load.get(g, 0))  # stable: the least shared devices first, by id
             chosen = tuple(sorted(free[: svc.gpu_count]))
             for gid in chosen:
-                owners.setdefault(gid, []).append(name)
+                if svc.on_demand:
+                    od_load[gid] = od_load.get(gid, 0) + 1
+                else:
+                    owners.setdefault(gid, []).append(name)
             out[name] = chosen
         for gid, names in owners.items():
             if len(names) > 1 and not all(self.stack.services[n].share_gpus for n in names):
                 self.problem(("services", names[1], "gpus"),
                              f"GPU {gid} is already used by service '{names[0]}' "
                              "(set `share_gpus: true` on both to share it)")
+        for name, ids_of in out.items():
+            svc = started[name]
+            if not svc.on_demand:
+                continue
+            for gid in ids_of:
+                holders = owners.get(gid, [])
+                if holders and not (svc.share_gpus and all(self.stack.services[o].share_gpus for o in holders)):
+                    self.problem(("services", name, "gpus"),
+                                 f"GPU {gid} is used by always-on service '{holders[0]}': on-demand services "
+                                 "share GPUs with each other only (or set `share_gpus: true` on both)")
+                    break
         return out
 
     def check_memory(self, gpus: dict[str, tuple[int, ...]]) -> None:
@@ -303,7 +366,34 @@ class _Planner:
                 continue
             for gid in ids:
                 need.setdefault(gid, []).append((name, per_gpu))
-        for gid, claims in need.items():
+        self.check_fit(need, gpus)
+
+    def check_fit(self, need: dict[int, list[tuple[str, float]]], gpus: dict[str, tuple[int, ...]]) -> None:
+        """The always-on services together within each GPU's memory; each on-demand service alone
+        beside them. What is left of each GPU is the on-demand services' budget."""
+        services = self.stack.services
+        for name, ids in gpus.items():
+            if services[name].on_demand and ids and services[name].host not in self.stack.hosts:
+                known = {gid: c for gid, lst in need.items() for n, c in lst if n == name}
+                self.claims[name] = {gid: known.get(gid) for gid in ids}
+        for gid, every in need.items():
+            claims = [c for c in every if not services[c[0]].on_demand]
+            g = self.facts.gpu(gid)
+            avail = g.free_gib if g and g.free_gib is not None else (g.total_gib if g else None)
+            if avail is None:
+                continue
+            always = sum(c for _, c in claims)
+            # the GPU's whole memory: what on-demand models of this stack hold now comes back when
+            # they are put away (the release wait makes sure of it before each start)
+            cap = g.total_gib if g and g.total_gib else avail
+            self.budget[gid] = max(0.0, cap - always)
+            for od_name, od_need in (c for c in every if services[c[0]].on_demand):
+                if always + od_need > cap + 1e-9:
+                    beside = f" beside the always-on services' {always:.1f} GiB" if claims else ""
+                    self.problem(("services", od_name, "gpus"),
+                                 f"does not fit on GPU {gid} even alone: it needs {od_need:.1f} GiB{beside} but "
+                                 f"GPU {gid} has {cap:.1f} GiB")
+        for gid, claims in ((g, [c for c in lst if not services[c[0]].on_demand]) for g, lst in need.items()):
             g = self.facts.gpu(gid)
             avail = g.free_gib if g and g.free_gib is not None else (g.total_gib if g else None)
             if avail is None:
@@ -382,6 +472,9 @@ class _Planner:
             env[vllm.KEEP_ALIVE_ENV] = str(vllm.KEEP_ALIVE_S)
             if svc.api_key is not None:
                 env["VLLM_API_KEY"] = svc.api_key  # never --api-key: argv is visible to `ps`
+            if svc.sleep is not None:
+                command += vllm.SLEEP_FLAGS
+                env.update(vllm.SLEEP_ENV)
         elif kind == "transformers":
             port = self.port(loc, svc.port, transformers.DEFAULT_PORT)
             ctx = Context(name, gpus, port, bind, python, model, transformers.served_model(model), svc.args,
@@ -505,7 +598,8 @@ class _Planner:
     def front(self, name: str, front: Front, services: Mapping[str, ServicePlan]) -> ServicePlan:
         port = self.port(("fronts", name), front.port, FRONT_DEFAULT_PORT)
         bind = self.stack.defaults.bind
-        deps = tuple(dict.fromkeys([*(m for m in front.models if services[m].started), *front.depends_on]))
+        deps = tuple(dict.fromkeys([*(m for m in front.models if services[m].started and not services[m].on_demand),
+                                    *front.depends_on]))
         env: dict[str, EnvValue] = {"PYTHONUNBUFFERED": "1", **front.env}
         python = _path(self.stack.base_dir, front.python or self.facts.python)
         if front.kind == "h2ogpt":
@@ -570,12 +664,23 @@ class _Planner:
         gpus = self.assign_gpus()
         self.check_memory(gpus)
         services = {n: self.service(n, s, gpus.get(n, ())) for n, s in stack.services.items()}
+        services.update(self.on_demand(services))
         fronts = {n: self.front(n, f, services) for n, f in stack.fronts.items()}
         if self.problems:
             raise PlanError(stack.source, self.problems)
-        deps = {n: list(p.depends_on) for n, p in {**services, **fronts}.items()}
+        deps = {n: list(p.depends_on) for n, p in {**services, **fronts}.items() if not p.on_demand}
         return Plan(stack.name, stack.source, stack.base_dir, stack.defaults.bind, order_levels(deps), services,
-                    fronts, self.facts.gpu_source)
+                    fronts, self.facts.gpu_source, dict(self.budget))
+
+    def on_demand(self, services: Mapping[str, ServicePlan]) -> dict[str, ServicePlan]:
+        """On-demand plans with their memory per GPU and the on-demand services they cannot be up beside."""
+        od = {n: self.stack.services[n] for n, p in services.items() if self.stack.services[n].on_demand}
+        out = {}
+        for name, svc in od.items():
+            excludes = tuple(o for o in od if o != name and not fits(name, [o], self.claims, self.budget))
+            out[name] = replace(services[name], on_demand=True, idle_timeout=svc.idle_timeout,
+                                sleep=svc.sleep, claims=tuple(self.claims.get(name, {}).items()), excludes=excludes)
+        return out
 
 
 def make_plan(stack: Stack, facts: Facts, keep_ports: frozenset[int] = frozenset()) -> Plan:

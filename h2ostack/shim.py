@@ -149,13 +149,11 @@ class Shim:
         process's memory a little after it is gone)."""
         if not self.gpus:
             return
-        holders = nvml_holders(self.gpus, self.nvml_path)
-        if holders is None:
+        got = release_wait(old, self.gpus, self.nvml_path, GPU_RELEASE_TIMEOUT, lambda: self.stopping)
+        if got.outcome == "no NVML":
             self.say("NVML cannot be read: restarting without waiting for GPU memory")
-            return
-        left = wait_released(old, holders, GPU_RELEASE_TIMEOUT, lambda: self.stopping)
-        if left:
-            self.say(f"GPU memory still held by {sorted(left)} after {GPU_RELEASE_TIMEOUT:g} s; restarting anyway")
+        elif got.left:
+            self.say(f"GPU memory still held by {sorted(got.left)} after {GPU_RELEASE_TIMEOUT:g} s; restarting anyway")
 
     def sweep(self) -> set[int]:
         """Leave nothing of the group behind (forked workers outlive a killed parent); the pids found."""
@@ -228,6 +226,64 @@ def wait_released(old: set[int], holders: Callable[[], set[int]], timeout: float
         if not left or stop() or clock() >= deadline:
             return left
         sleep(0.5)
+
+
+class Released:
+    """How a wait for GPU memory ended: `outcome` released | timed out | no NVML | stopped."""
+
+    def __init__(self, outcome: str, seconds: float, left: set[int]):
+        self.outcome, self.seconds, self.left = outcome, seconds, left
+
+    def __str__(self) -> str:
+        if self.outcome == "no NVML":
+            return "GPU memory not checked (NVML cannot be read here)"
+        if self.outcome == "released":
+            return f"GPU memory released in {self.seconds:.1f} s"
+        return f"GPU memory still held by {sorted(self.left)} after {self.seconds:.1f} s ({self.outcome})"
+
+
+def release_wait(old: set[int], gpus: list[int], nvml_path: str | None, timeout: float, stop: Callable[[], bool],
+                 need_gib: float | None = None, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic,
+                 view: tuple[Callable[[], set[int]], Callable[[], float]] | None = None) -> Released:
+    """The one wait before a server starts on GPUs another just left (a restart here, an on-demand
+    start or wake in h2ostack.ondemand): until NVML lists none of the old pids on these GPUs and,
+    with `need_gib`, every one of them has that much free again; bounded by `timeout`."""
+    t0 = clock()
+    if view is None:
+        view = nvml_view(gpus, nvml_path)
+    if view is None:
+        return Released("no NVML", 0.0, set())
+    holders, free = view
+    left = wait_released(old, holders, timeout, stop, sleep, clock)
+    if left:
+        return Released("stopped" if stop() else "timed out", clock() - t0, left)
+    deadline = t0 + timeout
+    while need_gib is not None:
+        try:
+            if free() >= need_gib:
+                break
+        except Exception:  # NVML went away: nothing more to learn from it
+            break
+        if stop() or clock() >= deadline:
+            return Released("stopped" if stop() else "timed out", clock() - t0, set())
+        sleep(0.2)
+    return Released("released", clock() - t0, set())
+
+
+def nvml_view(gpus: list[int], path: str | None) -> tuple[Callable[[], set[int]], Callable[[], float]] | None:
+    """The pids holding memory on these GPUs, and the least free GiB among them, by NVML."""
+    holders = nvml_holders(gpus, path)
+    if holders is None:
+        return None
+    import pynvml  # nvidia-ml-py: importable, since nvml_holders found it
+
+    handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in gpus]
+
+    def free() -> float:
+        return min(pynvml.nvmlDeviceGetMemoryInfo(h).free for h in handles) / 2**30
+
+    return holders, free
 
 
 def nvml_holders(gpus: list[int], path: str | None) -> Callable[[], set[int]] | None:

@@ -175,6 +175,13 @@ class _Service(_Model):
     # h2oGPT's custom prompt: strings, None (e.g. PreInput) and lists of strings (terminate_response)
     prompt_dict: dict[str, str | None | list[str]] | None = None
     host: str | None = None  # a name of `hosts:`: where a container service runs
+    on_demand: bool = Field(default=False, description="`up` does not start it: the stack's gateway starts it "
+                            "on its first request and puts it away when idle or when another needs its GPUs")
+    idle_timeout: Float = Field(default=600.0, gt=0, description="on demand: seconds without a request before "
+                                "it is put away")
+    sleep: Annotated[Literal[1, 2] | None, BeforeValidator(_not_a_bool)] = Field(
+        default=None, description="on-demand vLLM: put away with vLLM's sleep mode at this level (1: weights "
+        "kept in host memory, 2: discarded) and woken on the next request, instead of being stopped")
 
     @field_validator("restart", mode="before")
     @classmethod

@@ -39,6 +39,9 @@ class UnsafeState(NotFound):
     (exit 2, like an unknown stack)."""
 
 
+ONDEMAND_FILE = "ondemand.json"  # the on-demand manager's view of its models, for `status`
+
+
 def state_root() -> Path:
     return Path(os.environ.get("H2OSTACK_STATE_DIR") or Path.home() / ".local" / "state" / "h2ostack").expanduser()
 
@@ -258,6 +261,14 @@ class StackState:
         except ValueError:
             return None
         return data if isinstance(data, dict) else None
+
+    def ondemand_view(self) -> dict[str, Any]:
+        """What the front's on-demand manager last wrote of its models (h2ostack.ondemand), or {}."""
+        try:
+            data = read_json(self.root / ONDEMAND_FILE)
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
 
     def auth_path(self, service: str) -> Path:
         """An h2oGPT front's login database (it holds the passwords h2oGPT checks): 0600, gone at `down`."""

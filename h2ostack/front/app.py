@@ -378,7 +378,7 @@ def build_app(stack_file: str, front: str) -> Any:
 
     from h2ostack.api import load_plan
     from h2ostack.front.prompts import gateway_prompt
-    from h2ostack.gateway import Gateway, front_keys, routes_from_plan
+    from h2ostack.gateway import Gateway, attach_on_demand, front_keys, routes_from_plan
     from h2ostack.spec import reveal
 
     stack, _, plan = load_plan(stack_file, check_ports=False)
@@ -387,6 +387,7 @@ def build_app(stack_file: str, front: str) -> Any:
     threading.Thread(target=probe_all, args=(backends,), daemon=True).start()
     # /v1 is closed whenever the page is: `api_keys`, or the front users' password as a bearer key
     gateway = Gateway(routes_from_plan(plan, stack, spec.models), front_keys(spec), gateway_prompt)
+    attach_on_demand(gateway, plan, stack, spec.models)
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.get("/healthz")

@@ -177,3 +177,42 @@ def test_mount_sends_metrics_to_the_gateway() -> None:
 
     asyncio.run(go())
     assert seen == ["/", "/metricsx"]
+
+
+def test_the_on_demand_managers_events_reach_metrics() -> None:
+    """A manager's starts, wakes and put-aways, phases and waiting requests, as /metrics tells them
+    (the manager on a fake clock, its servers injected: nothing runs)."""
+    from h2ostack.gateway import ON_DEMAND_PHASE, metrics_listener
+    from h2ostack.ondemand import PHASES as OD_PHASES
+    from h2ostack.ondemand import OnDemandEvent
+
+    assert set(OD_PHASES) == set(ON_DEMAND_PHASE) and set(ON_DEMAND_PHASE.values()) <= set(PHASES)
+
+    class Model_:
+        waiters = 0
+
+    class Manager_:
+        models = {"od": Model_()}
+        now = "starting"
+
+        def phase(self, name: str) -> str:
+            return self.now
+
+    m, mgr = Metrics(["od"]), Manager_()
+    listen = metrics_listener(m, mgr)
+    mgr.models["od"].waiters = 3
+    listen(OnDemandEvent("od", "starting"))
+    text = m.text()
+    assert value(text, "h2ostack_model_phase", model="od", h2ostack_model_phase="loading") == 1
+    assert value(text, "h2ostack_requests_waiting", model="od") == 3
+    mgr.now, mgr.models["od"].waiters = "ready", 0
+    listen(OnDemandEvent("od", "ready", 2.5))
+    mgr.now = "asleep"
+    listen(OnDemandEvent("od", "put away", 0.25))
+    mgr.now = "ready"
+    listen(OnDemandEvent("od", "woken", 0.5))
+    text = m.text()
+    assert value(text, "h2ostack_model_phase", model="od", h2ostack_model_phase="ready") == 1
+    assert value(text, "h2ostack_requests_waiting", model="od") == 0
+    for kind in ("starts", "wakes", "put_aways"):
+        assert value(text, f"h2ostack_{kind}_total", model="od") == 1, kind

@@ -60,3 +60,21 @@ def test_wait_gpu_release_on_this_machine(capsys) -> None:
         assert "NVML cannot be read: restarting without waiting for GPU memory" in err
     else:
         assert err == ""
+
+
+def test_release_wait_waits_for_the_old_pids_and_the_memory_on_a_fake_clock() -> None:
+    from h2ostack.shim import release_wait
+
+    clock = Clock()
+    seen = iter([{100, 7}, {100, 7}, {7}, {7}, {7}])
+    free = iter([1.0, 4.0, 9.0])
+    got = release_wait({100}, [0], None, 60, lambda: False, need_gib=8.0, sleep=clock.sleep, clock=clock,
+                       view=(lambda: next(seen), lambda: next(free)))
+    assert got.outcome == "released" and got.left == set() and 0 < got.seconds < 60
+    assert str(got).startswith("GPU memory released in")
+    stuck = release_wait({100}, [0], None, 5, lambda: False, sleep=clock.sleep, clock=clock,
+                         view=(lambda: {100}, lambda: 0.0))
+    assert stuck.outcome == "timed out" and stuck.left == {100} and "still held by [100]" in str(stuck)
+    low = release_wait({100}, [0], None, 5, lambda: False, need_gib=8.0, sleep=clock.sleep, clock=clock,
+                       view=(set, lambda: 2.0))
+    assert low.outcome == "timed out" and low.left == set()

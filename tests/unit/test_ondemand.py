@@ -1,0 +1,253 @@
+"""The on-demand manager's decisions with fake operations and a fake clock: starts, LRU put-away,
+never a model in use, bounded queues, failed starts, idle timeouts, sleep and wake."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+import pytest
+
+from h2ostack.ondemand import Manager, Model, OnDemandEvent, PutAway, Started, choose_victims, idle_due
+
+BOTH = {0: 8.0, 1: 8.0}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeOps:
+    """Servers that start when told (a gate per start), record what happened, fail on demand."""
+
+    def __init__(self, can_sleep: bool = False) -> None:
+        self.log: list[str] = []
+        self.gates: dict[str, asyncio.Event] = {}
+        self.fail: dict[str, str] = {}
+        self.can_sleep = can_sleep
+        self.running: set[str] = set()
+
+    def gate(self, name: str) -> asyncio.Event:
+        return self.gates.setdefault(name, asyncio.Event())
+
+    async def start(self, name: str) -> Started:
+        self.log.append(f"start {name}")
+        if name in self.gates:
+            await self.gates[name].wait()
+        if name in self.fail:
+            raise RuntimeError(self.fail[name])
+        self.running.add(name)
+        return Started(4.0, self.can_sleep, "" if self.can_sleep else "stopped when put away: cannot sleep")
+
+    async def put_away(self, name: str, sleep: int | None) -> PutAway:
+        self.log.append(f"{'sleep' if sleep else 'stop'} {name}")
+        if not sleep:
+            self.running.discard(name)
+        return PutAway("asleep" if sleep else "stopped", 0.5, "asleep" if sleep else "stopped; released")
+
+    async def wake(self, name: str) -> float:
+        self.log.append(f"wake {name}")
+        return 0.3
+
+
+def manager(ops: FakeOps, clock: Clock, names: Iterable[str] = "abc", claims: dict | None = None,
+            sleep: int | None = None, **kw: object) -> Manager:
+    models = [Model(n, idle_timeout=60, sleep=sleep) for n in names]
+    claims = claims or {n: dict(BOTH) for n in names}
+    return Manager(models, claims, {0: 10.0, 1: 10.0}, ops, clock, **kw)  # type: ignore[arg-type]
+
+
+async def settle() -> None:
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+def run(coro: object) -> object:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def test_requests_in_turn_start_put_away_and_start_again() -> None:
+    async def go() -> None:
+        ops, clock = FakeOps(), Clock()
+        m = manager(ops, clock)
+        events: list[OnDemandEvent] = []
+        m.listeners.append(events.append)
+        for name in "abca":
+            lease = await m.acquire(name)
+            assert lease.error is None and m.phase(name) == "ready"
+            clock.now += 1
+            lease.release()
+        assert ops.log == ["start a", "stop a", "start b", "stop b", "start c", "stop c", "start a"]
+        assert [m.phase(n) for n in "abc"] == ["ready", "stopped", "stopped"]
+        kinds = [(e.service, e.kind) for e in events]
+        assert kinds[:5] == [("a", "starting"), ("a", "ready"), ("a", "putting away"), ("a", "put away"),
+                             ("b", "starting")]
+        assert ("a", "put away") in kinds and [e.seconds for e in events if e.kind == "ready"] == [4.0] * 4
+    run(go())
+
+
+def test_the_least_recently_used_idle_model_goes_first() -> None:
+    models = {n: Model(n, phase="ready", last_used=t) for n, t in (("a", 5.0), ("b", 1.0), ("c", 3.0))}
+    claims = {n: {0: 4.0} for n in "abcd"}
+    assert choose_victims("d", models, claims, {0: 12.0}) == ["b"]
+    models["b"].inflight = 1  # in use: never put away
+    assert choose_victims("d", models, claims, {0: 12.0}) == ["c"]
+    assert choose_victims("d", models, claims, {0: 4.0}) is None  # b stays, and nothing fits beside it
+    models["b"].inflight = 0
+    assert choose_victims("d", models, claims, {0: 4.0}) == ["b", "c", "a"]
+    assert choose_victims("d", models, {**claims, "d": {1: 4.0}}, {0: 4.0, 1: 4.0}) == []  # other GPU
+
+
+def test_concurrent_requests_for_a_starting_model_all_get_it_with_one_start() -> None:
+    async def go() -> None:
+        ops, clock = FakeOps(), Clock()
+        m = manager(ops, clock)
+        gate = ops.gate("a")
+        waiting = [asyncio.ensure_future(m.acquire("a")) for _ in range(5)]
+        await settle()
+        assert m.phase("a") == "starting" and not any(w.done() for w in waiting)
+        gate.set()
+        leases = await asyncio.gather(*waiting)
+        assert all(lease.error is None for lease in leases) and ops.log == ["start a"]
+        assert m.models["a"].inflight == 5
+    run(go())
+
+
+def test_a_model_with_a_request_in_flight_is_not_put_away() -> None:
+    async def go() -> None:
+        ops, clock = FakeOps(), Clock()
+        m = manager(ops, clock)
+        streaming = await m.acquire("a")
+        wanting_b = asyncio.ensure_future(m.acquire("b"))
+        for _ in range(5):
+            await settle()
+        assert not wanting_b.done() and ops.log == ["start a"]  # b waits for a's answer to end
+        streaming.release()
+        lease = await wanting_b
+        assert lease.error is None and ops.log == ["start a", "stop a", "start b"]
+    run(go())
+
+
+def test_busy_gpus_give_up_after_the_bounded_wait() -> None:
+    async def go() -> None:
+        ops, clock = FakeOps(), Clock()
+        m = manager(ops, clock, busy_wait=0.05)
+        held = await m.acquire("a")
+        lease = await m.acquire("b")
+        assert lease.error and "does not fit beside a" in lease.error and lease.retry_after > 0
+        assert m.phase("a") == "ready" and ops.log == ["start a"]
+        held.release()
+    run(go())
+
+
+def test_a_full_queue_answers_at_once() -> None:
+    async def go() -> None:
+        ops, clock = FakeOps(), Clock()
+        m = manager(ops, clock, queue_limit=2)
+        gate = ops.gate("a")
+        waiting = [asyncio.ensure_future(m.acquire("a")) for _ in range(2)]
+        await settle()
+        refused = await m.acquire("a")
+        assert refused.error and "2 requests already wait" in refused.error and refused.retry_after > 0
+        gate.set()
+        assert all(lease.error is None for lease in await asyncio.gather(*waiting))
+    run(go())
+
+
+def test_a_failing_start_fails_every_waiter_and_the_next_request_tries_again() -> None:
+    async def go() -> None:
+        ops, clock = FakeOps(), Clock()
+        m = manager(ops, clock)
+        gate = ops.gate("a")
+        ops.fail["a"] = "exited while starting (code 1)"
+        waiting = [asyncio.ensure_future(m.acquire("a")) for _ in range(3)]
+        await settle()
+        gate.set()
+        leases = await asyncio.gather(*waiting)
+        assert all(lease.error and "could not be started: exited while starting" in lease.error for lease in leases)
+        assert m.phase("a") == "stopped" and "last start failed" in m.models["a"].note
+        assert ops.log == ["start a"] and m.models["a"].waiters == 0
+        del ops.fail["a"]
+        assert (await m.acquire("a")).error is None and ops.log == ["start a", "start a"]
+    run(go())
+
+
+def test_idle_timeout_puts_away_on_the_fake_clock() -> None:
+    async def go() -> None:
+        ops, clock = FakeOps(), Clock()
+        m = manager(ops, clock, names="ab", claims={"a": {0: 1.0}, "b": {1: 1.0}})
+        (await m.acquire("a")).release()
+        held = await m.acquire("b")
+        clock.now += 59
+        await m.tick()
+        assert ops.log == ["start a", "start b"]
+        clock.now += 1
+        await m.tick()
+        assert ops.log == ["start a", "start b", "stop a"] and m.phase("b") == "ready"  # b is in use
+        held.release()
+        clock.now += 60
+        await m.tick()
+        assert ops.log[-1] == "stop b"
+    run(go())
+    models = [Model("a", 10, phase="ready", last_used=0), Model("b", 10, phase="ready", last_used=0, waiters=1),
+              Model("c", 10, phase="asleep", last_used=0), Model("d", 10, phase="ready", last_used=5)]
+    assert idle_due(models, 10) == ["a"]
+
+
+def test_sleep_where_the_engine_can_and_stop_where_it_cannot() -> None:
+    async def go(can: bool) -> list[str]:
+        ops, clock = FakeOps(can_sleep=can), Clock()
+        m = manager(ops, clock, names="ab", sleep=1)
+        for name in "aba":
+            (await m.acquire(name)).release()
+        assert m.phase("b") == ("asleep" if can else "stopped")
+        return ops.log
+    assert run(go(True)) == ["start a", "sleep a", "start b", "sleep b", "wake a"]
+    assert run(go(False)) == ["start a", "stop a", "start b", "stop b", "start a"]
+
+
+def test_a_listener_that_raises_breaks_nothing() -> None:
+    async def go() -> None:
+        ops, clock = FakeOps(), Clock()
+        m = manager(ops, clock)
+
+        def bad(_: OnDemandEvent) -> None:
+            raise ValueError("observer bug")
+
+        m.listeners.append(bad)
+        assert (await m.acquire("a")).error is None
+    run(go())
+
+
+@pytest.mark.parametrize("twice", [True, False])
+def test_release_is_idempotent(twice: bool) -> None:
+    async def go() -> None:
+        m = manager(FakeOps(), Clock())
+        lease = await m.acquire("a")
+        lease.release()
+        if twice:
+            lease.release()
+        assert m.models["a"].inflight == 0
+    run(go())
+
+
+def test_a_ready_server_that_exited_on_its_own_is_started_again() -> None:
+    class Dying(FakeOps):
+        async def alive(self, name: str) -> bool:
+            return name in self.running
+
+    async def go() -> None:
+        ops, clock = Dying(), Clock()
+        m = manager(ops, clock)
+        (await m.acquire("a")).release()
+        await m.tick()
+        assert m.phase("a") == "ready"
+        ops.running.discard("a")  # it crashed
+        await m.tick()
+        assert m.phase("a") == "stopped" and "exited on its own" in m.models["a"].note
+        assert (await m.acquire("a")).error is None and ops.log == ["start a", "start a"]
+    run(go())
