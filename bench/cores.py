@@ -15,6 +15,10 @@ import subprocess
 
 import psutil
 
+# the cores this run may use, as they were when it began: `split` narrows this process to a half,
+# and a second call still splits the whole set
+ALL = tuple(sorted(os.sched_getaffinity(0)))
+
 
 def pin(pid: int, cores: set[int]) -> None:
     """Every thread of a process and of its descendants onto `cores`."""
@@ -33,7 +37,7 @@ def split(h2o: list[str], stack: str, env: dict[str, str], measured: tuple[int, 
     with the measured ones, or with the backends when `load_with_backends`: then the measured
     process has cores of its own and what both arms of a comparison share (backends and load)
     shares the rest. Says what was done."""
-    cores = sorted(os.sched_getaffinity(0))
+    cores = list(ALL)
     if os.environ.get("BENCH_SHARED") == "1" or len(cores) < 2:
         return f"every process on every core ({len(cores)})"
     backend, rest = set(cores[:len(cores) // 2]), set(cores[len(cores) // 2:])
