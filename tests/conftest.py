@@ -189,6 +189,14 @@ def cpu_vllm(python: str, model: Path, port: int, restart: str = "no") -> str:
             "env: {VLLM_CPU_KVCACHE_SPACE: '1'}}")
 
 
+def tgi_standin(port: int, token_delay: str | None = None, extra: str = "") -> str:
+    """A TGI service of the stand-in launcher (tests/tgi-launcher), as a stack file's flow mapping;
+    `token_delay` paces its stream, `extra` adds fields (", name: value")."""
+    env = f', env: {{STANDIN_TOKEN_DELAY: "{token_delay}"}}' if token_delay else ""
+    return (f"{{kind: tgi, launcher: {ROOT / 'tests' / 'tgi-launcher'}, model: h2oai/h2ogpt-oasst1-512-12b, "
+            f"port: {port}{env}{extra}}}")
+
+
 class FrontStack:
     """A stack with one server of each kind behind a front, and a second front that uses the
     first as its h2oGPT-style server: started once for the front, gateway and browser tests."""
@@ -213,12 +221,7 @@ version: 1
 name: frontstack
 services:
   tiny: {{kind: transformers, model: {tiny_model}, port: {ports['tiny']}}}
-  tgi:
-    kind: tgi
-    launcher: {ROOT / 'tests' / 'tgi-launcher'}
-    model: h2oai/h2ogpt-oasst1-512-12b
-    port: {ports['tgi']}
-    env: {{STANDIN_TOKEN_DELAY: "0.05"}}
+  tgi: {tgi_standin(ports['tgi'], "0.05")}
   vllm: {cpu_vllm(vllm_python, tiny_model, ports['vllm'])}
   down: {{kind: vllm, url: "http://127.0.0.1:{ports['down']}", model: m}}
 fronts:

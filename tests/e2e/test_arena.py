@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import sync_playwright
 
-from tests.conftest import H2O, ROOT, free_port, marked_processes
+from tests.conftest import H2O, free_port, marked_processes, tgi_standin
 from tests.e2e.test_browser import ARGS, CHROMIUM
 
 NAMES = ("tiny", "tgi")
@@ -41,12 +41,7 @@ version: 1
 name: arenastack
 services:
   tiny: {{kind: transformers, model: {tiny_model}, port: {ports['tiny']}}}
-  tgi:
-    kind: tgi
-    launcher: {ROOT / 'tests' / 'tgi-launcher'}
-    model: h2oai/h2ogpt-oasst1-512-12b
-    port: {ports['tgi']}
-    env: {{STANDIN_TOKEN_DELAY: "0.05"}}
+  tgi: {tgi_standin(ports['tgi'], "0.05")}
 fronts:
   chat:
     port: {ports['chat']}

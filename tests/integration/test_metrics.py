@@ -11,7 +11,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import H2O, ROOT, free_port, marked_processes, wait_for
+from tests.conftest import H2O, ROOT, free_port, marked_processes, tgi_standin, wait_for
 
 pytestmark = pytest.mark.integration
 KEY = "sk-metrics-key"
@@ -34,11 +34,7 @@ version: 1
 name: {stack_name}
 services:
   tiny: {{kind: transformers, model: {tiny_model}, port: {ports['tiny']}}}
-  tgi:
-    kind: tgi
-    launcher: {ROOT / 'tests' / 'tgi-launcher'}
-    model: h2oai/h2ogpt-oasst1-512-12b
-    port: {ports['tgi']}
+  tgi: {tgi_standin(ports['tgi'])}
 fronts:
   chat: {{port: {ports['chat']}, models: [tiny, tgi], api_keys: ["{KEY}"]}}
 """)

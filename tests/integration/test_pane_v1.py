@@ -12,11 +12,15 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import H2O, ROOT, free_port, marked_processes, wait_for
+from tests.conftest import H2O, free_port, marked_processes, tgi_standin, wait_for
 
 pytestmark = pytest.mark.integration
 QUESTION = "Who are you?"
 
+
+# the TGI stand-in's prompt, as h2oGPT's prompt_dict
+TGI_PROMPT = (', prompt_type: custom, prompt_dict: {PreInput: null, PreInstruct: "<human>: ", '
+              'PreResponse: "<bot>:", terminate_response: [" text gen"]}')
 
 def test_pane_and_v1_answer_alike(h2o: H2O, write_stack, stack_name: str, tiny_model: Path,
                                   vllm_python: str) -> None:
@@ -30,13 +34,7 @@ version: 1
 name: {stack_name}
 services:
   tiny: {{kind: transformers, model: {tiny_model}, port: {ports['tiny']}}}
-  tgi:
-    kind: tgi
-    launcher: {ROOT / 'tests' / 'tgi-launcher'}
-    model: h2oai/h2ogpt-oasst1-512-12b
-    port: {ports['tgi']}
-    prompt_type: custom
-    prompt_dict: {{PreInput: null, PreInstruct: "<human>: ", PreResponse: "<bot>:", terminate_response: [" text gen"]}}
+  tgi: {tgi_standin(ports['tgi'], extra=TGI_PROMPT)}
   vllm:
     kind: vllm
     python: {vllm_python}
