@@ -1023,14 +1023,21 @@ class Wire(asyncio.Protocol):
                 reply.done()
 
 
+async def listen(gateway: Gateway, host: str, port: int) -> tuple[asyncio.Server, set[Wire]]:
+    """A server answering `gateway` on (host, port) in the running loop, and its open connections."""
+    conns: set[Wire] = set()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: Wire(gateway, gateway.limits, conns), host, port, backlog=2048)
+    return server, conns
+
+
 def serve_gateway(gateway: Gateway, host: str, port: int) -> None:
     """Serve `gateway` alone on its own HTTP/1.1 server (`Wire`), until SIGINT or SIGTERM."""
     import signal
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        conns: set[Wire] = set()
-        server = await loop.create_server(lambda: Wire(gateway, gateway.limits, conns), host, port, backlog=2048)
+        server, conns = await listen(gateway, host, port)
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
