@@ -725,6 +725,7 @@ class Gateway:
 
 # -- the gateway alone: its own HTTP/1.1 server -------------------------------------------
 IDLE_KEEP = 5.0  # seconds a kept-alive client connection may sit idle between requests (as uvicorn's default)
+TICK = 0.1  # seconds between sweeps of the connections' deadlines (no timer made and cancelled per request)
 _PHRASES: dict[int, bytes] = {}
 
 
@@ -761,7 +762,8 @@ class Wire(asyncio.Protocol):
         self.parse_url = httptools.parse_url
         self.parse_error, self.upgrade = httptools.HttpParserError, httptools.HttpParserUpgrade
         self.transport: asyncio.Transport | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0  # (the loop's clock) when `expire` is called, unless disarmed first
+        self.expire: Callable[[], None] | None = None
         self.awaiting_head = True  # between requests, or inside a request's head
         self.head_bytes = 0
         self.closing = False  # refused or gone: nothing more is read or answered
@@ -784,24 +786,25 @@ class Wire(asyncio.Protocol):
 
     # -- timers ------------------------------------------------------------------------
     def arm(self, seconds: float, then: Callable[[], None]) -> None:
-        self.disarm()
-        self.timer = self.loop.call_later(seconds, then)
+        self.deadline, self.expire = self.loop.time() + seconds, then
 
     def disarm(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.expire = None
+
+    def sweep(self, now: float) -> None:
+        """Called every TICK by the server: the bound that has passed, if any."""
+        then = self.expire
+        if then is not None and now >= self.deadline:
+            self.expire = None
+            then()
 
     def head_expired(self) -> None:
-        self.timer = None
         self.refuse(408, f"request headers not complete within {self.limits.header_timeout:g} s", "request_timeout")
 
     def body_expired(self) -> None:
-        self.timer = None
         self.refuse(408, f"request body not complete within {self.limits.body_timeout:g} s", "request_timeout")
 
     def idle_expired(self) -> None:
-        self.timer = None
         if not self.busy and self.head_bytes == 0 and self.transport is not None:
             self.closing = True
             self.transport.close()
@@ -1028,6 +1031,15 @@ async def listen(gateway: Gateway, host: str, port: int) -> tuple[asyncio.Server
     conns: set[Wire] = set()
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: Wire(gateway, gateway.limits, conns), host, port, backlog=2048)
+
+    def tick() -> None:
+        now = loop.time()
+        for conn in list(conns):
+            conn.sweep(now)
+        if server.is_serving() or conns:
+            loop.call_later(TICK, tick)
+
+    loop.call_later(TICK, tick)
     return server, conns
 
 
