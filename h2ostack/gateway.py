@@ -12,14 +12,16 @@ reach /v1 with what they already have, and nobody else does), every request need
 Everything is async with one keep-alive connection pool per backend (h2ostack.upstream: a
 fraction of a general-purpose client's per-request cost, which matters for a hop meant to be
 invisible) and no framework between uvicorn and the handlers, so a slow client holds only its own
-stream. Each response carries `x-h2ostack-overhead-ms`: the gateway's own time before the
+stream. Served alone (`python -m h2ostack.gateway`), it has its own HTTP/1.1 protocol (`Wire`: httptools,
+no ASGI cycle, each answer written in one piece), which halves what the hop adds. Each response carries `x-h2ostack-overhead-ms`: the gateway's own time before the
 first byte (routing, rewriting, connecting excluded the backend's own work).
 
 Bounded against clients (`Limits`, each settable by an environment variable, e.g. in the front's
 `env:`): a request body over `max_body` is answered 413, headers over `max_header` 431, headers not
 complete within `header_timeout` or a body not complete within `body_timeout` 408, a connection
 beyond `max_connections` 503, each in OpenAI's error shape and with the connection closed. The
-header, time and connection bounds hold for the whole port (`serve`), the body bounds for `/v1`.
+header, time and connection bounds hold for the whole port (`serve`, `serve_gateway`), the body
+bounds for `/v1`.
 """
 
 from __future__ import annotations
@@ -725,7 +727,7 @@ class Gateway:
 
 # -- the gateway alone: its own HTTP/1.1 server -------------------------------------------
 IDLE_KEEP = 5.0  # seconds a kept-alive client connection may sit idle between requests (as uvicorn's default)
-TICK = 0.1  # seconds between sweeps of the connections' deadlines (no timer made and cancelled per request)
+TICK = 0.25  # seconds between sweeps of the connections' deadlines (no timer made and cancelled per request)
 _PHRASES: dict[int, bytes] = {}
 
 
