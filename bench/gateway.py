@@ -123,6 +123,17 @@ async def streams(url: str, body: dict, concurrency: int) -> dict[str, float]:
     return {"ttft_p50_ms": statistics.median(ttfts) * 1000, "tokens_per_s": tokens / wall, "tokens": tokens}
 
 
+def before_env(before_dir: str, env: dict[str, str]) -> dict:
+    """Popen's env and cwd that run the `h2ostack` package in `before_dir` (with `-m` the working
+    directory comes first on the path: from the checkout it would be this version again); checked."""
+    kw = {"env": {**env, "PYTHONPATH": before_dir}, "cwd": before_dir}
+    where = subprocess.run([sys.executable, "-c", "import h2ostack; print(h2ostack.__file__)"], capture_output=True,
+                           text=True, check=True, **kw).stdout.strip()
+    if not where.startswith(str(Path(before_dir).resolve())):
+        raise SystemExit(f"BENCH_BEFORE={before_dir} runs {where}, not the package there")
+    return kw
+
+
 def med(xs: list[dict]) -> dict[str, float]:
     return {k: statistics.median(x[k] for x in xs) for k in xs[0]}
 
@@ -204,7 +215,7 @@ fronts:
     if before_dir:
         old_port = free_port()
         old = subprocess.Popen([sys.executable, "-m", "h2ostack.gateway", str(stack), "--front", "gw", "--port",
-                                str(old_port)], env={**env, "PYTHONPATH": before_dir})
+                                str(old_port)], **before_env(before_dir, env))
         old_base = f"http://127.0.0.1:{old_port}/v1"
     try:
         base = f"http://127.0.0.1:{ports['gw']}/v1"
