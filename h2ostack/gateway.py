@@ -27,6 +27,7 @@ bounds for `/v1`.
 from __future__ import annotations
 
 import asyncio
+import gc
 import hmac
 import json
 import math
@@ -1064,6 +1065,10 @@ def serve_gateway(gateway: Gateway, host: str, port: int) -> None:
                     conn.transport.close()
             await gateway.aclose()
 
+    # what start-up made (the stack's plan, pydantic's models) is never garbage: out of the collector's
+    # sight, so that a full collection does not walk it in the middle of someone's request
+    gc.collect()
+    gc.freeze()
     try:
         import uvloop
     except ImportError:
