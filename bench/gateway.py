@@ -64,24 +64,38 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
-def sequential(direct: str, via: str, model: str, gw_model: str, before: str | None = None) -> dict[str, float]:
+def cpu_ns(pid: int | None) -> int:
+    """The CPU time a process's main thread has used (ns; the gateway answers on that thread)."""
+    if pid is None:
+        return 0
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[0])
+
+
+def sequential(direct: str, via: str, model: str, gw_model: str, before: str | None = None,
+               pids: dict[str, int] | None = None) -> dict[str, float]:
     """Direct, the gateway (and the `before` gateway), one request each in turn, the order
-    reversed every round."""
+    reversed every round; with `pids` ("g", "b") also each gateway's CPU time per request, a
+    figure the machine's noise moves far less than latency."""
     body = {"model": model, "prompt": "hi", "max_tokens": 4}
     gw_body = {**body, "model": gw_model}
     arms = [("d", direct, body), ("g", via, gw_body)] + ([("b", before, gw_body)] if before else [])
     lat: dict[str, list[float]] = {a: [] for a, _, _ in arms}
     over: dict[str, list[float]] = {a: [] for a, _, _ in arms}
+    cpu = dict.fromkeys(lat, 0)
+    pids = pids or {}
     with httpx.Client() as c:
         for _ in range(20):
             for _, url, b in arms:
                 c.post(url, json=b).read()
         for i in range(N_SEQ):
             for arm, url, b in arms if i % 2 == 0 else arms[::-1]:
+                c0 = cpu_ns(pids.get(arm))
                 t = time.perf_counter()
                 r = c.post(url, json=b)
                 r.read()
                 lat[arm].append((time.perf_counter() - t) * 1000)
+                cpu[arm] += cpu_ns(pids.get(arm)) - c0
                 over[arm].append(float(r.headers.get("x-h2ostack-overhead-ms", "nan")))
     d, out = lat["d"], {"direct_p50": statistics.median(lat["d"]), "direct_p99": pct(lat["d"], 99)}
     for arm, name in (("g", "gw"), ("b", "before")):
@@ -91,6 +105,8 @@ def sequential(direct: str, via: str, model: str, gw_model: str, before: str | N
                     f"{name}_added_p50": statistics.median(g) - statistics.median(d),
                     f"{name}_added_p99": pct(g, 99) - pct(d, 99),
                     f"{name}_overhead_p50": statistics.median(over[arm]), f"{name}_overhead_p99": pct(over[arm], 99)}
+            if arm in pids:
+                out[f"{name}_cpu_us"] = cpu[arm] / N_SEQ / 1000
     return out
 
 
@@ -229,7 +245,8 @@ fronts:
         seq: dict[str, float] = {}
         if "sequential" in PARTS:
             seq = sequential(f"http://127.0.0.1:{ports['fixed']}/v1/completions", base + "/completions", "fixed",
-                             "fixed", old_base and old_base + "/completions")
+                             "fixed", old_base and old_base + "/completions",
+                             {"g": gw.pid, **({"b": old.pid} if old else {})})
             print(f"Sequential non-streaming, backend with a fixed 50 ms latency ({N_SEQ} requests each, interleaved)")
             print(f"  {'':<30}{'median':>10}{'p99':>10}")
             print(f"  {'direct':<30}{seq['direct_p50']:>8.2f}ms{seq['direct_p99']:>8.2f}ms")
@@ -241,6 +258,7 @@ fronts:
                       "   (targets 0.4 ms / 2 ms)")
                 print(f"  {'  x-h2ostack-overhead-ms':<30}{seq[f'{name}_overhead_p50']:>8.2f}ms"
                       f"{seq[f'{name}_overhead_p99']:>8.2f}ms")
+                print(f"  {'  its CPU time per request':<30}{seq[f'{name}_cpu_us'] / 1000:>8.3f}ms")
         if "streams" in PARTS:
             # the streams against the CPU vLLM: the backends on their own cores from here on
             print(f"\nCores: {split(h2o, str(stack), env, (gw.pid,), load_with_backends=True)}")
