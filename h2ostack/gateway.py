@@ -775,6 +775,7 @@ class Wire(asyncio.Protocol):
         self.queue: list[tuple[float, str, bytes | Reply | None, bool]] = []  # pipelined requests
         self.write_paused = False
         self.drained: asyncio.Future[None] | None = None
+        self.task: asyncio.Task[None] | None = None
         self.begin()
 
     def begin(self) -> None:
@@ -941,7 +942,7 @@ class Wire(asyncio.Protocol):
                 self.transport.pause_reading()
             return
         self.busy = True
-        self.loop.create_task(self.answer(*request))
+        self.task = self.loop.create_task(self.answer(*request))  # (held: the loop keeps only a weak one)
 
     # -- answering ---------------------------------------------------------------------
     async def answer(self, t0: float, path: str, body: bytes | Reply | None, keep_alive: bool) -> None:
