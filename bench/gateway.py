@@ -3,7 +3,10 @@
 1. Sequential non-streaming requests against a backend stand-in with a fixed 50 ms latency (the
    way gateway benchmarks are published), direct and through the gateway interleaved, so drift on
    this shared machine hits both alike: added latency at the median and p99
-   (targets: at most 1 ms and 5 ms), and the gateway's own `x-h2ostack-overhead-ms`.
+   (targets: at most 0.4 ms and 2 ms), and the gateway's own `x-h2ostack-overhead-ms`. With
+   BENCH_BEFORE=DIR (a folder holding another version's `h2ostack` package, e.g. from `git archive
+   REV h2ostack | tar -x -C DIR`), that version's gateway is a third arm in the same interleaving:
+   before and after in one run.
 2. Streams at 1, 16 and 64 at once against the real CPU vLLM (passed through) and the TGI
    stand-in (translated), measured two ways; target: throughput at 64 streams at least 98% of
    direct.
@@ -61,27 +64,50 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
-def sequential(direct: str, via: str, model: str, gw_model: str) -> dict[str, float]:
+def cpu_ns(pid: int | None) -> int:
+    """The CPU time a process's main thread has used (ns; the gateway answers on that thread)."""
+    if pid is None:
+        return 0
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[0])
+
+
+def sequential(direct: str, via: str, model: str, gw_model: str, before: str | None = None,
+               pids: dict[str, int] | None = None) -> dict[str, float]:
+    """Direct, the gateway (and the `before` gateway), one request each in turn, the order
+    reversed every round; with `pids` ("g", "b") also each gateway's CPU time per request, a
+    figure the machine's noise moves far less than latency."""
     body = {"model": model, "prompt": "hi", "max_tokens": 4}
     gw_body = {**body, "model": gw_model}
-    d, g, over = [], [], []
+    arms = [("d", direct, body), ("g", via, gw_body)] + ([("b", before, gw_body)] if before else [])
+    lat: dict[str, list[float]] = {a: [] for a, _, _ in arms}
+    over: dict[str, list[float]] = {a: [] for a, _, _ in arms}
+    cpu = dict.fromkeys(lat, 0)
+    pids = pids or {}
     with httpx.Client() as c:
         for _ in range(20):
-            c.post(direct, json=body)
-            c.post(via, json=gw_body)
-        for _ in range(N_SEQ):
-            t = time.perf_counter()
-            c.post(direct, json=body).read()
-            d.append((time.perf_counter() - t) * 1000)
-            t = time.perf_counter()
-            r = c.post(via, json=gw_body)
-            r.read()
-            g.append((time.perf_counter() - t) * 1000)
-            over.append(float(r.headers.get("x-h2ostack-overhead-ms", "nan")))
-    return {"direct_p50": statistics.median(d), "direct_p99": pct(d, 99), "gw_p50": statistics.median(g),
-            "gw_p99": pct(g, 99), "added_p50": statistics.median(g) - statistics.median(d),
-            "added_p99": pct(g, 99) - pct(d, 99), "overhead_p50": statistics.median(over),
-            "overhead_p99": pct(over, 99)}
+            for _, url, b in arms:
+                c.post(url, json=b).read()
+        for i in range(N_SEQ):
+            for arm, url, b in arms if i % 2 == 0 else arms[::-1]:
+                c0 = cpu_ns(pids.get(arm))
+                t = time.perf_counter()
+                r = c.post(url, json=b)
+                r.read()
+                lat[arm].append((time.perf_counter() - t) * 1000)
+                cpu[arm] += cpu_ns(pids.get(arm)) - c0
+                over[arm].append(float(r.headers.get("x-h2ostack-overhead-ms", "nan")))
+    d, out = lat["d"], {"direct_p50": statistics.median(lat["d"]), "direct_p99": pct(lat["d"], 99)}
+    for arm, name in (("g", "gw"), ("b", "before")):
+        if arm in lat:
+            g = lat[arm]
+            out |= {f"{name}_p50": statistics.median(g), f"{name}_p99": pct(g, 99),
+                    f"{name}_added_p50": statistics.median(g) - statistics.median(d),
+                    f"{name}_added_p99": pct(g, 99) - pct(d, 99),
+                    f"{name}_overhead_p50": statistics.median(over[arm]), f"{name}_overhead_p99": pct(over[arm], 99)}
+            if arm in pids:
+                out[f"{name}_cpu_us"] = cpu[arm] / N_SEQ / 1000
+    return out
 
 
 async def one_stream(session: aiohttp.ClientSession, url: str, body: dict) -> tuple[float, int, float]:
@@ -111,6 +137,17 @@ async def streams(url: str, body: dict, concurrency: int) -> dict[str, float]:
     ttfts = [r[0] for r in res]
     tokens = sum(r[1] for r in res)
     return {"ttft_p50_ms": statistics.median(ttfts) * 1000, "tokens_per_s": tokens / wall, "tokens": tokens}
+
+
+def before_env(before_dir: str, env: dict[str, str]) -> dict:
+    """Popen's env and cwd that run the `h2ostack` package in `before_dir` (with `-m` the working
+    directory comes first on the path: from the checkout it would be this version again); checked."""
+    kw = {"env": {**env, "PYTHONPATH": before_dir}, "cwd": before_dir}
+    where = subprocess.run([sys.executable, "-c", "import h2ostack; print(h2ostack.__file__)"], capture_output=True,
+                           text=True, check=True, **kw).stdout.strip()
+    if not where.startswith(str(Path(before_dir).resolve())):
+        raise SystemExit(f"BENCH_BEFORE={before_dir} runs {where}, not the package there")
+    return kw
 
 
 def med(xs: list[dict]) -> dict[str, float]:
@@ -184,27 +221,44 @@ fronts:
 """)
     env = {**os.environ, "H2OSTACK_STATE_DIR": str(tmp / "state")}
     h2o = [sys.executable, "-m", "h2ostack.cli"]
-    subprocess.run([*h2o, "up", str(stack), "fixed", "tgi", "vllm"], env=env, check=True, capture_output=True)
+    # (the sequential part alone needs only the stand-in: no CPU vLLM beside it)
+    needed = ["fixed", "tgi", "vllm"] if "streams" in PARTS else ["fixed"]
+    subprocess.run([*h2o, "up", str(stack), *needed], env=env, check=True, capture_output=True)
     gw = subprocess.Popen([sys.executable, "-m", "h2ostack.gateway", str(stack), "--front", "gw", "--port",
                            str(ports["gw"])], env=env)
+    before_dir = os.environ.get("BENCH_BEFORE")
+    old = old_base = None
+    if before_dir:
+        old_port = free_port()
+        old = subprocess.Popen([sys.executable, "-m", "h2ostack.gateway", str(stack), "--front", "gw", "--port",
+                                str(old_port)], **before_env(before_dir, env))
+        old_base = f"http://127.0.0.1:{old_port}/v1"
     try:
         base = f"http://127.0.0.1:{ports['gw']}/v1"
-        for _ in range(100):
-            try:
-                if httpx.get(base + "/models").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        for url in [base] + ([old_base] if old_base else []):
+            for _ in range(100):
+                try:
+                    if httpx.get(url + "/models").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.1)
         seq: dict[str, float] = {}
         if "sequential" in PARTS:
             seq = sequential(f"http://127.0.0.1:{ports['fixed']}/v1/completions", base + "/completions", "fixed",
-                             "fixed")
+                             "fixed", old_base and old_base + "/completions",
+                             {"g": gw.pid, **({"b": old.pid} if old else {})})
             print(f"Sequential non-streaming, backend with a fixed 50 ms latency ({N_SEQ} requests each, interleaved)")
-            print(f"  {'':<22}{'median':>10}{'p99':>10}")
-            print(f"  {'direct':<22}{seq['direct_p50']:>8.2f}ms{seq['direct_p99']:>8.2f}ms")
-            print(f"  {'through the gateway':<22}{seq['gw_p50']:>8.2f}ms{seq['gw_p99']:>8.2f}ms")
-            print(f"  {'added':<22}{seq['added_p50']:>8.2f}ms{seq['added_p99']:>8.2f}ms   (targets 1 ms / 5 ms)")
-            print(f"  {'x-h2ostack-overhead-ms':<22}{seq['overhead_p50']:>8.2f}ms{seq['overhead_p99']:>8.2f}ms")
+            print(f"  {'':<30}{'median':>10}{'p99':>10}")
+            print(f"  {'direct':<30}{seq['direct_p50']:>8.2f}ms{seq['direct_p99']:>8.2f}ms")
+            for name, label in (("gw", "the gateway"), ("before", f"the gateway of {before_dir}")):
+                if f"{name}_p50" not in seq:
+                    continue
+                print(f"  {'through ' + label:<30}{seq[f'{name}_p50']:>8.2f}ms{seq[f'{name}_p99']:>8.2f}ms")
+                print(f"  {'  added':<30}{seq[f'{name}_added_p50']:>8.2f}ms{seq[f'{name}_added_p99']:>8.2f}ms"
+                      "   (targets 0.4 ms / 2 ms)")
+                print(f"  {'  x-h2ostack-overhead-ms':<30}{seq[f'{name}_overhead_p50']:>8.2f}ms"
+                      f"{seq[f'{name}_overhead_p99']:>8.2f}ms")
+                print(f"  {'  its CPU time per request':<30}{seq[f'{name}_cpu_us'] / 1000:>8.3f}ms")
         if "streams" in PARTS:
             # the streams against the CPU vLLM: the backends on their own cores from here on
             print(f"\nCores: {split(h2o, str(stack), env, (gw.pid,), load_with_backends=True)}")
@@ -242,8 +296,9 @@ fronts:
         print(f"\nGateway process memory (RSS): {rss:.0f} MB (target: at most 200 MB)")
         print(json.dumps({"sequential": seq, "rss_mb": rss}))
     finally:
-        gw.terminate()
-        gw.wait(10)
+        for p in [gw] + ([old] if old else []):
+            p.terminate()
+            p.wait(10)
         subprocess.run([*h2o, "down", str(stack)], env=env, capture_output=True)
 
 

