@@ -18,6 +18,7 @@ its view to the stack's state dir (`ondemand.json`), which `h2ostack status` rea
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -105,6 +106,10 @@ class Lease:
     retry_after: int = 0
 
 
+class Unavailable(RuntimeError):
+    """An on-demand model that could not be had (what the gateway answers 503 for)."""
+
+
 def choose_victims(name: str, models: Mapping[str, Model], claims: Mapping[str, Mapping[int, float | None]],
                    budget: Mapping[int, float]) -> list[str] | None:
     """What to put away so that `name` fits: the least recently used idle on-demand services on
@@ -150,6 +155,7 @@ class Manager:
         self._lock: asyncio.Lock | None = None
         self._freed: asyncio.Event | None = None
         self._ticker: asyncio.Task[None] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None  # the one loop it runs on (`bind`, or its first use)
         for m in self.models.values():
             m.last_used = clock()
 
@@ -172,7 +178,49 @@ class Manager:
     def _loop_state(self) -> tuple[asyncio.Lock, asyncio.Event]:
         if self._lock is None or self._freed is None:
             self._lock, self._freed = asyncio.Lock(), asyncio.Event()
+            if self.loop is None:
+                self.loop = asyncio.get_running_loop()
         return self._lock, self._freed
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The event loop the manager runs on (the gateway's), for `hold_from_thread`."""
+        if self.loop is None:
+            self.loop = loop
+
+    def hold_from_thread(self, name: str, tell: Callable[[str], None] = lambda _: None,
+                         given_up: Callable[[], bool] = lambda: False, poll: float = 0.1) -> Callable[[], None]:
+        """`acquire` for a thread outside the manager's loop (a front's pane): blocks until `name`
+        is up, calling `tell` with what it waits for (when it is not up already), and returns the
+        release (itself safe from any thread). Raises `Unavailable` with the 503's reason when the
+        model cannot be had, or when `given_up()` turns true while it waits (the lease, if one
+        comes after all, is then released at once)."""
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            raise Unavailable(f"model {name} is on demand and the gateway's event loop is not running")
+        phase = self.models[name].phase
+        if phase != "ready":
+            tell(f"waking {name}…" if phase == "asleep" else f"starting {name}…")
+        fut = asyncio.run_coroutine_threadsafe(self.acquire(name), loop)
+
+        def release_on(lease: Lease) -> Callable[[], None]:
+            def release() -> None:
+                with contextlib.suppress(RuntimeError):  # the loop closed: nothing is served any more
+                    loop.call_soon_threadsafe(lease.release)
+            return release
+
+        while True:
+            try:
+                lease = fut.result(timeout=poll)
+                break
+            except concurrent.futures.TimeoutError:
+                if given_up():
+                    # not cancelled (a lease made as the cancel lands would be lost): released once it comes
+                    fut.add_done_callback(lambda f: f.cancelled() or f.exception() is not None
+                                          or release_on(f.result())())
+                    raise Unavailable(f"gave up waiting for model {name}") from None
+        if lease.error is not None:
+            raise Unavailable(f"{lease.error} (503, retry after {lease.retry_after} s)")
+        return release_on(lease)
 
     def start_ticker(self) -> None:
         """The idle_timeout check, every tick_interval on the running loop (started on first use)."""
