@@ -20,12 +20,16 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import json
 import logging
 import os
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Protocol
 
 from h2ostack.plan import fits
@@ -39,6 +43,9 @@ QUEUE_ENV, BUSY_WAIT_ENV = "H2OSTACK_ONDEMAND_QUEUE", "H2OSTACK_ONDEMAND_BUSY_WA
 DEFAULT_QUEUE = 64  # requests waiting per model while it starts
 DEFAULT_BUSY_WAIT = 120.0  # seconds a start waits for busy models to finish before it gives up
 RELEASE_TIMEOUT = 120.0
+# seconds between readiness polls of a server a request waits for (the service's own `health.interval`
+# if shorter): at `up`'s 0.1 s the request waited 50 ms on average after the server could answer
+START_POLL = 0.025
 
 
 @dataclass(frozen=True)
@@ -367,6 +374,15 @@ class ProcessOps:
         self.plan, self.stack, self.release_timeout = plan, stack, release_timeout
         self.sleep_known: dict[str, tuple[bool, str]] = {}
 
+    @staticmethod
+    def warm() -> None:
+        """Import what a start uses now (in a thread), not in the first request's wait (about 100 ms)."""
+        import importlib
+
+        for module in ("h2ostack.api", "h2ostack.health", "h2ostack.runtimes.process", "h2ostack.shim", "httpx"):
+            with contextlib.suppress(Exception):
+                importlib.import_module(module)
+
     async def can_sleep(self, sp: Any) -> tuple[bool, str]:
         """Ask the engine itself whether its platform can sleep (vLLM refuses --enable-sleep-mode
         where it cannot: its CPU build)."""
@@ -420,6 +436,7 @@ class ProcessOps:
             if not sleeps:
                 command, env = vllm.without_sleep(sp.command, dict(sp.env))
                 sp = replace(sp, command=command, env=env)  # the same config_hash: `up` keeps it
+        sp = replace(sp, health_interval=min(sp.health_interval, START_POLL))  # a request waits on it
         seconds = await asyncio.to_thread(api.start_service, sp, self.stack,
                                           lambda ev: log.info("%s: %s %s", ev.service, ev.kind, ev.detail[:200]))
         return Started(seconds, sleeps, note)
@@ -497,7 +514,7 @@ class ProcessOps:
 
 def write_state(stack: str, manager: Manager) -> Listener:
     """A listener keeping `<state dir>/<stack>/ondemand.json` (read by `status`) up to date."""
-    from h2ostack.state import ONDEMAND_FILE, StackState, write_json
+    from h2ostack.state import ONDEMAND_FILE, StackState
 
     state = StackState(stack)
     last: dict[str, dict[str, Any]] = {}
@@ -510,11 +527,26 @@ def write_state(stack: str, manager: Manager) -> Listener:
         view = {n: {**snap, **last.get(n, {})} for n, snap in manager.snapshot().items()}
         try:
             state.ensure()
-            write_json(state.root / ONDEMAND_FILE, view)
+            _write_view(state.root / ONDEMAND_FILE, view)
         except OSError as exc:
             log.warning("could not write %s: %s", ONDEMAND_FILE, exc)
 
     return on_event
+
+
+def _write_view(path: Path, view: Any) -> None:
+    """Replaced whole (readers see the old view or the new), not synced to disk: it runs on the
+    gateway's loop before the waiting requests go on, and an fsync there took milliseconds; a view
+    lost to a crash of the machine is rewritten by the next event."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # 0600, O_EXCL
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(view, fh, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _is_sleeping(sp: Any, stack: Any) -> bool | None:
@@ -557,6 +589,9 @@ def manager_for(plan: Any, stack: Any, models: Iterable[str], ops: Ops | None = 
             model.phase = "asleep" if sleeping else model.phase
         out.append(model)
     claims = {n: dict(plan.services[n].claims) for n in names}
-    manager = Manager(out, claims, plan.gpu_budget, ops or ProcessOps(plan, stack))
+    if ops is None:
+        ops = ProcessOps(plan, stack)
+        threading.Thread(target=ProcessOps.warm, daemon=True, name="h2ostack-ondemand-warm").start()
+    manager = Manager(out, claims, plan.gpu_budget, ops)
     manager.listeners.append(write_state(stack.name, manager))
     return manager

@@ -342,3 +342,30 @@ def test_a_thread_that_gives_up_waiting_leaves_no_hold_behind() -> None:
             real_time.sleep(0.01)
     finally:
         lt.close()
+
+
+def test_a_start_a_request_waits_on_polls_readiness_often_and_the_view_is_replaced_whole(
+        tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from h2ostack import api, ondemand
+    from h2ostack.plan import ServicePlan
+
+    polls: list[float] = []
+    monkeypatch.setattr(api, "start_service", lambda sp, stack, emit: polls.append(sp.health_interval) or 2.0)
+    plan = SimpleNamespace(services={"a": ServicePlan("a", "vllm", "process", "openai", health_interval=0.5),
+                                     "b": ServicePlan("b", "vllm", "process", "openai", health_interval=0.01)})
+    ops = ondemand.ProcessOps(plan, SimpleNamespace(name="s"))
+    assert run(ops.start("a")) == Started(2.0, False, "") and run(ops.start("b")).seconds == 2.0
+    assert polls == [ondemand.START_POLL, 0.01]  # the service's own, where shorter
+    assert plan.services["a"].health_interval == 0.5  # the plan itself untouched
+
+    monkeypatch.setenv("H2OSTACK_STATE_DIR", str(tmp_path))
+    m = manager(FakeOps(), Clock(), "a")
+    m.listeners.append(ondemand.write_state("s", m))
+    m.emit("a", "starting")
+    view = Path(str(tmp_path)) / "s" / "ondemand.json"
+    assert json.loads(view.read_text())["a"]["event"] == "starting"
+    assert [p.name for p in view.parent.iterdir() if p.name.startswith(".ondemand")] == []  # no temporary left
