@@ -296,12 +296,18 @@ class Grid:
         if not self.backends:
             return str({"response": "", "error": "this front has no models"})
         b = self.backends[0]  # like h2oGPT's nochat API: the first model answers
+        release = None
         try:
+            if self.hold is not None:  # an on-demand model: started first, held up while it answers
+                release = self.hold(b.name, lambda _: None, lambda: False)
             answer = "".join(self.stream(b, [], str(args.get("instruction", "")), int(args.get("max_new_tokens", 256)),
                                          float(args.get("temperature", 0.0))))
             return str({"response": answer, "sources": [], "model": b.name})
         except Exception as exc:
             return str({"response": "", "error": f"{type(exc).__name__}: {exc}"})
+        finally:
+            if release is not None:
+                release()
 
 
 def wire(demo: gr.Blocks, ui: Layout, grid: Grid) -> None:
