@@ -22,7 +22,11 @@ folder, offline; then, each step timed, with h2ostack's own commands as a user t
              released, until the shim starts the new server, until that answers again;
  5. down     `h2ostack down`: until no process of the stack holds GPU memory;
  6. refusal  a second service on a GPU that does not exist, and one beyond the card's memory:
-             `up` refuses both before anything starts, with the card's real figures.
+             `up` refuses both before anything starts, with the card's real figures;
+ 7. swap     two on-demand services of the model on the card, under a stated memory budget
+             (`--gpu-memory`) that holds one of them: the gateway starts A, then B (A put away:
+             seconds to NVML showing A's memory free, to B on the card, to B's first answer),
+             then A again.
 
 One JSON document goes to stdout (and OUT_DIR/gpu-check.json); progress goes to stderr. Every
 wait is bounded; on any failure the stack is still taken down (`down`, then `kill`) and the
@@ -44,6 +48,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -54,7 +59,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 REQUIREMENTS = REPO / "bench" / "gpu-requirements.txt"
 SCHEMA_VERSION = 1
-STEP_NAMES = ("bootstrap", "facts", "serve", "chat", "restart", "down", "refusal")
+STEP_NAMES = ("bootstrap", "facts", "serve", "chat", "restart", "down", "refusal", "swap")
 GIB = 2**30
 BOOTSTRAP_ENV = "H2OSTACK_GPU_CHECK_BOOTSTRAP"
 TEARDOWN_RESERVE_S = 60.0
@@ -274,6 +279,61 @@ def release_time(samples: Sequence[tuple[float, bool]]) -> float | None:
         elif out is None:
             out = t
     return out
+
+
+SWAP_TARGET_S = 0.5  # h2ostack's own part of a swap: over the put-away and the new server's own start
+
+
+def swap_budget(estimate_gib: float) -> float:
+    """The stated GPU memory for the swap: room for one of two services that each need
+    `estimate_gib`, never both (one and a half)."""
+    if not estimate_gib > 0:
+        raise ValueError(f"the model's estimate must be positive, got {estimate_gib}")
+    return round(estimate_gib * 1.5, 1)
+
+
+def swap_stack_yaml(name: str, model: str, gpu: int, device: str | None = None, health_timeout: float = 240.0
+                    ) -> str:
+    """Two on-demand `transformers serve` services of the same model on one GPU (`a`, `b`) and the
+    front whose gateway starts them. JSON is YAML."""
+    def svc() -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": "transformers", "model": model, "gpus": [gpu], "dtype": "bfloat16",
+                               "on_demand": True, "idle_timeout": 600, "health": {"timeout": health_timeout}}
+        if device:
+            out["device"] = device
+        return out
+
+    doc = {"version": 1, "name": name, "services": {"a": svc(), "b": svc()},
+           "fronts": {"chat": {"models": ["a", "b"]}}}
+    return json.dumps(doc, indent=2) + "\n"
+
+
+def swap_verdict(planned: Mapping[str, Any], leg: Mapping[str, Any], by_nvml: bool) -> list[str]:
+    """What is wrong with one leg of the swap (`old` put away for `new`): the plan's on-demand
+    view (each excludes the other), the timeline (`restart_timeline`'s keys: the old server's
+    memory released, the new one on the card after it, its answer), the manager's view."""
+    problems = []
+    for name, other in (("a", "b"), ("b", "a")):
+        svc = planned.get(name) or {}
+        if not svc.get("on_demand") or other not in (svc.get("excludes") or []):
+            problems.append(f"plan --json: {name} is not on demand excluding {other}: {dict(svc)}")
+    old, new = leg.get("old"), leg.get("new")
+    if leg.get("status") != 200:
+        problems.append(f"{new}: the gateway answered {leg.get('status')}")
+    if leg.get("healthy_s") is None:
+        problems.append(f"{new} did not answer within the step's bound")
+    if by_nvml:
+        if leg.get("released_s") is None:
+            problems.append(f"NVML never showed {old}'s memory released")
+        elif not leg.get("waited_for_release"):
+            problems.append(f"{new} was on the card at {leg.get('restarted_s')} s, before NVML showed {old}'s memory "
+                            f"released at {leg.get('released_s')} s")
+    elif leg.get("released_s") is None:
+        problems.append(f"{old}'s processes did not end")
+    phases = leg.get("phases") or {}
+    if phases.get(old) != "stopped" or phases.get(new) != "ready":
+        problems.append(f"the manager shows {phases}, not {old} stopped and {new} ready")
+    return problems
 
 
 def stack_yaml(name: str, model: str, gpus: int | list[int], extra: Mapping[str, Mapping[str, Any]] | None = None,
@@ -684,14 +744,14 @@ class Run:
         name = f"gpucheck-{os.getpid()}"
         self.ctx["name"] = name
         steps = [("facts", self.facts), ("serve", self.serve), ("chat", self.chat), ("restart", self.restart),
-                 ("down", self.down), ("refusal", self.refusal)]
+                 ("down", self.down), ("refusal", self.refusal), ("swap", self.swap)]
         # what a step needs from those before it: a planned GPU, a running server (a step that failed
         # on a verdict, not for want of these, still lets the next ones take their figures)
         needs = {"serve": ("gpu", "facts"), "chat": ("pid", "serve"), "restart": ("pid", "serve"),
-                 "down": ("pid", "serve")}
+                 "down": ("pid", "serve"), "swap": ("estimate_gib", "serve")}
         try:
             for step_name, fn in steps:
-                if self.dry and not self.args.serve_on_cpu and step_name in ("chat", "restart", "down"):
+                if self.dry and not self.args.serve_on_cpu and step_name in ("chat", "restart", "down", "swap"):
                     continue  # they need a card: skipped, and said so
                 if step_name in needs and self.ctx.get(needs[step_name][0]) is None:
                     with self.step(step_name):
@@ -770,6 +830,7 @@ class Run:
         fit = parse_fit_refusal(small.stderr + small.stdout)
         estimate = None if fit is None else fit["claims"].get("llm", fit["needed_gib"])
         data["plan_estimate_gib"] = estimate
+        self.ctx["estimate_gib"] = estimate
         data["plan_estimate_expected_gib"] = round(weights_gib * 1.2, 1)
         if estimate is None:
             problems.append(f"`plan` with a 1 MiB card did not refuse the model: {tail(small.stderr, 5)!r}")
@@ -999,6 +1060,118 @@ class Run:
             problems += [f"{case}: {p}" for p in verdict]
         if problems:
             raise StepFailed("; ".join(problems))
+
+    def swap(self, data: dict[str, Any]) -> None:
+        """Two on-demand services that do not fit together under a stated budget: A, then B (A put
+        away), then A again, each through the gateway, timed against NVML."""
+        import httpx
+
+        from h2ostack.runtimes.process import marked
+
+        self.stop_gateway()  # the chat step's, if still up
+        gpu, name = self.ctx["gpu"], f"{self.ctx['name']}-swap"
+        budget = swap_budget(float(self.ctx["estimate_gib"]))
+        data["budget_gib"], data["estimate_gib"] = budget, self.ctx["estimate_gib"]
+        stack = self.stack_file(name, swap_stack_yaml(name, "./model", gpu,
+                                                      device="cpu" if self.args.serve_on_cpu else None))
+        self.stacks.append(name)
+        planned = json.loads(self.h2o("plan", str(stack), "--json", "--gpu-memory", str(budget),
+                                      *(["--gpus", DRY_GPUS] if self.dry else []), check=True).stdout)
+        data["planned"] = {s["name"]: {k: s.get(k) for k in ("gpus", "on_demand", "memory_gib", "excludes")}
+                           for s in planned["services"]}
+        port = free_port()
+        env = {**self.env(), "H2OSTACK_GPU_MEMORY": str(budget)}  # the gateway plans under the stated budget
+        log_file = open(self.work / "gateway-swap.log", "wb")  # noqa: SIM115 - the gateway's for its life
+        self.gateway = subprocess.Popen([sys.executable, "-m", "h2ostack.gateway", str(stack), "--front", "chat",
+                                         "--port", str(port)], stdout=log_file, stderr=subprocess.STDOUT, env=env,
+                                        cwd=self.work, start_new_session=True)
+        base = f"http://127.0.0.1:{port}/v1"
+        root = self.work / "state"
+
+        def up() -> bool:
+            if self.gateway is not None and self.gateway.poll() is not None:
+                raise StepFailed("the gateway exited: " + tail((self.work / "gateway-swap.log").read_text(
+                    errors="replace")))
+            with contextlib.suppress(httpx.HTTPError):
+                return httpx.get(base + "/models", timeout=2).status_code == 200
+            return False
+
+        self.wait("the swap gateway answering /v1/models", up, 60, 0.2)
+        view_file = root / name / "ondemand.json"
+
+        def view() -> dict[str, Any]:
+            with contextlib.suppress(OSError, ValueError):
+                return dict(json.loads(view_file.read_text()))
+            return {}
+
+        def pids(service: str) -> set[int]:
+            return {p.pid for p in marked(name, root, service)}
+
+        baseline = self.nvml.used_gib(gpu) if self.nvml else None
+        problems: list[str] = []
+        legs = []
+        for old, new in ((None, "a"), ("a", "b"), ("b", "a")):
+            old_pids = pids(old) if old else set()
+            self.seen_pids |= old_pids
+            others = set(self.nvml.holders()[gpu]) - old_pids if self.nvml else set()
+            got: dict[str, Any] = {}
+            t0 = time.monotonic()
+            deadline = t0 + self.bound(300)
+
+            def ask(new: str = new, got: dict[str, Any] = got, t0: float = t0, deadline: float = deadline) -> None:
+                try:
+                    r = httpx.post(base + "/chat/completions", timeout=max(1.0, deadline - time.monotonic()),
+                                   json={"model": new, "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]})
+                    got.update(status=r.status_code, body=r.text[:300])
+                except httpx.HTTPError as exc:
+                    got.update(status=None, body=f"{type(exc).__name__}: {exc}")
+                got["t"] = time.monotonic() - t0
+
+            asker = threading.Thread(target=ask, daemon=True)
+            asker.start()
+            samples: list[Sample] = []
+            while asker.is_alive() and time.monotonic() < deadline:
+                t = round(time.monotonic() - t0, 3)
+                if self.nvml is not None:
+                    held = self.nvml.holders()[gpu]
+                    old_holding = (bool(held.keys() & old_pids) if self.ctx.get("pids_visible") else None) \
+                        if old else False
+                    samples.append(Sample(t, old_holding, round(self.nvml.used_gib(gpu), 3),
+                                          bool(set(held) - old_pids - others), False))
+                else:  # the CPU self-test: the old server's processes gone, the new one's started
+                    samples.append(Sample(t, any(_alive(p) for p in old_pids), None, bool(pids(new)), False))
+                time.sleep(0.05)
+            asker.join(5)
+            if "t" in got:
+                samples.append(Sample(round(got["t"], 3), None, None, True, got.get("status") == 200))
+            timeline = restart_timeline(samples, baseline) if old else {
+                "healthy_s": next((x.t for x in samples if x.answered), None)}
+            self.seen_pids |= pids(new)
+            seen = view()
+            leg: dict[str, Any] = {"old": old, "new": new, "status": got.get("status"), **timeline,
+                                   "phases": {n: (seen.get(n) or {}).get("phase") for n in ("a", "b")},
+                                   "samples": len(samples)}
+            if self.nvml is None and old:
+                leg["released_by"] = "process"
+            if got.get("status") != 200:
+                leg["answer"] = got.get("body")
+            if old:
+                put_away = (seen.get(old) or {}).get("put_away_s")
+                ready = (seen.get(new) or {}).get("ready_s")
+                leg.update(put_away_s=put_away, start_s=ready, note=(seen.get(old) or {}).get("note"))
+                if put_away is not None and ready is not None and leg.get("healthy_s") is not None:
+                    # what the swap took over the put-away (its release wait included) and the new server's start
+                    leg["h2ostack_s"] = round(leg["healthy_s"] - put_away - ready, 3)
+                problems += swap_verdict(data["planned"], leg, self.nvml is not None)
+            elif got.get("status") != 200:
+                problems.append(f"{new}: the gateway answered {got.get('status')}: {got.get('body')}")
+            legs.append(leg)
+            log(f"swap {old} -> {new}: {leg}")
+        data["legs"] = legs
+        data["h2ostack_target_s"] = SWAP_TARGET_S
+        self.stop_gateway()
+        if problems:
+            raise StepFailed("; ".join(dict.fromkeys(problems)))
 
     # -- teardown --------------------------------------------------------------------------
     def stop_gateway(self) -> None:

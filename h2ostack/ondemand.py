@@ -18,13 +18,18 @@ its view to the stack's state dir (`ondemand.json`), which `h2ostack status` rea
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import json
 import logging
 import os
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Protocol
 
 from h2ostack.plan import fits
@@ -38,6 +43,9 @@ QUEUE_ENV, BUSY_WAIT_ENV = "H2OSTACK_ONDEMAND_QUEUE", "H2OSTACK_ONDEMAND_BUSY_WA
 DEFAULT_QUEUE = 64  # requests waiting per model while it starts
 DEFAULT_BUSY_WAIT = 120.0  # seconds a start waits for busy models to finish before it gives up
 RELEASE_TIMEOUT = 120.0
+# seconds between readiness polls of a server a request waits for (the service's own `health.interval`
+# if shorter): at `up`'s 0.1 s the request waited 50 ms on average after the server could answer
+START_POLL = 0.025
 
 
 @dataclass(frozen=True)
@@ -105,6 +113,10 @@ class Lease:
     retry_after: int = 0
 
 
+class Unavailable(RuntimeError):
+    """An on-demand model that could not be had (what the gateway answers 503 for)."""
+
+
 def choose_victims(name: str, models: Mapping[str, Model], claims: Mapping[str, Mapping[int, float | None]],
                    budget: Mapping[int, float]) -> list[str] | None:
     """What to put away so that `name` fits: the least recently used idle on-demand services on
@@ -150,6 +162,7 @@ class Manager:
         self._lock: asyncio.Lock | None = None
         self._freed: asyncio.Event | None = None
         self._ticker: asyncio.Task[None] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None  # the one loop it runs on (`bind`, or its first use)
         for m in self.models.values():
             m.last_used = clock()
 
@@ -172,7 +185,49 @@ class Manager:
     def _loop_state(self) -> tuple[asyncio.Lock, asyncio.Event]:
         if self._lock is None or self._freed is None:
             self._lock, self._freed = asyncio.Lock(), asyncio.Event()
+            if self.loop is None:
+                self.loop = asyncio.get_running_loop()
         return self._lock, self._freed
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The event loop the manager runs on (the gateway's), for `hold_from_thread`."""
+        if self.loop is None:
+            self.loop = loop
+
+    def hold_from_thread(self, name: str, tell: Callable[[str], None] = lambda _: None,
+                         given_up: Callable[[], bool] = lambda: False, poll: float = 0.1) -> Callable[[], None]:
+        """`acquire` for a thread outside the manager's loop (a front's pane): blocks until `name`
+        is up, calling `tell` with what it waits for (when it is not up already), and returns the
+        release (itself safe from any thread). Raises `Unavailable` with the 503's reason when the
+        model cannot be had, or when `given_up()` turns true while it waits (the lease, if one
+        comes after all, is then released at once)."""
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            raise Unavailable(f"model {name} is on demand and the gateway's event loop is not running")
+        phase = self.models[name].phase
+        if phase != "ready":
+            tell(f"waking {name}…" if phase == "asleep" else f"starting {name}…")
+        fut = asyncio.run_coroutine_threadsafe(self.acquire(name), loop)
+
+        def release_on(lease: Lease) -> Callable[[], None]:
+            def release() -> None:
+                with contextlib.suppress(RuntimeError):  # the loop closed: nothing is served any more
+                    loop.call_soon_threadsafe(lease.release)
+            return release
+
+        while True:
+            try:
+                lease = fut.result(timeout=poll)
+                break
+            except concurrent.futures.TimeoutError:
+                if given_up():
+                    # not cancelled (a lease made as the cancel lands would be lost): released once it comes
+                    fut.add_done_callback(lambda f: f.cancelled() or f.exception() is not None
+                                          or release_on(f.result())())
+                    raise Unavailable(f"gave up waiting for model {name}") from None
+        if lease.error is not None:
+            raise Unavailable(f"{lease.error} (503, retry after {lease.retry_after} s)")
+        return release_on(lease)
 
     def start_ticker(self) -> None:
         """The idle_timeout check, every tick_interval on the running loop (started on first use)."""
@@ -319,6 +374,15 @@ class ProcessOps:
         self.plan, self.stack, self.release_timeout = plan, stack, release_timeout
         self.sleep_known: dict[str, tuple[bool, str]] = {}
 
+    @staticmethod
+    def warm() -> None:
+        """Import what a start uses now (in a thread), not in the first request's wait (about 100 ms)."""
+        import importlib
+
+        for module in ("h2ostack.api", "h2ostack.health", "h2ostack.runtimes.process", "h2ostack.shim", "httpx"):
+            with contextlib.suppress(Exception):
+                importlib.import_module(module)
+
     async def can_sleep(self, sp: Any) -> tuple[bool, str]:
         """Ask the engine itself whether its platform can sleep (vLLM refuses --enable-sleep-mode
         where it cannot: its CPU build)."""
@@ -372,6 +436,7 @@ class ProcessOps:
             if not sleeps:
                 command, env = vllm.without_sleep(sp.command, dict(sp.env))
                 sp = replace(sp, command=command, env=env)  # the same config_hash: `up` keeps it
+        sp = replace(sp, health_interval=min(sp.health_interval, START_POLL))  # a request waits on it
         seconds = await asyncio.to_thread(api.start_service, sp, self.stack,
                                           lambda ev: log.info("%s: %s %s", ev.service, ev.kind, ev.detail[:200]))
         return Started(seconds, sleeps, note)
@@ -449,7 +514,7 @@ class ProcessOps:
 
 def write_state(stack: str, manager: Manager) -> Listener:
     """A listener keeping `<state dir>/<stack>/ondemand.json` (read by `status`) up to date."""
-    from h2ostack.state import ONDEMAND_FILE, StackState, write_json
+    from h2ostack.state import ONDEMAND_FILE, StackState
 
     state = StackState(stack)
     last: dict[str, dict[str, Any]] = {}
@@ -462,11 +527,26 @@ def write_state(stack: str, manager: Manager) -> Listener:
         view = {n: {**snap, **last.get(n, {})} for n, snap in manager.snapshot().items()}
         try:
             state.ensure()
-            write_json(state.root / ONDEMAND_FILE, view)
+            _write_view(state.root / ONDEMAND_FILE, view)
         except OSError as exc:
             log.warning("could not write %s: %s", ONDEMAND_FILE, exc)
 
     return on_event
+
+
+def _write_view(path: Path, view: Any) -> None:
+    """Replaced whole (readers see the old view or the new), not synced to disk: it runs on the
+    gateway's loop before the waiting requests go on, and an fsync there took milliseconds; a view
+    lost to a crash of the machine is rewritten by the next event."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # 0600, O_EXCL
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(view, fh, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _is_sleeping(sp: Any, stack: Any) -> bool | None:
@@ -509,6 +589,9 @@ def manager_for(plan: Any, stack: Any, models: Iterable[str], ops: Ops | None = 
             model.phase = "asleep" if sleeping else model.phase
         out.append(model)
     claims = {n: dict(plan.services[n].claims) for n in names}
-    manager = Manager(out, claims, plan.gpu_budget, ops or ProcessOps(plan, stack))
+    if ops is None:
+        ops = ProcessOps(plan, stack)
+        threading.Thread(target=ProcessOps.warm, daemon=True, name="h2ostack-ondemand-warm").start()
+    manager = Manager(out, claims, plan.gpu_budget, ops)
     manager.listeners.append(write_state(stack.name, manager))
     return manager

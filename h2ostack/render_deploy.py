@@ -10,6 +10,12 @@ Secrets are never written: compose reads them from the environment (`${HF_TOKEN:
 Kubernetes Deployments reference keys of a Secret named `<stack>-secrets`, which the header says
 how to create.
 
+On-demand services (`on_demand: true`) are started only by h2ostack's gateway, when a request
+names one, and put away when idle; no engine here does that, and together they may not fit on
+their GPUs. Compose puts them under the `on-demand` profile (a plain `docker compose up` leaves
+them out), Kubernetes renders them with `replicas: 0`; each is started by hand, without vLLM's
+sleep mode (nothing puts it to sleep there), and the header says so.
+
 The documents are built as data and written only by the YAML emitter; the header comment shows
 each value quoted with control characters escaped, so no value can end the comment and start a
 document of its own.
@@ -21,6 +27,7 @@ import json
 import math
 import re
 import shlex
+from dataclasses import replace
 from typing import Any
 
 import yaml
@@ -34,6 +41,7 @@ from h2ostack.runtimes.docker import labels_for
 VLLM_IMAGE = "vllm/vllm-openai:latest"
 VLLM_PORT = 8000
 PROBE_PERIOD = 10
+ON_DEMAND_PROFILE = "on-demand"
 
 
 class _Dumper(yaml.SafeDumper):
@@ -59,10 +67,30 @@ def dns_name(text: str) -> str:
     return name[:63].rstrip("-")
 
 
+def _awake(sp: ServicePlan) -> ServicePlan:
+    """An on-demand vLLM without sleep mode: nothing puts it to sleep outside h2ostack, and its
+    development mode would serve vLLM's development endpoints."""
+    if not sp.sleep or not sp.command:
+        return sp
+    command, env = vllm.without_sleep(sp.command, dict(sp.env))
+    return replace(sp, command=command, env=env)
+
+
+def _on_demand_note(names: list[str], how: str) -> list[str]:
+    from h2ostack.render import comment_value as cv
+
+    if not names:
+        return []
+    return [f"# on demand: {', '.join(cv(n) for n in names)}. Under h2ostack (`h2ostack up`) the front's gateway starts",
+            "# each when a request names it and puts it away when idle; nothing does here, and together they",
+            "# may not fit on their GPUs:", f"# {how}."]
+
+
 def _rendered(plan: Plan) -> tuple[list[ServicePlan], dict[str, str]]:
     """The services a container engine can run, and the others with why not."""
     out, skipped = [], {}
     for name, sp in plan.all().items():
+        sp = _awake(sp)
         if sp.nodes:
             skipped[name] = "multi-node vLLM: started from its Ray recipe (`render --format shell`)"
         elif not sp.started:
@@ -159,6 +187,8 @@ def render_compose(plan: Plan, vllm_image: str = VLLM_IMAGE) -> str:
             svc["shm_size"] = _shm(sp)
         svc["restart"] = {"no": "no", "always": "always"}.get(
             sp.restart, "on-failure" + (f":{sp.max_restarts}" if sp.max_restarts else ""))
+        if sp.on_demand:
+            svc["profiles"] = [ON_DEMAND_PROFILE]
         if sp.gpus:
             svc["deploy"] = {"resources": {"reservations": {"devices": [
                 {"driver": "nvidia", "device_ids": [str(g) for g in sp.gpus], "capabilities": ["gpu"]}]}}}
@@ -178,6 +208,9 @@ def render_compose(plan: Plan, vllm_image: str = VLLM_IMAGE) -> str:
         doc["x-h2ostack-not-rendered"] = _literal_dollars(skipped)
     secrets = sorted({k for sp in services for k, v in sp.env.items() if isinstance(v, SecretStr)})
     extra = [f"# Before `docker compose up`: export {' '.join(map(env_name, secrets))}"] if secrets else []
+    extra += _on_demand_note([sp.name for sp in services if sp.on_demand],
+                             f"they are in the `{ON_DEMAND_PROFILE}` profile, which `docker compose up` leaves out;\n"
+                             f"# start one with `docker compose --profile {ON_DEMAND_PROFILE} up -d NAME`")
     return _header(plan, skipped, extra) + _dump(doc)
 
 
@@ -236,7 +269,7 @@ def k8s_documents(plan: Plan, vllm_image: str = VLLM_IMAGE) -> tuple[list[dict[s
         docs.append({
             "apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": name, "labels": labels},
-            "spec": {"replicas": 1, "selector": {"matchLabels": select},
+            "spec": {"replicas": 0 if sp.on_demand else 1, "selector": {"matchLabels": select},
                      "template": {"metadata": {"labels": labels}, "spec": pod}},
         })
         docs.append({
@@ -256,4 +289,7 @@ def render_k8s(plan: Plan, vllm_image: str = VLLM_IMAGE) -> str:
     if secrets:
         literal = " ".join(f'--from-literal={k}="${k}"' for k in map(env_name, secrets))
         extra.append(f"# First: kubectl create secret generic {dns_name(plan.stack + '-secrets')} {literal}")
+    extra += _on_demand_note([sp.name for sp in services if sp.on_demand],
+                             "their Deployments have `replicas: 0`; start one with\n"
+                             "# `kubectl scale deployment/NAME --replicas=1`")
     return _header(plan, skipped, extra) + (_dump_all(docs) if docs else "")

@@ -2,7 +2,8 @@
 
 Invoked in place of a vLLM interpreter (`python: bench/standin-python`), it takes vLLM's flags,
 sleeps START_DELAY seconds before listening (as a server loading weights does), and records the
-time of its first healthy answer in READY_LOG so a benchmark can see when readiness was noticed.
+time of its first healthy answer in READY_LOG so a benchmark can see when readiness was noticed
+(SPAWN_LOG: when its interpreter started and when it listened, and its pid).
 With STANDIN_IGNORE_SIGTERM=1 it ignores SIGTERM, as a stuck server does; while the file named
 by STANDIN_HANG_FILE exists, /health hangs, as a wedged server's does. With
 STANDIN_DOWNLOAD_S=N it first "downloads" its `--model` (a hub id) for N seconds, as the hub does:
@@ -21,6 +22,8 @@ import signal
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+STARTED = time.time()  # the interpreter has started: SPAWN_LOG
 
 
 class Server(ThreadingHTTPServer):
@@ -115,7 +118,12 @@ def main(argv: list[str]) -> None:
             self.send(200, {"id": "x", "object": "text_completion", "model": model,
                             "choices": [{"index": 0, "text": "hi", "finish_reason": "length"}]})
 
-    Server((host, port), Handler).serve_forever()
+    server = Server((host, port), Handler)
+    spawn_log = os.environ.get("SPAWN_LOG")
+    if spawn_log:  # when it started and when it listened, for a benchmark's account of a start
+        with open(spawn_log, "a") as fh:
+            fh.write(f"{os.environ.get('H2OSTACK_SERVICE')} {STARTED} {time.time()} {os.getpid()}\n")
+    server.serve_forever()
 
 
 def download(repo: str, seconds: float) -> None:

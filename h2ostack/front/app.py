@@ -43,7 +43,7 @@ from h2ostack import __version__
 from h2ostack.front.clients import Backend, backend_for, fast_timeout, probe, stream_answer, warm
 from h2ostack.front.layout import CSS, EXTRA_SLOTS, Layout, build_layout, header
 from h2ostack.front.session import Message, Session, active, in_progress
-from h2ostack.front.turn import Clock, Frame, StreamFn, SystemClock, Turn
+from h2ostack.front.turn import Clock, Frame, HoldFn, StreamFn, SystemClock, Turn
 
 HOLD_STREAM_EVERY = 10.0  # seconds: how often the page's stream-holding event looks up
 WARM_PAGE_ANSWER = ("a", "a b")  # the streamed exchange a page warms up on (`warm_page`)
@@ -160,11 +160,12 @@ def export(sess: Session) -> str:
 class Grid:
     """The compare grid's handlers over one front's models, the session of the page passed in.
     `serialize` turns a pane's messages into what the page gets (the Chatbot's own postprocess);
-    `stream` answers (`clients.stream_answer`); `clock` times the turns."""
+    `stream` answers (`clients.stream_answer`); `clock` times the turns; `hold` holds an on-demand
+    model up (starting it first) while a pane's answer streams."""
 
     def __init__(self, backends: list[Backend], admin_pass: str | None,
                  serialize: Callable[[list[Message]], Any] | None = None, stream: StreamFn | None = None,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, hold: HoldFn | None = None) -> None:
         self.backends = backends
         self.admin_pass = admin_pass
         self.n_fixed = len(backends)
@@ -173,6 +174,7 @@ class Grid:
         self.serialize = serialize or (lambda msgs: msgs)
         self.stream = stream or stream_answer
         self.clock = clock or SystemClock()
+        self.hold = hold
         self.skip = gr.skip()
 
     def sent(self, frame: Frame, sess: Session) -> list[Any]:
@@ -197,7 +199,7 @@ class Grid:
             yield self.sent(Frame("", in_progress(sess.chats, sess.past), True), sess)
             return
         turn = Turn(sess, message, active(sess.slots, self.n_fixed, visible), self.stream, self.clock,
-                    fast_timeout())
+                    fast_timeout(), self.hold)
         for frame in turn.frames():
             yield self.sent(frame, sess)
 
@@ -294,12 +296,18 @@ class Grid:
         if not self.backends:
             return str({"response": "", "error": "this front has no models"})
         b = self.backends[0]  # like h2oGPT's nochat API: the first model answers
+        release = None
         try:
+            if self.hold is not None:  # an on-demand model: started first, held up while it answers
+                release = self.hold(b.name, lambda _: None, lambda: False)
             answer = "".join(self.stream(b, [], str(args.get("instruction", "")), int(args.get("max_new_tokens", 256)),
                                          float(args.get("temperature", 0.0))))
             return str({"response": answer, "sources": [], "model": b.name})
         except Exception as exc:
             return str({"response": "", "error": f"{type(exc).__name__}: {exc}"})
+        finally:
+            if release is not None:
+                release()
 
 
 def wire(demo: gr.Blocks, ui: Layout, grid: Grid) -> None:
@@ -361,15 +369,39 @@ def wire(demo: gr.Blocks, ui: Layout, grid: Grid) -> None:
 
 def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str | None,
                  title: str = "h2ostack", arena: Any = None, stream: StreamFn | None = None,
-                 clock: Clock | None = None) -> gr.Blocks:
+                 clock: Clock | None = None, hold: HoldFn | None = None) -> gr.Blocks:
     """The page (`layout.build_layout`) wired to the handlers of a `Grid` over `backends`
-    (answering from `stream`, timed by `clock`: the real ones unless given)."""
+    (answering from `stream`, timed by `clock`: the real ones unless given; on-demand models held
+    up by `hold`)."""
     with gr.Blocks(title=title, fill_width=True) as demo:
         ui = build_layout(demo, backends, columns, title, arena)
         live = ui.lives[0]
-        wire(demo, ui, Grid(backends, admin_pass, lambda msgs: live.postprocess(msgs).model_dump(), stream, clock))
+        wire(demo, ui, Grid(backends, admin_pass, lambda msgs: live.postprocess(msgs).model_dump(), stream, clock,
+                            hold))
     demo.queue(default_concurrency_limit=None)
     return demo
+
+
+def pane_hold(manager: Any) -> HoldFn:
+    """A pane's hold on its model through the gateway's on-demand manager (the one /v1 uses): an
+    on-demand model is started (or woken) before the pane streams and held up until its answer
+    ends; any other model goes straight through."""
+    def hold(name: str, tell: Callable[[str], None], given_up: Callable[[], bool]) -> Callable[[], None]:
+        if name not in manager:
+            return lambda: None
+        return manager.hold_from_thread(name, tell, given_up)  # type: ignore[no-any-return]
+    return hold
+
+
+def bound_to_loop(asgi: Any, manager: Any) -> Any:
+    """`asgi`, telling the on-demand manager the server's event loop on its first call (the panes
+    reach the manager from Gradio's threads, through that loop)."""
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if manager.loop is None:
+            manager.bind(asyncio.get_running_loop())
+        await asgi(scope, receive, send)
+    return app
+
 
 def build_app(stack_file: str, front: str) -> Any:
     """The front's whole app: health, the gateway under /v1, and the Gradio page at /."""
@@ -384,10 +416,14 @@ def build_app(stack_file: str, front: str) -> Any:
     stack, _, plan = load_plan(stack_file, check_ports=False)
     spec = stack.fronts[front]
     backends = backends_from_plan(plan, stack, spec.models)
-    threading.Thread(target=probe_all, args=(backends,), daemon=True).start()
     # /v1 is closed whenever the page is: `api_keys`, or the front users' password as a bearer key
     gateway = Gateway(routes_from_plan(plan, stack, spec.models), front_keys(spec), gateway_prompt)
     attach_on_demand(gateway, plan, stack, spec.models)
+    manager = gateway.ondemand
+    put_away = [b for b in backends if manager is not None and b.name in manager and manager.phase(b.name) != "ready"]
+    for b in put_away:  # not probed: its pane's first question starts it
+        b.health = f"{manager.phase(b.name)} (on demand: a question starts it)"
+    threading.Thread(target=probe_all, args=([b for b in backends if b not in put_away],), daemon=True).start()
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.get("/healthz")
@@ -402,6 +438,8 @@ def build_app(stack_file: str, front: str) -> Any:
 
         arena = Arena(backends, VoteStore(arena_path(stack.name)), front)
     blocks = build_blocks(backends, spec.columns, reveal(spec.admin_pass) if spec.admin_pass else None,
-                          title=f"h2ostack · {stack.name}", arena=arena)
+                          title=f"h2ostack · {stack.name}", arena=arena,
+                          hold=pane_hold(manager) if manager is not None else None)
     # /v1 goes straight to the gateway, ahead of FastAPI's routing and middleware
-    return gateway.mount(gr.mount_gradio_app(app, blocks, path="/", auth=auth, css=CSS))
+    asgi = gateway.mount(gr.mount_gradio_app(app, blocks, path="/", auth=auth, css=CSS))
+    return asgi if manager is None else bound_to_loop(asgi, manager)

@@ -30,6 +30,10 @@ POLL = 0.1  # seconds: how often a streaming turn looks for Stop, Clear and Rege
 T = TypeVar("T")
 # (backend, earlier turns as (question, answer), question, max_new_tokens, temperature) -> pieces
 StreamFn = Callable[[Backend, list[tuple[str, str]], str, int, float], Iterator[str]]
+# (model, tell(notice) shows what the pane waits for, given_up()) -> release: a pane's hold on an
+# on-demand model, which starts it when it is not up (`ondemand.Manager.hold_from_thread`); it
+# raises with the reason when the model cannot be had
+HoldFn = Callable[[str, Callable[[str], None], Callable[[], bool]], Callable[[], None]]
 
 
 class Clock(Protocol):
@@ -78,8 +82,9 @@ class Turn:
     place, so a turn stopped half way keeps what its panes show; `frames()` runs it."""
 
     def __init__(self, sess: Session, message: str, idx: list[int], stream: StreamFn, clock: Clock,
-                 first_byte: float) -> None:
+                 first_byte: float, hold: HoldFn | None = None) -> None:
         self.sess, self.message, self.idx, self.stream, self.clock = sess, message, idx, stream, clock
+        self.hold = hold  # on-demand models: held up while their pane streams
         self.first_byte = first_byte  # REQUEST_TIMEOUT_FAST bounds each pane's connection and first piece
         self.first_frame_wait, self.yield_every, self.yield_per_message = (FIRST_FRAME_WAIT, YIELD_EVERY,
                                                                           YIELD_PER_MESSAGE)
@@ -92,6 +97,7 @@ class Turn:
         self.stats: dict[int, dict[str, Any]] = {}
         self.mine: dict[int, list[Message]] = {}
         self.asked = False  # the question is in the page
+        self.noticed: set[int] = set()  # panes showing what they wait for (a model starting), not an answer
 
     def work(self, i: int) -> None:
         """Pane i's answer, streamed into the turn's events (run in a thread of its own)."""
@@ -102,7 +108,21 @@ class Turn:
         first = None
         first_at = last_at = None
         count = 0
+        release: Callable[[], None] | None = None
         try:
+            if self.hold is not None:
+                # an on-demand model is started first (the pane says so, and waits past
+                # REQUEST_TIMEOUT_FAST while it does), and held up until this answer ends
+                told: list[str] = []
+
+                def tell(text: str) -> None:
+                    told.append(text)
+                    self.events.put((i, "notice", text))
+
+                release = self.hold(b.name, tell, lambda: self.stopping.is_set() or i in self.abandoned)
+                if told:
+                    self.events.put((i, "held", None))
+                    t0 = clock.now()  # the answer's timings from the model being up
             for piece in self.stream(b, turns, self.message, int(self.max_toks[i]), float(self.temperatures[i])):
                 if self.stopping.is_set() or i in self.abandoned:
                     break
@@ -118,6 +138,9 @@ class Turn:
                                          "first_token_at": first_at, "last_token_at": last_at}))
         except Exception as exc:  # a backend down or dying mid-answer: its pane says so
             self.events.put((i, "error", f"{type(exc).__name__}: {exc}"))
+        finally:
+            if release is not None:
+                release()
 
     def record(self, i: int) -> None:
         """A pane's answer goes to the JSONL export as it ends, whatever then becomes of its turn
@@ -158,7 +181,7 @@ class Turn:
         changed = False  # since the last update
         pending = set(idx)
         waiting = set(idx)  # no first piece yet
-        deadline = clock.now() + self.first_byte
+        deadlines = dict.fromkeys(idx, clock.now() + self.first_byte)
         last = 0.0
         try:
             while pending:
@@ -182,15 +205,16 @@ class Turn:
                     yield self.frame()
                     changed = False
                     continue
-                if waiting and clock.now() > deadline:
-                    for i in waiting:  # given up on; the others keep streaming
+                late = [i for i in waiting if clock.now() > deadlines[i]]
+                if late:
+                    for i in late:  # given up on; the others keep streaming
                         self.abandoned.add(i)
                         pending.discard(i)
                         mine[i][-1] = {"role": "assistant", "content": "⚠ error: no answer within "
                                        f"REQUEST_TIMEOUT_FAST ({self.first_byte:g} s)"}
                         self.record(i)
                         changed = True
-                    waiting.clear()
+                    waiting.difference_update(late)
                     yield self.frame()
                     changed = False
                     continue
@@ -207,9 +231,20 @@ class Turn:
                 for i, kind, value in got:
                     if i not in pending:  # a pane already given up on
                         continue
+                    changed = True
+                    if kind in ("notice", "held"):
+                        # a model starting: no deadline while it does, REQUEST_TIMEOUT_FAST again once it is up
+                        deadlines[i] = float("inf") if kind == "notice" else clock.now() + self.first_byte
+                        if kind == "notice":
+                            started = True  # shown at once
+                            self.noticed.add(i)
+                            mine[i][-1] = {"role": "assistant", "content": value}
+                        continue
                     started |= i in waiting
                     waiting.discard(i)
-                    changed = True
+                    if i in self.noticed:  # the notice gives way to the answer (or its error)
+                        self.noticed.discard(i)
+                        mine[i][-1] = {"role": "assistant", "content": ""}
                     if kind == "piece":
                         mine[i][-1] = {"role": "assistant", "content": mine[i][-1]["content"] + value}
                     elif kind == "error":

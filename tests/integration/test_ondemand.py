@@ -231,3 +231,25 @@ def test_a_vllm_that_can_sleep_is_put_to_sleep_and_woken_not_restarted(on_demand
     rows = gw.status()
     assert rows["s1"]["state"] == "running" and rows["s1"]["ident"] == pid and gw.running() == {"s1"}
     assert rows["s2"]["state"] == "stopped (on demand)"
+
+
+def test_a_panes_question_starts_its_put_away_model_and_holds_it_while_it_answers(
+        on_demand: Callable[[str], Gateway], tiny_model: Path) -> None:
+    """The compare grid's panes go through the same manager as /v1: a question to a pane whose
+    model is put away starts it (the pane says so meanwhile), putting away the one in the way."""
+    from gradio_client import Client
+
+    gw = on_demand(tiny("a", tiny_model) + tiny("b", tiny_model), True)
+    assert gw.ask("b") and gw.running() == {"gw", "b"}
+    client = Client(gw.base.removesuffix("/v1"), verbose=False)
+    job = client.submit("hi", ["a"], api_name="/submit")
+    final = job.result(timeout=300)
+    shown = [json.dumps(out, ensure_ascii=False) for out in job.outputs()]
+    assert any("starting a\u2026" in s for s in shown), shown  # the pane said what it waited for
+    pane_a = json.dumps(final[1], ensure_ascii=False)
+    assert "error" not in pane_a and "starting a" not in pane_a and "hi" in pane_a, pane_a
+    assert gw.running() == {"gw", "a"}  # started by the pane's question, `b` put away to make room
+    rows = gw.status()
+    assert rows["a"]["state"] == "running" and rows["b"]["state"] == "stopped (on demand)"
+    logged = gw.h2o("logs", str(gw.path), "gw", check=True).stdout
+    assert "b: put away" in logged and "making room for a" in logged

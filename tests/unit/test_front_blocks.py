@@ -631,3 +631,28 @@ def test_the_settings_and_an_empty_question_reach_the_session() -> None:
     assert only[0] == "" and only[-1] is sess and sess.turns == 0 and not asked
     list(handlers.submit("q", ["a", "b"], sess))
     assert sorted(asked) == [("a", 16, 0.0), ("b", 99, 0.5)]
+
+
+def test_the_nochat_api_and_the_grid_hold_an_on_demand_model_while_it_answers() -> None:
+    import ast
+
+    held: list[str] = []
+
+    def hold(name: str, tell: Any, given_up: Any) -> Any:
+        if name == "down":
+            raise RuntimeError("model down could not be started: exited while starting (503, retry after 10 s)")
+        held.append(f"hold {name}")
+        return lambda: held.append(f"release {name}")
+
+    def fake_stream(b: Backend, history: Any, message: str, max_new_tokens: int, temperature: float) -> Any:
+        held.append(f"stream {b.name}")
+        yield "ok"
+
+    bs = backends()[:1]
+    handlers = Grid(bs, None, stream=fake_stream, clock=FakeClock(), hold=hold)
+    out = ast.literal_eval(handlers.submit_nochat_api("hi"))
+    assert out["response"] == "ok" and held == ["hold a", "stream a", "release a"]
+    down = Grid([Backend("down", "vllm", "openai", "http://127.0.0.1:9", "down")], None, stream=fake_stream,
+                clock=FakeClock(), hold=hold)
+    out = ast.literal_eval(down.submit_nochat_api("hi"))
+    assert out["response"] == "" and "could not be started" in out["error"] and "stream down" not in held

@@ -227,6 +227,51 @@ def finished(dry: bool, **verdicts):
     return gc.finish_report(report, 12.345)
 
 
+def test_the_swap_budget_holds_one_of_the_two_services_never_both(tmp_path):
+    assert gc.swap_budget(7.2) == 10.8 and gc.swap_budget(0.2) == 0.3
+    with pytest.raises(ValueError):
+        gc.swap_budget(0)
+    (tmp_path / "model").mkdir()
+    path = tmp_path / "swap.yaml"
+    path.write_text(gc.swap_stack_yaml("chk-swap", "./model", 0))
+    stack = load(path)
+    assert [n for n, s in stack.services.items() if s.on_demand] == ["a", "b"]
+    card = GPU(0, gc.swap_budget(7.2), gc.swap_budget(7.2), "NVIDIA H200")
+    plan = make_plan(stack, Facts(gpus=(card,), gpu_source="nvml", model_gib={str((tmp_path / "model").resolve()): 6.0}))
+    assert plan.services["a"].gpus == plan.services["b"].gpus == (0,)  # one card, one at a time
+    roomy = GPU(0, 139.8, 139.2, "NVIDIA H200")
+    both = make_plan(stack, Facts(gpus=(roomy,), gpu_source="nvml", model_gib={str((tmp_path / "model").resolve()): 6.0}))
+    from h2ostack.plan import fits
+
+    claims = {n: dict(plan.services[n].claims) for n in ("a", "b")}
+    assert fits("a", [], claims, plan.gpu_budget) and not fits("a", ["b"], claims, plan.gpu_budget)
+    roomy_claims = {n: dict(both.services[n].claims) for n in ("a", "b")}
+    assert fits("a", ["b"], roomy_claims, both.gpu_budget)  # the stated budget is what keeps them apart
+
+
+def leg(**kw):
+    base = {"old": "a", "new": "b", "status": 200, "released_s": 0.8, "restarted_s": 0.9, "healthy_s": 9.0,
+            "waited_for_release": True, "phases": {"a": "stopped", "b": "ready"}}
+    return {**base, **kw}
+
+
+PLANNED = {"a": {"on_demand": True, "excludes": ["b"]}, "b": {"on_demand": True, "excludes": ["a"]}}
+
+
+def test_swap_verdicts():
+    assert gc.swap_verdict(PLANNED, leg(), by_nvml=True) == []
+    early = gc.swap_verdict(PLANNED, leg(restarted_s=0.5, waited_for_release=False), by_nvml=True)
+    assert early == ["b was on the card at 0.5 s, before NVML showed a's memory released at 0.8 s"]
+    assert gc.swap_verdict(PLANNED, leg(released_s=None), by_nvml=True) == ["NVML never showed a's memory released"]
+    assert gc.swap_verdict(PLANNED, leg(released_s=None), by_nvml=False) == ["a's processes did not end"]
+    failed = gc.swap_verdict(PLANNED, leg(status=503, healthy_s=None, phases={"a": "stopped", "b": "stopped"}),
+                             by_nvml=False)
+    assert failed == ["b: the gateway answered 503", "b did not answer within the step's bound",
+                      "the manager shows {'a': 'stopped', 'b': 'stopped'}, not a stopped and b ready"]
+    together = {**PLANNED, "b": {"on_demand": True, "excludes": []}}
+    assert gc.swap_verdict(together, leg(), by_nvml=True)[0].startswith("plan --json: b is not on demand excluding a")
+
+
 def test_a_report_is_ok_only_when_every_step_passed():
     every = {n: True for n in gc.STEP_NAMES}
     good = finished(False, **every)
@@ -291,7 +336,18 @@ def test_the_cpu_self_test_runs_every_step_but_the_cards_verdicts(tmp_path):
     refused = steps["refusal"]["data"]
     assert refused["missing"]["rc"] == 2 and "GPU 1 does not exist" in refused["missing"]["message"]
     assert refused["memory"]["rc"] == 2 and "141.0 GiB is free there" in refused["memory"]["message"]
+    swap = steps["swap"]["data"]
+    assert swap["budget_gib"] == gc.swap_budget(serve["plan_estimate_gib"])
+    assert swap["planned"]["a"]["excludes"] == ["b"] and swap["planned"]["b"]["excludes"] == ["a"]
+    first, to_b, back = swap["legs"]
+    assert (first["new"], first["status"], first["phases"]) == ("a", 200, {"a": "ready", "b": "stopped"})
+    for got, old, new in ((to_b, "a", "b"), (back, "b", "a")):
+        assert (got["old"], got["new"], got["status"], got["released_by"]) == (old, new, 200, "process")
+        assert got["waited_for_release"] and got["released_s"] <= got["restarted_s"] < got["healthy_s"]
+        assert got["phases"] == {old: "stopped", new: "ready"} and got["put_away_s"] > 0 and got["start_s"] > 0
+        assert "GPU memory not checked (NVML cannot be read here)" in got["note"]
     assert report["teardown"]["killed_left"] == []
+    assert report["elapsed_s"] < 480  # the whole run's rule: under 8 minutes
 
 
 def test_a_run_without_the_wheel_folder_says_how_to_make_it(tmp_path):

@@ -251,3 +251,121 @@ def test_a_ready_server_that_exited_on_its_own_is_started_again() -> None:
         assert m.phase("a") == "stopped" and "exited on its own" in m.models["a"].note
         assert (await m.acquire("a")).error is None and ops.log == ["start a", "start a"]
     run(go())
+
+
+class LoopThread:
+    """An event loop in a thread of its own, as the gateway's server runs one."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def call(self, fn: object) -> object:
+        async def go() -> object:
+            return fn()  # type: ignore[operator]
+        return asyncio.run_coroutine_threadsafe(go(), self.loop).result(10)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+def test_a_thread_holds_a_model_through_the_managers_loop_and_releases_it() -> None:
+    from h2ostack.ondemand import Unavailable
+
+    lt = LoopThread()
+    try:
+        ops, clock = FakeOps(), Clock()
+        m = manager(ops, clock)
+        with pytest.raises(Unavailable, match="event loop is not running"):
+            m.hold_from_thread("a")  # not bound yet: no loop to start it on
+        m.bind(lt.loop)
+        told: list[str] = []
+        release = m.hold_from_thread("a", told.append)
+        assert told == ["starting a…"] and ops.log == ["start a"]
+        assert lt.call(lambda: (m.phase("a"), m.models["a"].inflight)) == ("ready", 1)
+        release()
+        release()  # twice is once
+        assert lt.call(lambda: m.models["a"].inflight) == 0
+        told.clear()
+        m.hold_from_thread("a", told.append)()  # up already: nothing to tell
+        assert told == [] and ops.log == ["start a"]
+        ops.fail["b"] = "exited while starting"
+        with pytest.raises(Unavailable, match=r"could not be started: exited while starting \(503, retry after 10 s"):
+            m.hold_from_thread("b")
+        assert lt.call(lambda: m.phase("b")) == "stopped"
+    finally:
+        lt.close()
+
+
+def test_a_thread_that_gives_up_waiting_leaves_no_hold_behind() -> None:
+    import threading
+
+    from h2ostack.ondemand import Unavailable
+
+    lt = LoopThread()
+    try:
+        ops, clock = FakeOps(), Clock()
+        m = manager(ops, clock)
+        m.bind(lt.loop)
+        gate = lt.call(lambda: ops.gate("a"))
+        stop = threading.Event()
+        started = threading.Event()
+
+        def tell(_: str) -> None:
+            started.set()
+
+        got: list[BaseException] = []
+
+        def pane() -> None:
+            try:
+                m.hold_from_thread("a", tell, stop.is_set, poll=0.01)
+            except Unavailable as exc:
+                got.append(exc)
+
+        t = threading.Thread(target=pane)
+        t.start()
+        assert started.wait(10)
+        stop.set()  # the pane is stopped while its model starts
+        t.join(10)
+        assert [str(e) for e in got] == ["gave up waiting for model a"]
+        lt.call(gate.set)  # the start ends: its lease, made for nobody, is released at once
+        import time as real_time
+
+        deadline = real_time.monotonic() + 10
+        while lt.call(lambda: (m.phase("a"), m.models["a"].inflight)) != ("ready", 0):
+            assert real_time.monotonic() < deadline, "the given-up lease was not released"
+            real_time.sleep(0.01)
+    finally:
+        lt.close()
+
+
+def test_a_start_a_request_waits_on_polls_readiness_often_and_the_view_is_replaced_whole(
+        tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from h2ostack import api, ondemand
+    from h2ostack.plan import ServicePlan
+
+    polls: list[float] = []
+    monkeypatch.setattr(api, "start_service", lambda sp, stack, emit: polls.append(sp.health_interval) or 2.0)
+    plan = SimpleNamespace(services={"a": ServicePlan("a", "vllm", "process", "openai", health_interval=0.5),
+                                     "b": ServicePlan("b", "vllm", "process", "openai", health_interval=0.01)})
+    ops = ondemand.ProcessOps(plan, SimpleNamespace(name="s"))
+    assert run(ops.start("a")) == Started(2.0, False, "") and run(ops.start("b")).seconds == 2.0
+    assert polls == [ondemand.START_POLL, 0.01]  # the service's own, where shorter
+    assert plan.services["a"].health_interval == 0.5  # the plan itself untouched
+
+    monkeypatch.setenv("H2OSTACK_STATE_DIR", str(tmp_path))
+    m = manager(FakeOps(), Clock(), "a")
+    m.listeners.append(ondemand.write_state("s", m))
+    m.emit("a", "starting")
+    view = Path(str(tmp_path)) / "s" / "ondemand.json"
+    assert json.loads(view.read_text())["a"]["event"] == "starting"
+    assert [p.name for p in view.parent.iterdir() if p.name.startswith(".ondemand")] == []  # no temporary left

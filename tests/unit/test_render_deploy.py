@@ -130,3 +130,72 @@ def test_cli_formats(monkeypatch: pytest.MonkeyPatch) -> None:
     bad = subprocess.run([sys.executable, "-m", "h2ostack.cli", "render", "tests/data/deploy.yaml", "--format", "helm"],
                          capture_output=True, text=True, cwd=ROOT, env=env)
     assert bad.returncode == 2 and "one of shell, compose, k8s" in bad.stderr
+
+
+ON_DEMAND = """\
+version: 1
+name: od
+services:
+  coder:
+    kind: vllm
+    python: /opt/envs/vllm/bin/python
+    model: Qwen/Qwen2.5-Coder-7B-Instruct
+    gpus: 1
+    port: 5001
+    on_demand: true
+    sleep: 1
+  falcon:
+    kind: tgi
+    image: ghcr.io/huggingface/text-generation-inference:2.4.1
+    model: h2oai/h2ogpt-oasst1-falcon-7b
+    gpus: 1
+    port: 6112
+    on_demand: true
+  llama:
+    kind: vllm
+    python: /opt/envs/vllm/bin/python
+    model: meta-llama/Llama-3.1-8B-Instruct
+    gpus: 1
+    port: 5000
+fronts:
+  chat: {port: 7860, models: [coder, falcon, llama]}
+"""
+
+
+def test_on_demand_services_render_apart_and_started_by_hand(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    path = tmp_path / "od.yaml"
+    path.write_text(ON_DEMAND)
+    plan = plan_of(path, monkeypatch)
+    assert plan.services["coder"].sleep == 1 and "--enable-sleep-mode" in (plan.services["coder"].command or ())
+
+    text = render_compose(plan)
+    doc = yaml.safe_load(text)
+    assert compose_errors(doc) == []
+    services = doc["services"]
+    assert services["coder"]["profiles"] == services["falcon"]["profiles"] == ["on-demand"]
+    assert "profiles" not in services["llama"]  # always-on: `docker compose up` starts it alone
+    assert "--enable-sleep-mode" not in services["coder"]["command"]  # nothing puts it to sleep there
+    assert "VLLM_SERVER_DEV_MODE" not in (services["coder"].get("environment") or {})
+    header = text.split("\nname:")[0]
+    assert "# on demand: coder, falcon. Under h2ostack (`h2ostack up`) the front's gateway starts" in header
+    assert "`docker compose --profile on-demand up -d NAME`" in header
+
+    k8s = render_k8s(plan)
+    docs = [d for d in yaml.safe_load_all(k8s) if d]
+    for d in docs:
+        kubernetes_validate.validate(d, K8S_VERSION, strict=True)
+    replicas = {d["metadata"]["name"]: d["spec"]["replicas"] for d in docs if d["kind"] == "Deployment"}
+    assert replicas == {"coder": 0, "falcon": 0, "llama": 1}
+    coder = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "coder")
+    container = coder["spec"]["template"]["spec"]["containers"][0]
+    assert "--enable-sleep-mode" not in container["args"]
+    assert all(e["name"] != "VLLM_SERVER_DEV_MODE" for e in container["env"])
+    assert "`kubectl scale deployment/NAME --replicas=1`" in k8s and "# on demand: coder, falcon." in k8s
+
+
+def test_a_stack_without_on_demand_services_renders_no_profile(monkeypatch: pytest.MonkeyPatch) -> None:
+    plan = plan_of(ROOT / "tests" / "data" / "deploy.yaml", monkeypatch)
+    text = render_compose(plan)
+    assert "on demand" not in text and "profiles" not in text
+    assert "on demand" not in render_k8s(plan)
