@@ -436,7 +436,8 @@ def build_app(stack_file: str, front: str) -> Any:
         from h2ostack.front.arena import Arena
         from h2ostack.front.arena_core import VoteStore, arena_path
 
-        arena = Arena(backends, VoteStore(arena_path(stack.name)), front)
+        arena = Arena(backends, VoteStore(arena_path(stack.name)), front,
+                      hold=pane_hold(manager) if manager is not None else None)
     blocks = build_blocks(backends, spec.columns, reveal(spec.admin_pass) if spec.admin_pass else None,
                           title=f"h2ostack · {stack.name}", arena=arena,
                           hold=pane_hold(manager) if manager is not None else None)

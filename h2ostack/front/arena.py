@@ -16,7 +16,7 @@ import functools
 import json
 import random
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +34,7 @@ from h2ostack.front.arena_core import (
     stream_pair,
 )
 from h2ostack.front.clients import Backend, stream_answer
+from h2ostack.front.turn import HoldFn
 
 MAX_NEW_TOKENS = 256
 TEMPERATURE = 0.0
@@ -49,9 +50,26 @@ class Arena:
     store: VoteStore
     front: str = ""
     rng: random.Random = field(default_factory=random.Random)
+    hold: HoldFn | None = None  # on-demand models: started first and held up while a side streams
 
     def backend(self, name: str) -> Backend:
         return next(b for b in self.backends if b.name == name)
+
+    def held(self, name: str, answer: Callable[[], Iterator[str]], given_up: Callable[[], bool]
+             ) -> Callable[[], Iterator[str]]:
+        """`answer`, preceded by holding `name` up (an on-demand model is started first; its start
+        failing ends the side with the reason) and released when the answer ends."""
+        if self.hold is None:
+            return answer
+
+        def run() -> Iterator[str]:
+            assert self.hold is not None
+            release = self.hold(name, lambda _: None, given_up)
+            try:
+                yield from answer()
+            finally:
+                release()
+        return run
 
 
 @dataclass
@@ -113,10 +131,11 @@ def ask(arena: Arena, message: str, battle: Battle | None) -> Iterator[list[Any]
         battle = new_battle(arena)
     history = [(t["prompt"], t["answer_a"]) for t in battle.turns], [(t["prompt"], t["answer_b"])
                                                                      for t in battle.turns]
-    streams = [functools.partial(stream_answer, arena.backend(name), hist, message, MAX_NEW_TOKENS, TEMPERATURE)
-               for name, hist in zip((battle.a, battle.b), history, strict=True)]
     battle.serial += 1
     battle.asking = turn = battle.serial  # a turn still streaming sees this and stops
+    streams = [arena.held(name, functools.partial(stream_answer, arena.backend(name), hist, message, MAX_NEW_TOKENS,
+                                                  TEMPERATURE), lambda: battle.asking != turn)
+               for name, hist in zip((battle.a, battle.b), history, strict=True)]
     battle.question = message
     a, b = chats(battle, (message, "", ""))
     yield ["", a, b, reveal_text(battle), battle]

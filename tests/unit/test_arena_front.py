@@ -169,3 +169,27 @@ def test_a_link_names_the_first_battles_pair(arena: arena_mod.Arena) -> None:
     kept = arena_mod.Battle("x", "y")
     for bad in ({}, {"pair": "x"}, {"pair": "x,x"}, {"pair": "x,nope"}, {"pair": "../x,y\n"}):
         assert arena_mod.linked(arena, bad, kept) is kept
+
+
+def test_a_battles_on_demand_models_are_held_up_while_they_answer(arena: arena_mod.Arena) -> None:
+    """Each side holds its model (an on-demand one is started first) before it streams and lets go
+    when its answer ends; a side whose model cannot be had says why and the other side answers."""
+    events: list[tuple[str, str]] = []
+
+    def hold(name: str, tell: Any, given_up: Any) -> Any:
+        events.append(("hold", name))
+        if name == "z":
+            raise RuntimeError("z could not start: out of memory")
+        return lambda: events.append(("release", name))
+
+    arena.hold = hold
+    arena.backends = arena.backends[:2]  # x and y
+    _, bot_a, bot_b, _, battle = last(arena_mod.ask(arena, "hi", None))
+    assert sorted(events) == [("hold", "x"), ("hold", "y"), ("release", "x"), ("release", "y")]
+    assert bot_a[-1]["content"] == f"{battle.a} says hi after 0"
+    events.clear()
+    arena.backends = [arena.backend("x"), arena_mod.Backend("z", "vllm", "openai", "http://127.0.0.1:9", "z")]
+    _, bot_a, bot_b, _, battle = last(arena_mod.ask(arena, "hi", None))
+    told = {battle.a: bot_a[-1]["content"], battle.b: bot_b[-1]["content"]}
+    assert "z could not start" in told["z"] and told["x"] == "x says hi after 0"
+    assert ("release", "x") in events and ("release", "z") not in events
