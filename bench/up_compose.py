@@ -90,6 +90,8 @@ class Run:
     def __init__(self, arm: str, wall: float, t0: float, noticed: dict[str, float], containers: dict[str, Any]):
         self.arm, self.wall = arm, wall
         times = {n: server_times(c) for n, c in containers.items()}
+        # the last container started (creation included: the vfs driver copies the image for each)
+        self.started = max(stamp(c.attrs["State"]["StartedAt"]) - t0 for c in containers.values())
         self.listening = max((lst or 0.0) - t0 for lst, _ in times.values())  # the slowest server listens
         self.lags = [noticed[n] - h for n, (_, h) in times.items() if h is not None and n in noticed]
         self.missing = [n for n, (_, h) in times.items() if h is None or n not in noticed]
@@ -207,9 +209,10 @@ def summary(runs: list[Run], base: float) -> str:
     lags = [lag for r in runs for lag in r.lags]
     med = statistics.median(walls)
     after = statistics.median(r.wall - r.listening for r in runs)
+    started = statistics.median(r.started for r in runs)
     lag = f"median {statistics.median(lags) * 1000:5.0f} ms, max {max(lags) * 1000:5.0f} ms" if lags else "-"
     return (f"{runs[0].arm:<12} wall {med:6.2f} s (T' + {med - base:5.2f} s; {min(walls):.2f}-{max(walls):.2f})  "
-            f"after the last server listened {after:5.2f} s  noticed after first healthy answer {lag}")
+            f"last container started {started:5.2f} s  after the last server listened {after:5.2f} s  noticed after first healthy answer {lag}")
 
 
 def main() -> None:
