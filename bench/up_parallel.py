@@ -3,8 +3,9 @@
 Targets: wall time at most T + 0.3 s (they start in parallel; T + 0.5 s before 2026-12-01), and
 each service's readiness noticed within 0.25 s of its server's first healthy answer. Baseline,
 measured in the same run: T, the same four servers started by hand in parallel and polled every
-10 ms (their own interpreter start-up included), and a sequential start (4 x T). The two arms
-alternate (baseline, up, up, baseline, ...).
+10 ms (their own interpreter start-up included), and a sequential start (4 x T). The arms
+alternate (baseline, up, up, baseline, ...); BENCH_BEFORE=PYTHON adds the `up` of another
+checkout's interpreter (e.g. main's .venv/bin/python) to the same rounds, for a before/after.
 
 With --profile, `up` runs under bench/up_trace.py instead, and the wall time is broken down into
 its phases (medians over the runs): where the time over T goes.
@@ -24,6 +25,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 T = float(os.environ.get("BENCH_T", "3"))
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
+# the interpreter of another checkout (its own h2ostack), run as a third arm in the same rounds
+BEFORE = os.environ.get("BENCH_BEFORE", "")
 
 
 def stack(name: str, ports: list[int]) -> str:
@@ -72,14 +75,14 @@ def direct_baseline(tmp: Path) -> float:
     return took
 
 
-def one_run(tmp: Path, i: int) -> tuple[float, list[float]]:
+def one_run(tmp: Path, i: int, python: str = sys.executable) -> tuple[float, list[float]]:
     name = f"benchup{os.getpid()}x{i}"
     path = tmp / f"{name}.yaml"
     path.write_text(stack(name, free_ports(4)))
     ready_log = tmp / f"{name}.ready"
     env = {**os.environ, "H2OSTACK_STATE_DIR": str(tmp / "state"), "START_DELAY": str(T),
            "READY_LOG": str(ready_log)}
-    h2o = [sys.executable, "-m", "h2ostack.cli"]
+    h2o = [python, "-m", "h2ostack.cli"]
     t0 = time.time()
     proc = subprocess.Popen([*h2o, "up", str(path)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
                             env=env)
@@ -179,13 +182,17 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        walls, lags, bases = [], [], []
+        walls, lags, bases, before = [], [], [], []
         for i in range(RUNS):  # A B B A: drift and order hit both arms alike
             if i % 2 == 0:
                 bases.append(direct_baseline(tmp))
+            if BEFORE and i % 2 == 1:
+                before.append(one_run(tmp, 1000 + i, BEFORE)[0])
             wall, lag = one_run(tmp, i)
             walls.append(wall)
             lags += lag
+            if BEFORE and i % 2 == 0:
+                before.append(one_run(tmp, 1000 + i, BEFORE)[0])
             if i % 2 == 1:
                 bases.append(direct_baseline(tmp))
     med = statistics.median(walls)
@@ -195,6 +202,9 @@ def main() -> None:
     print(f"  {'4 x T: one after another':<48} {4 * base:8.2f} s")
     print(f"  {'h2ostack up, wall time (median)':<48} {med:8.2f} s   = T + {med - base:.2f} s (target <= T + 0.3 s)")
     print(f"  {'h2ostack up, wall time (max)':<48} {max(walls):8.2f} s")
+    if before:
+        bmed = statistics.median(before)
+        print(f"  {'the same, another checkout (BENCH_BEFORE)':<48} {bmed:8.2f} s   = T + {bmed - base:.2f} s")
     print(f"  {'readiness noticed after first healthy answer':<48} median {statistics.median(lags) * 1000:.0f} ms, "
           f"max {max(lags) * 1000:.0f} ms (target <= 250 ms)")
     ok = med - base <= 0.3 and max(lags) <= 0.25

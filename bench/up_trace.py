@@ -117,21 +117,26 @@ def main() -> None:
     cli._Progress.event = event
     real_exit = os._exit
 
-    def dump(code: int) -> None:
+    def dump(code: int) -> None:  # the CLI's os._exit
+        write()
+        real_exit(code)
+
+    def write() -> None:
         mark("exit")
         for name, t in created.items():
             OUT.append({"what": "server process created", "t": t, "service": name})
         with open(trace, "w") as fh:
             for row in OUT:
                 fh.write(json.dumps(row) + "\n")
-        real_exit(code)
 
     os._exit = dump  # the CLI's own end after `up`: the trace is written just before it
     sys.argv = ["h2ostack", *argv]
     try:
-        cli.main()
-    finally:
-        dump(1)  # `up` failed (the bench reports it from the exit code)
+        cli.main()  # ends in os._exit after a finished `up` (h2ostack since 2026-12-01)
+    except SystemExit:  # an older h2ostack, or a failed `up`: the interpreter's own exit, as without the trace
+        write()
+        raise
+    write()
 
 
 if __name__ == "__main__":
