@@ -829,7 +829,7 @@ def _service_rules(loc: Loc, svc: Any, smap: SourceMap) -> list[Problem]:
 
 def _prompt_rules(svc: Any, add: Any) -> None:
     """prompt_type is one h2ostack knows (or `custom` with a prompt_dict); prompt_dict keys are h2oGPT's."""
-    from h2ostack.front.prompts import KEYS, PROMPT_TYPES
+    from h2ostack.prompts import KEYS, PROMPT_TYPES
 
     known = [*PROMPT_TYPES, "custom"]
     if svc.prompt_type is not None and svc.prompt_type not in known:
