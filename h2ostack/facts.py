@@ -189,9 +189,8 @@ def parse_smi_csv(text: str) -> list[GPU]:
 def engine_gpus(host: str, base_url: str, image: str, engine: Callable[[str], Any]) -> tuple[GPU, ...]:
     """A host's GPUs as its engine sees them: `nvidia-smi` in a throwaway container of the service's
     image with every GPU requested (the NVIDIA runtime mounts nvidia-smi into it). `engine` connects
-    to the engine at a URL: it is given by the caller, so that the facts do not import a runtime."""
-    from docker.types import DeviceRequest
-
+    to the engine at a URL: it is given by the caller, so that the facts import neither a runtime
+    nor the Docker SDK (the device request is the SDK's DeviceRequest as a plain mapping)."""
     container = None
     try:
         client = engine(base_url)
@@ -200,7 +199,7 @@ def engine_gpus(host: str, base_url: str, image: str, engine: Callable[[str], An
         except Exception:
             client.images.pull(image)
         container = client.containers.create(image, entrypoint="nvidia-smi", command=SMI_QUERY,
-                                             device_requests=[DeviceRequest(count=-1, capabilities=[["gpu"]])])
+                                             device_requests=[{"count": -1, "capabilities": [["gpu"]]}])
         container.start()
         container.wait(timeout=60)
         found = parse_smi_csv(container.logs(stdout=True, stderr=False).decode(errors="replace"))
