@@ -32,6 +32,7 @@ demo-down:
 
 lint: setup
 	$(VENV)/bin/ruff check h2ostack tests bench
+	$(VENV)/bin/lint-imports
 
 unit: setup
 	$(PY) -m pytest tests/unit -q

@@ -110,6 +110,13 @@ def docker_configured() -> bool:
     return bool(host) or Path("/var/run/docker.sock").exists()
 
 
+def docker_engine(base_url: str) -> Any:
+    """A client of the Docker engine at `base_url`: what the facts ask a host's GPUs with."""
+    from h2ostack.runtimes.docker import engine
+
+    return engine(base_url)
+
+
 def load_plan(path: str | Path, gpus: str | None = None, gpu_memory: float | None = None,
               environ: Mapping[str, str] | None = None, check_ports: bool = True,
               keep_ports: Iterable[int] = ()) -> tuple[Stack, Facts, Plan]:
@@ -118,7 +125,7 @@ def load_plan(path: str | Path, gpus: str | None = None, gpu_memory: float | Non
     from h2ostack.plan import make_plan
 
     stack = load(path, environ)
-    facts = gather(stack, gpus, gpu_memory, check_ports=check_ports)
+    facts = gather(stack, gpus, gpu_memory, check_ports=check_ports, engine=docker_engine)
     return stack, facts, make_plan(stack, facts, frozenset(keep_ports))
 
 
@@ -237,7 +244,7 @@ def up(path: str | Path, only: Iterable[str] = (), gpus: str | None = None, gpu_
         ctx = Ctx(stack.name, state)
         observed = ctx.observe()
         alive = {n: o for n, o in observed.items() if o.alive}
-        facts = gather(stack, gpus, gpu_memory)
+        facts = gather(stack, gpus, gpu_memory, engine=docker_engine)
         if only:  # ports of services this `up` leaves alone are no conflict
             facts = dataclasses.replace(facts, busy_ports=facts.busy_ports - _ports_outside(stack, only))
         plan = make_plan(stack, facts, frozenset(o.port for o in alive.values() if o.port))

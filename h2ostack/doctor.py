@@ -199,13 +199,14 @@ def check_gpus_needed(stack: Any, gpus: str | None, gpu_memory: float | None) ->
 def _fallback_plan(stack: Any, gpus: str | None, gpu_memory: float | None) -> Any:
     """The plan on a machine that has the GPUs the stack names, so the checks after planning still
     run where planning failed (a laptop checking a GPU stack)."""
+    from h2ostack.api import docker_engine
     from h2ostack.facts import gather
     from h2ostack.plan import make_plan
 
     top, count = gpus_needed(stack)
     stated = ",".join(str(i) for i in range(max(top, count))) or None
     try:
-        return make_plan(stack, gather(stack, stated or gpus, gpu_memory, check_ports=False))
+        return make_plan(stack, gather(stack, stated or gpus, gpu_memory, check_ports=False, engine=docker_engine))
     except Exception:  # noqa: BLE001 - the planning problems are already listed
         return None
 
@@ -218,6 +219,7 @@ def run(stack_file: str | None, gpus: str | None = None, gpu_memory: float | Non
     stack = plan = None
     problems: list[Check] = []
     if stack_file:
+        from h2ostack.api import docker_engine
         from h2ostack.facts import gather
         from h2ostack.loader import load
         from h2ostack.plan import make_plan
@@ -230,7 +232,7 @@ def run(stack_file: str | None, gpus: str | None = None, gpu_memory: float | Non
             stack = load(stack_file)  # an unset variable the file cannot do without: the loader's message
         problems += check_variables(stack_file, environ)
         try:
-            plan = make_plan(stack, gather(stack, gpus, gpu_memory, check_ports=False))
+            plan = make_plan(stack, gather(stack, gpus, gpu_memory, check_ports=False, engine=docker_engine))
         except (StackError, FactsError) as exc:
             lines = str(exc).splitlines()
             problems += [Check("plan", False, line, "see the other checks; `h2ostack plan --gpus 0,1,...` "

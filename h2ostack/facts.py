@@ -11,8 +11,10 @@ import math
 import os
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from h2ostack.errors import FactsError
 from h2ostack.spec import Stack
@@ -184,13 +186,11 @@ def parse_smi_csv(text: str) -> list[GPU]:
     return out
 
 
-def engine_gpus(host: str, base_url: str, image: str) -> tuple[GPU, ...]:
+def engine_gpus(host: str, base_url: str, image: str, engine: Callable[[str], Any]) -> tuple[GPU, ...]:
     """A host's GPUs as its engine sees them: `nvidia-smi` in a throwaway container of the service's
-    image with every GPU requested (the NVIDIA runtime mounts nvidia-smi into it)."""
-    from docker.types import DeviceRequest
-
-    from h2ostack.runtimes.docker import engine
-
+    image with every GPU requested (the NVIDIA runtime mounts nvidia-smi into it). `engine` connects
+    to the engine at a URL: it is given by the caller, so that the facts import neither a runtime
+    nor the Docker SDK (the device request is the SDK's DeviceRequest as a plain mapping)."""
     container = None
     try:
         client = engine(base_url)
@@ -199,7 +199,7 @@ def engine_gpus(host: str, base_url: str, image: str) -> tuple[GPU, ...]:
         except Exception:
             client.images.pull(image)
         container = client.containers.create(image, entrypoint="nvidia-smi", command=SMI_QUERY,
-                                             device_requests=[DeviceRequest(count=-1, capabilities=[["gpu"]])])
+                                             device_requests=[{"count": -1, "capabilities": [["gpu"]]}])
         container.start()
         container.wait(timeout=60)
         found = parse_smi_csv(container.logs(stdout=True, stderr=False).decode(errors="replace"))
@@ -217,7 +217,9 @@ def engine_gpus(host: str, base_url: str, image: str) -> tuple[GPU, ...]:
 
 
 def gather(stack: Stack, gpus: str | None = None, gpu_memory: float | None = None,
-           check_ports: bool = True) -> Facts:
+           check_ports: bool = True, engine: Callable[[str], Any] | None = None) -> Facts:
+    """The facts a plan of `stack` needs. `engine` (a Docker client for a URL) asks a host of `hosts:`
+    with no `gpus:` stated for its GPUs; without it, such a host is a FactsError."""
     devices, source = machine_gpus(gpus, gpu_memory)
     busy: set[int] = set()
     if check_ports:
@@ -239,5 +241,7 @@ def gather(stack: Stack, gpus: str | None = None, gpu_memory: float | None = Non
     for name, h in stack.hosts.items():
         users = [s for s in stack.services.values() if s.host == name and s.starts_something and s.gpus]
         if h.gpus is None and h.docker and users:
-            host_gpus[name] = engine_gpus(name, h.docker, getattr(users[0], "image", None) or "")
+            if engine is None:
+                raise FactsError(f"host {name}'s GPUs are not stated: state them in `hosts.{name}.gpus`")
+            host_gpus[name] = engine_gpus(name, h.docker, getattr(users[0], "image", None) or "", engine)
     return Facts(devices, source, frozenset(busy), sys.executable, sizes, host_gpus)

@@ -554,7 +554,7 @@ class Gateway:
 
     # -- vLLM with a prompt type: chat as completions, as the front's panes ask it -----------
     async def prompted(self, route: Route_, body: dict[str, Any], t0: float) -> Reply:
-        from h2ostack.front.prompts import StopTrimmer, trim_partial_stop
+        from h2ostack.prompts import StopTrimmer, trim_partial_stop
 
         assert self.to_prompt is not None
         prompt, stops = self.to_prompt(body.get("messages") or [], route)
@@ -670,7 +670,7 @@ class Gateway:
             text = data.get("generated_text", "") if isinstance(data, dict) else ""
             stops = payload["parameters"].get("stop") or []
             if chat and stops:  # the stop string TGI leaves at the end, cut as the panes cut it
-                from h2ostack.front.prompts import trim_partial_stop
+                from h2ostack.prompts import trim_partial_stop
 
                 text = trim_partial_stop(text, stops)
             details = (data.get("details") or {}) if isinstance(data, dict) else {}
@@ -700,7 +700,7 @@ class Gateway:
             return b"data: " + json.dumps({"id": rid, "object": obj, "created": created, "model": route.name,
                                            "choices": [choice]}).encode() + b"\n\n"
 
-        from h2ostack.front.prompts import StopTrimmer
+        from h2ostack.prompts import StopTrimmer
 
         trim = StopTrimmer(payload["parameters"].get("stop") or [] if chat else [])
 
@@ -751,7 +751,7 @@ class Gateway:
         before = time.perf_counter() - t0
 
         def call() -> str:
-            from h2ostack.front.clients import h2ogpt_client
+            from h2ostack.protocols.h2ogpt import h2ogpt_client
 
             client = h2ogpt_client(route.base, route.headers)
             try:
@@ -1171,7 +1171,7 @@ def routes_from_plan(plan: Any, stack: Any, models: Sequence[str]) -> list[Route
     for name in models:
         sp = plan.services[name]
         svc = stack.services[name]
-        from h2ostack.front.prompts import completion_prompt_type
+        from h2ostack.prompts import completion_prompt_type
 
         out.append(Route_(name, sp.kind, sp.api, sp.url or "", sp.served_model or name, auth_headers(sp, stack),
                           sp.prompt_type, svc.prompt_dict, keep_alive=_keep_alive(sp),
@@ -1209,7 +1209,7 @@ def build(stack_file: str, front: str) -> Gateway:
     spec = stack.fronts[front]
     to_prompt = None
     try:
-        from h2ostack.front.prompts import gateway_prompt as to_prompt  # type: ignore[no-redef]
+        from h2ostack.prompts import gateway_prompt as to_prompt  # type: ignore[no-redef]
     except ImportError:
         to_prompt = None
     gateway = Gateway(routes_from_plan(plan, stack, spec.models), front_keys(spec), to_prompt)

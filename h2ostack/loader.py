@@ -22,6 +22,7 @@ import yaml
 from pydantic import ValidationError
 
 from h2ostack.errors import Loc, Problem, StackError, format_problem  # noqa: F401 - re-exported
+from h2ostack.graph import find_cycle
 from h2ostack.spec import KINDS, NAME_RE, SECRET_KEY_RE, SERVICE_MODELS, Front, Stack, share
 
 MAX_FILE_BYTES = 1_000_000
@@ -829,7 +830,7 @@ def _service_rules(loc: Loc, svc: Any, smap: SourceMap) -> list[Problem]:
 
 def _prompt_rules(svc: Any, add: Any) -> None:
     """prompt_type is one h2ostack knows (or `custom` with a prompt_dict); prompt_dict keys are h2oGPT's."""
-    from h2ostack.front.prompts import KEYS, PROMPT_TYPES
+    from h2ostack.prompts import KEYS, PROMPT_TYPES
 
     known = [*PROMPT_TYPES, "custom"]
     if svc.prompt_type is not None and svc.prompt_type not in known:
@@ -915,31 +916,6 @@ def cross_checks(stack: Stack, smap: SourceMap | None = None) -> list[Problem]:
     return out
 
 
-def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
-    """A dependency cycle as a list of names, or None."""
-    state: dict[str, int] = {}
-    stack: list[str] = []
-
-    def visit(node: str) -> list[str] | None:
-        state[node] = 1
-        stack.append(node)
-        for dep in graph.get(node, []):
-            if state.get(dep) == 1:
-                return stack[stack.index(dep):]
-            if dep not in state:
-                found = visit(dep)
-                if found:
-                    return found
-        stack.pop()
-        state[node] = 2
-        return None
-
-    for node in graph:
-        if node not in state:
-            found = visit(node)
-            if found:
-                return found
-    return None
 
 
 def _short(path: str | Path, limit: int = 200) -> str:

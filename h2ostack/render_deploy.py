@@ -35,7 +35,7 @@ from pydantic import SecretStr
 
 from h2ostack.backends import tgi, vllm
 from h2ostack.plan import Plan, ServicePlan
-from h2ostack.render import env_name
+from h2ostack.quoting import env_name
 from h2ostack.runtimes.docker import labels_for
 
 VLLM_IMAGE = "vllm/vllm-openai:latest"
@@ -77,7 +77,7 @@ def _awake(sp: ServicePlan) -> ServicePlan:
 
 
 def _on_demand_note(names: list[str], how: str) -> list[str]:
-    from h2ostack.render import comment_value as cv
+    from h2ostack.quoting import comment_value as cv
 
     if not names:
         return []
@@ -140,7 +140,7 @@ def _shm(sp: ServicePlan) -> str | None:
 
 
 def _header(plan: Plan, skipped: dict[str, str], extra: list[str]) -> str:
-    from h2ostack.render import comment_value as cv
+    from h2ostack.quoting import comment_value as cv
 
     lines = [f"# stack {cv(plan.stack)}, rendered by h2ostack from {cv(plan.source)}",
              "# Secrets are never written here.", *extra]

@@ -144,7 +144,7 @@ def openai_server(prefix: str, url: str, key: str | None) -> str:
 def wired_prompt_type(plan: Any) -> str | None:
     """The prompt type a vLLM service is asked with through completions (given, or known for its model):
     the same rule as the built-in front's panes and its /v1."""
-    from h2ostack.front.prompts import completion_prompt_type
+    from h2ostack.prompts import completion_prompt_type
 
     return completion_prompt_type(plan.kind, plan.prompt_type, plan.served_model)
 

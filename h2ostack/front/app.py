@@ -51,7 +51,7 @@ WARM_PAGE_ANSWER = ("a", "a b")  # the streamed exchange a page warms up on (`wa
 
 def backends_from_plan(plan: Any, stack: Any, models: list[str]) -> list[Backend]:
     from h2ostack.api import auth_headers
-    from h2ostack.front.prompts import completion_prompt_type
+    from h2ostack.prompts import completion_prompt_type
 
     out = []
     for name in models:
@@ -409,8 +409,8 @@ def build_app(stack_file: str, front: str) -> Any:
     from fastapi.responses import JSONResponse
 
     from h2ostack.api import load_plan
-    from h2ostack.front.prompts import gateway_prompt
     from h2ostack.gateway import Gateway, attach_on_demand, front_keys, routes_from_plan
+    from h2ostack.prompts import gateway_prompt
     from h2ostack.spec import reveal
 
     stack, _, plan = load_plan(stack_file, check_ports=False)

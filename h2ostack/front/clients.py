@@ -18,13 +18,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from h2ostack.front.prompts import (
+from h2ostack.prompts import (
     StopTrimmer,
     build_prompt,
     infer_prompt_type,
     prompt_dict_for,
     stops_for,
 )
+from h2ostack.protocols.h2ogpt import h2ogpt_client  # noqa: F401 - re-exported
 
 READ_TIMEOUT = 600.0  # seconds: a turn's wait for the backend's next piece
 
@@ -176,19 +177,6 @@ def _trimmed(pieces: Iterator[str], stops: Sequence[str]) -> Iterator[str]:
     rest = trim.end()
     if rest:
         yield rest
-
-
-def h2ogpt_client(url: str, headers: dict[str, str] | None = None) -> Any:
-    """A gradio_client for an h2oGPT server. h2oGPT 0.2.x runs Gradio 4.2x, whose config marks its
-    hidden events `api_name: false`; this gradio_client joins those names into a message on every
-    call ("can only concatenate str (not "bool") to str"), so they are made strings first."""
-    from gradio_client import Client
-
-    client = Client(url, verbose=False, headers=headers or None)
-    for dep in (getattr(client, "config", None) or {}).get("dependencies", []):
-        if isinstance(dep, dict) and not isinstance(dep.get("api_name"), str):
-            dep["api_name"] = str(dep.get("api_name"))
-    return client
 
 
 def _h2ogpt_answer(b: Backend, message: str, max_new_tokens: int, temperature: float) -> str:

@@ -10,8 +10,8 @@ from typing import Any
 import gradio as gr
 
 from h2ostack.front.clients import Backend
-from h2ostack.front.prompts import PROMPT_TYPES
 from h2ostack.front.session import Session
+from h2ostack.prompts import PROMPT_TYPES
 
 EXTRA_SLOTS = 4  # free panes for models added from the page
 # The panes follow a streaming answer by CSS alone: a pane's scroll box lays out its content (the

@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from h2ostack.plan_types import runtime_key  # noqa: F401 - re-exported
+
 if TYPE_CHECKING:
-    from h2ostack.plan import ServicePlan
+    from h2ostack.plan_types import ServicePlan
 
 
 @dataclass(frozen=True)
@@ -44,8 +46,3 @@ class Runtime(Protocol):
     def log_tail(self, name: str, lines: int) -> str: ...
 
     def log_path(self, name: str) -> str | None: ...
-
-
-def runtime_key(mode: str | None, host: str | None) -> str:
-    """Which runtime holds a service: `process`, `container` (the default engine) or `container@HOST`."""
-    return f"{mode}@{host}" if host and mode == "container" else (mode or "process")

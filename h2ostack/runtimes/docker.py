@@ -21,7 +21,7 @@ from h2ostack.runtimes.base import Observed
 from h2ostack.spec import reveal
 
 if TYPE_CHECKING:
-    from h2ostack.plan import ServicePlan
+    from h2ostack.plan_types import ServicePlan
 
 LABEL = "io.h2ostack."
 

@@ -13,15 +13,14 @@ from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 
+from h2ostack.quoting import comment_value, env_name, required_checks
 from h2ostack.runtimes.docker import labels_for
 
 if TYPE_CHECKING:
-    from h2ostack.plan import Plan, ServicePlan
+    from h2ostack.plan_types import Plan, ServicePlan
 
 
 def docker_run_lines(sp: ServicePlan, plan: Plan) -> list[str]:
-    from h2ostack.render import comment_value, env_name
-
     spec = dict(sp.container or {})
     q = shlex.quote
     docker = f"docker -H {q(sp.docker_url)}" if sp.docker_url else "docker"
@@ -49,8 +48,6 @@ def docker_run_lines(sp: ServicePlan, plan: Plan) -> list[str]:
     where = f" on host {comment_value(sp.host)}" if sp.host else ""
     lines = [f"# {comment_value(sp.name)}: {comment_value(sp.kind)} container{where}"
              + (f" on GPUs {','.join(map(str, sp.gpus))}" if sp.gpus else "")]
-    from h2ostack.render import required_checks  # (render imports this module when it runs)
-
     lines += required_checks(sp.env)
     lines.append(f"{docker} rm -f {q(spec['name'])} >/dev/null 2>&1 || true")
     args = " ".join(q(str(a)) for a in spec.get("command", []))

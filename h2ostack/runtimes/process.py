@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psutil
 
-from h2ostack.plan import ServicePlan
+from h2ostack.plan_types import ServicePlan
 from h2ostack.runtimes.base import Observed
 from h2ostack.spec import reveal
 from h2ostack.state import ProcRecord, StackState

@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from h2ostack.backends.h2ogpt import RUN_INSTALLED
-from h2ostack.front.clients import h2ogpt_client
+from h2ostack.protocols.h2ogpt import h2ogpt_client
 from h2ostack.spec import reveal
 from tests.conftest import H2O, H2OGPTEnv, free_port, marked_processes
 

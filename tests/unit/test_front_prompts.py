@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from h2ostack.front.clients import _trimmed
-from h2ostack.front.prompts import (
+from h2ostack.front.servers import Server, parse_server
+from h2ostack.prompts import (
     PROMPT_TYPES,
     build_prompt,
     gateway_prompt,
@@ -15,7 +16,6 @@ from h2ostack.front.prompts import (
     messages_to_turns,
     trim_partial_stop,
 )
-from h2ostack.front.servers import Server, parse_server
 
 EXPECTED = {
     "plain": ("hi hello\nhow are you?", []),
@@ -132,7 +132,7 @@ def test_server_parser_fuzz(text: str) -> None:
 @pytest.mark.parametrize("pieces", [["The ans", "wer.\n<hu", "man>: next"], list("The answer.\n<human>: next"),
                                     ["The answer.\n<human>: next"], ["The answer.\n<hu"]])
 def test_the_gateways_trimmer_cuts_as_the_pane_does(pieces: list[str]) -> None:
-    from h2ostack.front.prompts import StopTrimmer
+    from h2ostack.prompts import StopTrimmer
 
     stops = ["\n<human>:", "\n<bot>:"]
     trim = StopTrimmer(stops)
