@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from h2ostack.metrics import CONTENT_TYPE as METRICS_TYPE
-from h2ostack.metrics import UNKNOWN_MODEL, Metrics, Model, stream_text, tokens_in
+from h2ostack.metrics import UNKNOWN_MODEL, Metrics, Model, Tally
 from h2ostack.upstream import KEEP_IDLE, Pool
 
 OVERHEAD_HEADER = "x-h2ostack-overhead-ms"
@@ -402,41 +402,35 @@ class Gateway:
 
     async def send(self, reply: Reply, receive: Receive, send: Send, t0: float = 0.0) -> None:
         headers = [(b"content-type", reply.ctype.encode()), *reply.headers]
-        rec, tokens = reply.rec, None
+        tally = Tally(reply.rec, t0) if reply.rec is not None else None
         try:
             if isinstance(reply.body, bytes):
                 headers.append((b"content-length", str(len(reply.body)).encode()))
                 await send({"type": "http.response.start", "status": reply.status, "headers": headers})
                 await send({"type": "http.response.body", "body": reply.body})
-                if rec is not None and reply.status < 400:
-                    tokens = tokens_in(reply.body)
+                if tally is not None:
+                    tally.whole(reply.status, reply.body)
                 return
             await send({"type": "http.response.start", "status": reply.status, "headers": headers})
             # a client that leaves mid-stream: stop reading its backend (closing the connection
             # tells the backend to stop generating)
             gone = asyncio.ensure_future(receive())
-            pieces, usage = 0, None  # the stream's pieces with text, and the usage it reports
             try:
                 async for piece in reply.body:
                     if gone.done():
                         break
                     await send({"type": "http.response.body", "body": piece, "more_body": True})
-                    if rec is not None:
-                        n, u = stream_text(piece)
-                        if n and not pieces:
-                            rec.first(t0)
-                        pieces += n
-                        usage = u if u is not None else usage
+                    if tally is not None:
+                        tally.piece(piece)
                 await send({"type": "http.response.body", "body": b""})
             finally:
                 gone.cancel()
-                tokens = usage if usage is not None else pieces
                 aclose = getattr(reply.body, "aclose", None)
                 if aclose is not None:
                     await aclose()
         finally:
-            if rec is not None:
-                rec.end(reply.status, t0, tokens)
+            if tally is not None:
+                tally.end(reply.status)
             if reply.done is not None:
                 reply.done()
 
@@ -1052,7 +1046,7 @@ class Wire(asyncio.Protocol):
     async def write(self, reply: Reply, keep_alive: bool, t0: float = 0.0) -> None:
         transport = self.transport
         assert transport is not None
-        rec, tokens = reply.rec, None  # the model's metrics (`Gateway.send` records the same)
+        tally = Tally(reply.rec, t0) if reply.rec is not None else None  # as `Gateway.send` counts
         try:
             head = [_status_line(reply.status)]
             ctype = reply.ctype.encode("latin-1", "replace")
@@ -1072,8 +1066,8 @@ class Wire(asyncio.Protocol):
                     transport.write(b"".join(head))
                 if close:
                     self.closing = True
-                if rec is not None and reply.status < 400:
-                    tokens = tokens_in(reply.body)
+                if tally is not None:
+                    tally.whole(reply.status, reply.body)
                 return
             chunked = self.parser.get_http_version() == "1.1"
             if chunked:
@@ -1085,32 +1079,26 @@ class Wire(asyncio.Protocol):
                 self.closing = True  # (reads nothing more from this client)
             transport.write(b"".join(head))
             stream = reply.body
-            pieces, usage = 0, None  # the stream's pieces with text, and the usage it reports
             try:
                 async for piece in stream:
                     if transport.is_closing():  # the client left: stop reading its backend
                         break
                     if piece:
                         transport.write(b"%x\r\n%b\r\n" % (len(piece), piece) if chunked else piece)
-                        if rec is not None:
-                            n, u = stream_text(piece)
-                            if n and not pieces:
-                                rec.first(t0)
-                            pieces += n
-                            usage = u if u is not None else usage
+                        if tally is not None:
+                            tally.piece(piece)
                     if self.write_paused:
                         self.drained = self.loop.create_future()
                         await self.drained
                 if chunked and not transport.is_closing():
                     transport.write(b"0\r\n\r\n")
             finally:
-                tokens = usage if usage is not None else pieces
                 aclose = getattr(stream, "aclose", None)
                 if aclose is not None:
                     await aclose()
         finally:
-            if rec is not None:
-                rec.end(reply.status, t0, tokens)
+            if tally is not None:
+                tally.end(reply.status)
             if reply.done is not None:
                 reply.done()
 

@@ -171,3 +171,31 @@ def stream_text(chunk: bytes) -> tuple[int, int | None]:
     """A piece of a stream: how many of its events carry text, and the `completion_tokens` it
     reports (the usage event at a stream's end, where the client asked for it), if any."""
     return len(_TEXT.findall(chunk)), (tokens_in(chunk) if b"completion_tokens" in chunk else None)
+
+
+class Tally:
+    """One answer counted for its model's metrics as it is sent: its first piece with text (time to
+    first token), the pieces with text, the tokens it reports; `end` records it."""
+
+    __slots__ = ("rec", "t0", "pieces", "usage", "streamed")
+
+    def __init__(self, rec: Model, t0: float) -> None:
+        self.rec, self.t0, self.pieces, self.usage, self.streamed = rec, t0, 0, None, False
+
+    def whole(self, status: int, body: bytes) -> None:
+        """A whole answer: the tokens it reports, when it is not an error."""
+        if status < 400:
+            self.usage = tokens_in(body)
+
+    def piece(self, chunk: bytes) -> None:
+        """A piece of a streamed answer."""
+        self.streamed = True
+        n, usage = stream_text(chunk)
+        if n and not self.pieces:
+            self.rec.first(self.t0)
+        self.pieces += n
+        if usage is not None:
+            self.usage = usage
+
+    def end(self, status: int) -> None:
+        self.rec.end(status, self.t0, self.usage if self.usage is not None or not self.streamed else self.pieces)
