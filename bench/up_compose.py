@@ -25,7 +25,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,8 @@ import docker
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from up_parallel import free_ports  # noqa: E402  (bench/up_parallel.py)
+
 from tests.conftest import IMAGE, build_standin  # noqa: E402
 
 T = float(os.environ.get("BENCH_T", "3"))
@@ -47,16 +48,6 @@ RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 TUNED = os.environ.get("BENCH_COMPOSE_INTERVAL", "1s")
 N = 4
 H2O = [sys.executable, "-m", "h2ostack.cli"]
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def stack(name: str, ports: list[int]) -> str:

@@ -425,14 +425,9 @@ class Gateway:
                 await send({"type": "http.response.body", "body": b""})
             finally:
                 gone.cancel()
-                aclose = getattr(reply.body, "aclose", None)
-                if aclose is not None:
-                    await aclose()
+                await _aclose(reply.body)
         finally:
-            if tally is not None:
-                tally.end(reply.status)
-            if reply.done is not None:
-                reply.done()
+            _ended(reply, tally)
 
     def authorized(self, headers: Sequence[tuple[bytes, bytes]]) -> bool:
         if not self.closed:
@@ -1093,14 +1088,24 @@ class Wire(asyncio.Protocol):
                 if chunked and not transport.is_closing():
                     transport.write(b"0\r\n\r\n")
             finally:
-                aclose = getattr(stream, "aclose", None)
-                if aclose is not None:
-                    await aclose()
+                await _aclose(stream)
         finally:
-            if tally is not None:
-                tally.end(reply.status)
-            if reply.done is not None:
-                reply.done()
+            _ended(reply, tally)
+
+
+async def _aclose(body: Any) -> None:
+    """A streamed answer's generator closed (its upstream connection let go)."""
+    aclose = getattr(body, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+def _ended(reply: Reply, tally: Tally | None) -> None:
+    """An answer sent or given up: counted for its model, and its `done` called."""
+    if tally is not None:
+        tally.end(reply.status)
+    if reply.done is not None:
+        reply.done()
 
 
 async def listen(gateway: Gateway, host: str, port: int) -> tuple[asyncio.Server, set[Wire]]:

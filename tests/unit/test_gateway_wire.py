@@ -9,7 +9,7 @@ import json
 from collections.abc import Awaitable, Callable
 
 from h2ostack.gateway import Gateway, Limits, Route_, listen
-from tests.unit.test_upstream import ok, read_request, serving
+from tests.unit.test_upstream import endless_stream, ok, read_request, serving
 
 KEY = "sk-wire"
 Client = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -160,18 +160,7 @@ def test_a_body_over_the_limit_is_refused_whole_or_in_pieces() -> None:
 
 def test_a_client_leaving_mid_stream_closes_the_backend_connection() -> None:
     closed = asyncio.Event()
-
-    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
-        try:
-            while True:
-                piece = b'data: {"choices": []}\n\n'
-                writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
-                await writer.drain()
-                await asyncio.sleep(0.01)
-        except ConnectionError:
-            closed.set()
+    endless = endless_stream(closed)
 
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(post({"model": "m", "stream": True}))

@@ -100,7 +100,7 @@ def call(gw: Gateway, method: str, path: str, body: bytes = b"",
     async def receive() -> dict[str, Any]:
         if sent:
             return sent.pop()
-        await asyncio.sleep(3600)
+        await asyncio.Event().wait()  # the client stays: no disconnect comes
         return {"type": "http.disconnect"}
 
     async def send(message: dict[str, Any]) -> None:

@@ -23,19 +23,12 @@ from h2ostack.health import (
     repo_ids,
     wait_ready,
 )
+from tests.unit.test_executor_health import FakeClock
 
 PROBES = (Probe("health", "GET", "/health"), Probe("gen", "POST", "/v1/completions", {"x": 1}))
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def now(self) -> float:
-        return self.t
-
-    def sleep(self, s: float) -> None:
-        self.t += s
+Clock = FakeClock  # now() and sleep(), no real time
 
 
 def server(clock: Clock, port_at: float, warm_at: float):

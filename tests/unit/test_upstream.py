@@ -199,9 +199,9 @@ def test_a_slow_reader_holds_back_the_backend(monkeypatch: pytest.MonkeyPatch) -
     asyncio.run(main())
 
 
-def test_a_client_leaving_mid_stream_closes_the_backend_connection() -> None:
-    closed = asyncio.Event()
-
+def endless_stream(closed: asyncio.Event) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+    """A backend that streams one event every 10 ms (its pace) until its client's connection is
+    closed, then sets `closed`."""
     async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
@@ -213,6 +213,12 @@ def test_a_client_leaving_mid_stream_closes_the_backend_connection() -> None:
                 await asyncio.sleep(0.01)
         except ConnectionError:
             closed.set()
+    return endless
+
+
+def test_a_client_leaving_mid_stream_closes_the_backend_connection() -> None:
+    closed = asyncio.Event()
+    endless = endless_stream(closed)
 
     async def main() -> None:
         server, url, _ = await serving(endless)
