@@ -379,7 +379,7 @@ class _Planner:
         if unknown:
             self.problem((*loc, "nodes"), f"unknown host(s) {', '.join(unknown)}: `hosts:` names "
                                           f"{', '.join(hosts) or 'none'}")
-            return ServicePlan(**common, mode="external", api="openai")
+            return ServicePlan(**common, mode="external", api=backends.get(svc.kind).protocol)
         if len(set(svc.nodes)) != len(svc.nodes):
             self.problem((*loc, "nodes"), "a host is named twice")
         gpus = tuple(svc.gpu_ids if svc.gpu_ids is not None else range(svc.gpu_count))
@@ -404,7 +404,7 @@ class _Planner:
             env["VLLM_API_KEY"] = svc.api_key
         env.update(svc.env)
         nodes = tuple((n, hosts[n].ssh_target, hosts[n].reach) for n in svc.nodes)
-        plan = ServicePlan(**common, mode="external", api="openai", gpus=gpus, port=port,
+        plan = ServicePlan(**common, mode="external", api=backends.get(svc.kind).protocol, gpus=gpus, port=port,
                            url=f"http://{head.reach}:{port}", served_model=served, env=env, command=tuple(command),
                            probes=tuple(vllm.probes(ctx)), health_timeout=svc.health.timeout or
                            vllm.DEFAULT_HEALTH_TIMEOUT, nodes=nodes)
