@@ -1,8 +1,9 @@
 """The registry of service kinds: one `Backend` per kind, each in one module.
 
-The built-in kinds are registered the way plugins are (each module's `backend` object, in the order
-of BUILTIN); an engine outside the package registers under the `h2ostack.backends` entry-point group,
-naming its `Backend` object (or a module holding one as `backend`):
+The built-in kinds are registered the way plugins are: each module of this package that holds a
+`Backend` object named `backend` (those of BUILTIN first, in its order, then the others by name), so a
+new kind's module needs no line here. An engine outside the package registers under the
+`h2ostack.backends` entry-point group, naming its `Backend` object (or a module holding one as `backend`):
 
     [project.entry-points."h2ostack.backends"]
     myengine = "my_package.h2ostack_backend:backend"
@@ -60,13 +61,24 @@ def _plugins() -> list[Callable[[], object]]:
     return [ep.load for ep in entry_points(group=ENTRY_POINT_GROUP)]
 
 
+def _builtin_modules() -> list[str]:
+    """BUILTIN, then the package's other kind modules by name (not `base`, nor a private one)."""
+    import pkgutil
+
+    found = sorted(f"{__name__}.{m.name}" for m in pkgutil.iter_modules(__path__)
+                   if m.name != "base" and not m.name.startswith("_"))
+    return [*BUILTIN, *(name for name in found if name not in BUILTIN)]
+
+
 def _load() -> None:
     global _loaded
     if _loaded:
         return
     _loaded = True
-    for name in BUILTIN:
-        register(_backend_of(importlib.import_module(name)))
+    for name in _builtin_modules():
+        module = importlib.import_module(name)
+        if name in BUILTIN or isinstance(getattr(module, "backend", None), Backend):
+            register(_backend_of(module))  # a module of helpers shared by kinds holds no backend
     for load in _plugins():
         register(_backend_of(load()))
 

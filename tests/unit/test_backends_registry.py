@@ -159,3 +159,17 @@ def test_an_engine_outside_the_package_is_registered_from_its_entry_point(tmp_pa
     assert out["error"] == "s.yaml:3:3: services.e.model: an echo server needs `model:`"
     assert "unknown kind 'ech' (did you mean 'echo'?); one of tgi, vllm, transformers, openai, h2ogpt, echo" \
         in out["unknown"]
+
+
+def test_a_module_of_the_package_is_a_kind_without_a_line_in_the_registry(tmp_path: Path) -> None:
+    import shutil
+
+    root = Path(backends.__file__).resolve().parents[1]
+    shutil.copytree(root, tmp_path / "h2ostack", ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "h2ostack" / "backends" / "echo.py").write_text(PLUGIN)
+    (tmp_path / "h2ostack" / "backends" / "helpers.py").write_text("SHARED = 1\n")  # no backend: no kind
+    code = "from h2ostack import backends, spec; print(backends.kinds(), spec.KINDS == backends.kinds())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"{(*BUILTIN_KINDS, 'echo')} True"
