@@ -14,6 +14,7 @@ Nothing is imported until a kind is first asked for, so the CLI's start-up does 
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -55,10 +56,10 @@ def _backend_of(obj: object) -> Backend:
     return found
 
 
-def _plugins() -> list[Callable[[], object]]:
+def _plugins() -> list[tuple[str, Callable[[], object]]]:
     from importlib.metadata import entry_points
 
-    return [ep.load for ep in entry_points(group=ENTRY_POINT_GROUP)]
+    return [(f"{ep.name} = {ep.value}", ep.load) for ep in entry_points(group=ENTRY_POINT_GROUP)]
 
 
 def _builtin_modules() -> list[str]:
@@ -79,8 +80,12 @@ def _load() -> None:
         module = importlib.import_module(name)
         if name in BUILTIN or isinstance(getattr(module, "backend", None), Backend):
             register(_backend_of(module))  # a module of helpers shared by kinds holds no backend
-    for load in _plugins():
-        register(_backend_of(load()))
+    for name, load in _plugins():
+        try:
+            register(_backend_of(load()))
+        except Exception as exc:  # a broken plugin costs its own kind, not every command
+            sys.stderr.write(f"h2ostack: the backend plugin `{name}` ({ENTRY_POINT_GROUP}) is left out: "
+                             f"{type(exc).__name__}: {exc}\n")
 
 
 def get(kind: str) -> Backend:
