@@ -22,7 +22,16 @@ from h2ostack.backends.base import Context, Probe
 from h2ostack.errors import Problem, StackError
 from h2ostack.facts import Facts, local_model_path
 from h2ostack.graph import order_levels
-from h2ostack.plan_types import Plan, ServicePlan, fits  # noqa: F401 - re-exported
+from h2ostack.plan_types import (  # noqa: F401 - re-exported
+    ContainerPlan,
+    ExternalPlan,
+    FrontPlan,
+    MultiNodePlan,
+    Plan,
+    ProcessPlan,
+    ServicePlan,
+    fits,
+)
 from h2ostack.spec import EnvValue, Front, Service, Stack, reveal, share
 
 # weights x 1.2: activations, CUDA context and allocator slack, the usual rule of thumb
@@ -292,9 +301,9 @@ class _Planner:
             else:
                 url = svc.url
                 probes, api, t = vllm.openai_probes(svc.model or "")[:2], "openai", 60.0
-            return ServicePlan(**common, mode="external", api=api, url=(url or "").rstrip("/"),
-                               served_model=svc.model, probes=tuple(probes), health_timeout=timeout or t,
-                               config_hash=config_hash({"url": url, "model": svc.model}))
+            return ExternalPlan(**common, api=api, url=(url or "").rstrip("/"),
+                                served_model=svc.model, probes=tuple(probes), health_timeout=timeout or t,
+                                config_hash=config_hash({"url": url, "model": svc.model}))
 
         python = _path(stack.base_dir, getattr(svc, "python", None) or self.facts.python)
         local = local_model_path(svc.model, stack.base_dir)
@@ -361,7 +370,6 @@ class _Planner:
             token = next((env[k] for k in tgi.TOKEN_NAMES if k in env), None)
             for k in tgi.TOKEN_NAMES if token is not None else ():
                 env.setdefault(k, token)
-        mode = "container" if image else "process"
         liveness = None
         if svc.health.unhealthy_after:
             liveness = probes[-1] if svc.health.canary else probes[0]
@@ -369,12 +377,11 @@ class _Planner:
         url = f"http://{host.reach}:{port}" if host is not None else url_for(bind, port)
         if host is not None:
             common.update(host=svc.host, docker_url=host.docker)
-        plan = ServicePlan(**common, mode=mode, api=api, gpus=gpus, port=port, url=url,
-                           served_model=ctx.served_model, env=env, command=tuple(command) if command else None,
-                           workdir=workdir if command else None, image=image, container=container,
-                           probes=tuple(probes), health_timeout=timeout or t, restart=svc.restart,
-                           max_restarts=svc.max_restarts, unhealthy_after=svc.health.unhealthy_after,
-                           liveness=liveness)
+        server = dict(common, api=api, gpus=gpus, port=port, url=url, served_model=ctx.served_model, env=env,
+                      probes=tuple(probes), health_timeout=timeout or t, restart=svc.restart,
+                      max_restarts=svc.max_restarts, unhealthy_after=svc.health.unhealthy_after, liveness=liveness)
+        plan: ServicePlan = (ContainerPlan(**server, image=image, container=container or {}) if image else
+                             ProcessPlan(**server, command=tuple(command or ()), workdir=workdir))
         return replace(plan, config_hash=self.hash_of(plan))
 
     def container_spec(self, name: str, svc: Any, ctx: Context, env: dict[str, EnvValue]) -> dict[str, Any]:
@@ -411,7 +418,7 @@ class _Planner:
         if unknown:
             self.problem((*loc, "nodes"), f"unknown host(s) {', '.join(unknown)}: `hosts:` names "
                                           f"{', '.join(hosts) or 'none'}")
-            return ServicePlan(**common, mode="external", api="openai")
+            return ExternalPlan(**common, api="openai")
         if len(set(svc.nodes)) != len(svc.nodes):
             self.problem((*loc, "nodes"), "a host is named twice")
         gpus = tuple(svc.gpu_ids if svc.gpu_ids is not None else range(svc.gpu_count))
@@ -436,10 +443,10 @@ class _Planner:
             env["VLLM_API_KEY"] = svc.api_key
         env.update(svc.env)
         nodes = tuple((n, hosts[n].ssh_target, hosts[n].reach) for n in svc.nodes)
-        plan = ServicePlan(**common, mode="external", api="openai", gpus=gpus, port=port,
-                           url=f"http://{head.reach}:{port}", served_model=served, env=env, command=tuple(command),
-                           probes=tuple(vllm.probes(ctx)), health_timeout=svc.health.timeout or
-                           vllm.DEFAULT_HEALTH_TIMEOUT, nodes=nodes)
+        plan = MultiNodePlan(**common, api="openai", gpus=gpus, port=port,
+                             url=f"http://{head.reach}:{port}", served_model=served, env=env, command=tuple(command),
+                             probes=tuple(vllm.probes(ctx)), health_timeout=svc.health.timeout or
+                             vllm.DEFAULT_HEALTH_TIMEOUT, nodes=nodes)
         return replace(plan, config_hash=self.hash_of(plan))
 
     def volume(self, text: str) -> str:
@@ -484,11 +491,10 @@ class _Planner:
             workdir = self.stack.base_dir
             probes = [Probe("front", "GET", "/healthz", timeout=5.0)]
             wiring = ()
-        plan = ServicePlan(name=name, kind=front.kind, mode="process", api="gradio", port=port,
-                           url=url_for(bind, port), depends_on=deps, env=env, command=tuple(command),
-                           workdir=workdir, probes=tuple(probes), health_timeout=front.health.timeout or 120.0,
-                           health_interval=front.health.interval, is_front=True, models=tuple(front.models),
-                           wiring=wiring)
+        plan = FrontPlan(name=name, kind=front.kind, api="gradio", port=port,
+                         url=url_for(bind, port), depends_on=deps, env=env, command=tuple(command),
+                         workdir=workdir, probes=tuple(probes), health_timeout=front.health.timeout or 120.0,
+                         health_interval=front.health.interval, models=tuple(front.models), wiring=wiring)
         return replace(plan, config_hash=self.hash_of(plan))
 
     def check_openai_models(self, name: str, front: Front) -> None:
