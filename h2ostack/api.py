@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 from h2ostack import executor, health
 from h2ostack.errors import EngineUnavailable, NotFound, UpError
 from h2ostack.plan_types import (
-    BadPlan,
     ContainerPlan,
     FrontPlan,
     Plan,
@@ -115,12 +114,11 @@ class Ctx:
         wrote (a state file is not trusted): `saved_problem` then says what is wrong with it."""
         if not self._saved_read:
             self._saved_read = True
-            data = self.state.load_plan()
-            if data is not None:
-                try:
-                    self._saved = Plan.from_saved(data)
-                except BadPlan as exc:
-                    self.saved_problem = f"{self.state.root / 'plan.json'} is ignored: {exc}"
+            try:
+                data = self.state.read_plan()
+                self._saved = Plan.from_saved(data) if data is not None else None
+            except ValueError as exc:  # what is wrong with the file, or with the plan in it (BadPlan)
+                self.saved_problem = f"{self.state.root / 'plan.json'} is ignored: {exc}"
         return self._saved
 
     def saved_services(self) -> dict[str, ServicePlan]:

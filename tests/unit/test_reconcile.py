@@ -4,7 +4,9 @@ process, no container, no sleep."""
 from __future__ import annotations
 
 import json
+import os
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -311,6 +313,23 @@ def test_a_hostile_saved_plan_is_ignored_with_a_warning_and_everything_still_sto
     events: list[api.Event] = []
     assert sorted(api.down("lab", emit=events.append, runtime_factory=machine.factory)) == ["a", "b"]
     assert any(e.kind == api.EventKind.WARN and "plan.json is ignored" in e.detail for e in events)
+
+
+@pytest.mark.parametrize(("make", "says"), [
+    (lambda p: p.write_text("{not json"), "not JSON"),
+    (lambda p: os.mkfifo(p), "not a regular file"),  # read as a file, it would hang
+    (lambda p: p.symlink_to("/etc/passwd"), "cannot be opened"),
+    (lambda p: p.write_text(json.dumps({"plan": {"stack": "lab"}, "source": 3})), "not an object with the saved"),
+])
+def test_a_saved_plan_that_is_no_plan_file_is_ignored_and_said(
+        machine: Machine, tmp_path: Path, make: Callable[[Path], Any], says: str) -> None:
+    machine.up(stack_file(tmp_path, SERVICES))
+    saved = tmp_path / "state" / "lab" / "plan.json"
+    saved.unlink()
+    make(saved)
+    rows = api.status("lab", probe=False, runtime_factory=machine.factory)
+    assert rows[0].service == "<plan>" and says in rows[0].detail
+    assert sorted(api.down("lab", runtime_factory=machine.factory)) == ["a", "b"]
 
 
 def test_event_kinds_are_typed() -> None:
