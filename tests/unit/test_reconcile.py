@@ -145,6 +145,17 @@ def test_saved_plan_round_trips_through_the_types(monkeypatch: pytest.MonkeyPatc
     assert back.services["t"].runtime_key == "container@gpu2" and back.services["od"].claims == ((0, 12.5), (1, None))
 
 
+@pytest.mark.parametrize("stack", sorted((Path(__file__).parents[2] / "stacks").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_example_stacks_plan_reads_back_as_it_was_saved(stack: Path) -> None:
+    _, _, plan = api.load_plan(stack, gpus="0,1,2,3,4,5,6,7", gpu_memory=80, check_ports=False,
+                               environ={"HF_TOKEN": "hf_x", "VLLM_KEY": "sk-v", "OPENAI_API_KEY": "sk-o"})
+    saved = plan.to_json()
+    back = Plan.from_json(json.loads(json.dumps(saved)), str(stack))
+    assert back.to_json() == saved and list(back.all()) == list(plan.all())
+    assert [type(sp) for sp in back.all().values()] == [type(sp) for sp in plan.all().values()]
+    assert "hf_x" not in json.dumps(saved) and "sk-v" not in json.dumps(saved)
+
+
 @pytest.mark.parametrize(("data", "says"), [
     ([], "not an object"),
     ({"stack": "s", "services": {"a": 1}}, "services: Input should be a valid list"),
