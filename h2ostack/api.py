@@ -14,17 +14,25 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from h2ostack import executor, health
 from h2ostack.errors import EngineUnavailable, NotFound, UpError
-from h2ostack.runtimes.base import Observed, runtime_key
+from h2ostack.plan_types import (
+    ContainerPlan,
+    FrontPlan,
+    Plan,
+    ProcessPlan,
+    ServicePlan,
+)
+from h2ostack.reconcile import Bring, StopReason, reconcile, with_deps
+from h2ostack.runtimes.base import Observed
 from h2ostack.state import StackState, check_stack_name, known_stacks, state_root
 
-if TYPE_CHECKING:  # the models (pydantic) load only for commands that read a stack file
+if TYPE_CHECKING:  # the models of a stack file load only for commands that read one
     from h2ostack.facts import Facts
-    from h2ostack.plan import Plan, ServicePlan
     from h2ostack.runtimes.base import Runtime
     from h2ostack.spec import Stack
 
@@ -32,12 +40,32 @@ LOG_TAIL_LINES = 20
 MALFORMED = "malformed pidfile"  # how the process runtime reports a pidfile it skipped
 
 
+class EventKind(StrEnum):
+    """What an event tells (it compares equal to its value: `ev.kind == "ready"`)."""
+
+    PLAN = "plan"
+    KEEP = "keep"
+    STOP = "stop"
+    STOPPED = "stopped"
+    START = "start"
+    WAIT = "wait"
+    STEP = "step"
+    PHASE = "phase"
+    READY = "ready"
+    FAIL = "fail"
+    SKIP = "skip"
+    WARN = "warn"
+
+
 @dataclass(frozen=True)
 class Event:
     service: str
-    kind: str  # plan | keep | stop | start | wait | step | phase | ready | fail | skip | warn
+    kind: EventKind  # a plain string is taken for its EventKind (and refused when it names none)
     detail: str = ""
     elapsed: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", EventKind(self.kind))
 
 
 Emit = Callable[[Event], None]
@@ -47,50 +75,70 @@ def _noop(_: Event) -> None:
     pass
 
 
+RuntimeFactory = Callable[[str], "Runtime"]  # a runtime key (`process`, `container@HOST`) -> its runtime
+
+
 @dataclass
 class Ctx:
-    """One command's view of a stack: its plan (when the file is at hand), state and runtimes."""
+    """One command's view of a stack: its plan (when the file is at hand), state and runtimes.
+    `runtime_factory` makes the runtime for a key (default: processes here, Docker engines)."""
 
     name: str
     state: StackState
     plan: Plan | None = None
     runtimes: dict[str, Runtime] = field(default_factory=dict)
     errors: dict[str, Exception] = field(default_factory=dict)  # runtimes that could not be asked (by mode)
+    runtime_factory: RuntimeFactory | None = None
+    saved_problem: str | None = None  # what is wrong with the saved plan, which is then ignored
+    _saved: Plan | None = field(default=None, repr=False)
+    _saved_read: bool = field(default=False, repr=False)
 
     def runtime(self, mode: str) -> Runtime:
         """The runtime for a key: `process`, `container` (the default engine) or `container@HOST`."""
         if mode not in self.runtimes:
-            if mode.startswith("container"):
-                from h2ostack.runtimes.docker import DockerRuntime
-
-                host = mode.partition("@")[2]
-                self.runtimes[mode] = DockerRuntime(self.name, base_url=self.docker_urls().get(host) if host
-                                                    else None, key=mode)
-            else:
-                from h2ostack.runtimes.process import ProcessRuntime
-
-                self.runtimes[mode] = ProcessRuntime(self.state)
+            self.runtimes[mode] = (self.runtime_factory or self.default_runtime)(mode)
         return self.runtimes[mode]
 
-    def entries(self) -> list[dict[str, Any]]:
-        """The services as planned: this command's plan and the one saved by the last `up`."""
-        saved = (self.state.load_plan() or {}).get("plan", {})
-        out = [*saved.get("services", []), *saved.get("fronts", [])]
-        if self.plan is not None:
-            out += [{"name": s.name, "mode": s.mode, "host": s.host, "docker": s.docker_url}
-                    for s in self.plan.all().values()]
-        return out
+    def default_runtime(self, mode: str) -> Runtime:
+        if mode.startswith("container"):
+            from h2ostack.runtimes.docker import DockerRuntime
+
+            host = mode.partition("@")[2]
+            return DockerRuntime(self.name, base_url=self.docker_urls().get(host) if host else None, key=mode)
+        from h2ostack.runtimes.process import ProcessRuntime
+
+        return ProcessRuntime(self.state)
+
+    def saved(self) -> Plan | None:
+        """The plan the last `up` saved: None when there is none, or when it is not one h2ostack
+        wrote (a state file is not trusted): `saved_problem` then says what is wrong with it."""
+        if not self._saved_read:
+            self._saved_read = True
+            try:
+                data = self.state.read_plan()
+                self._saved = Plan.from_saved(data) if data is not None else None
+            except ValueError as exc:  # what is wrong with the file, or with the plan in it (BadPlan)
+                self.saved_problem = f"{self.state.root / 'plan.json'} is ignored: {exc}"
+        return self._saved
+
+    def saved_services(self) -> dict[str, ServicePlan]:
+        saved = self.saved()
+        return saved.all() if saved is not None else {}
+
+    def planned(self) -> list[ServicePlan]:
+        """The services as planned: the ones saved by the last `up`, and this command's plan."""
+        return [*self.saved_services().values(), *(self.plan.all().values() if self.plan is not None else ())]
 
     def docker_urls(self) -> dict[str, str]:
-        return {e["host"]: e["docker"] for e in self.entries() if e.get("host") and e.get("docker")}
+        return {sp.host: sp.docker_url for sp in self.planned()
+                if isinstance(sp, ContainerPlan) and sp.host and sp.docker_url}
 
     def modes(self) -> list[str]:
         """Runtimes worth asking about this stack: the plan's, or, without one, any that may hold it."""
         modes = {"process"}
-        entries = self.entries()
-        keys = {runtime_key(e.get("mode"), e.get("host")) for e in entries}
-        modes |= {k for k in keys if k.startswith("container")}
-        if not entries and self.state.load_plan() is None and docker_configured():
+        planned = self.planned()
+        modes |= {sp.runtime_key for sp in planned if isinstance(sp, ContainerPlan)}
+        if not planned and self.saved() is None and docker_configured():
             modes.add("container")
         return sorted(modes, key=lambda m: m != "process")
 
@@ -129,7 +177,7 @@ def load_plan(path: str | Path, gpus: str | None = None, gpu_memory: float | Non
     return stack, facts, make_plan(stack, facts, frozenset(keep_ports))
 
 
-def ctx_for(target: str | Path) -> Ctx:
+def ctx_for(target: str | Path, runtime_factory: RuntimeFactory | None = None) -> Ctx:
     """A stack file path, or the name of a stack known to the state dir."""
     from h2ostack.loader import is_regular_file
 
@@ -138,18 +186,18 @@ def ctx_for(target: str | Path) -> Ctx:
         from h2ostack.loader import stack_name
 
         name = stack_name(p)
-        return Ctx(name, StackState(name))
+        return Ctx(name, StackState(name), runtime_factory=runtime_factory)
     name = check_stack_name(str(target))  # a name, never a path: it resolves only under the state dir
     if name not in known_stacks() and not docker_configured() and name not in _marked_stacks():
         raise NotFound(f"no stack file or known stack named {name!r} (state dir: {state_root()})")
-    return Ctx(name, StackState(name))
+    return Ctx(name, StackState(name), runtime_factory=runtime_factory)
 
 
 def auth_headers(plan: ServicePlan, stack: Stack | None) -> dict[str, str]:
     """The header a client of this service sends (external auth, api keys); never logged."""
     from h2ostack.spec import reveal
 
-    if stack is None or plan.is_front or plan.name not in stack.services:
+    if stack is None or isinstance(plan, FrontPlan) or plan.name not in stack.services:
         return {}
     svc = stack.services[plan.name]
     auth = getattr(svc, "auth", None)
@@ -203,45 +251,27 @@ def _ports_outside(stack: Stack, only: Iterable[str]) -> frozenset[int]:
 
 
 def targets(plan: Plan, only: Iterable[str]) -> list[str]:
-    return _with_deps(plan, only)
-
-
-def _with_deps(plan: Plan, only: Iterable[str]) -> list[str]:
-    deps = plan.deps()
-    unknown = [n for n in only if n not in deps]
-    if unknown:
-        from h2ostack.loader import did_you_mean
-
-        raise NotFound("; ".join(f"no service named {n!r} in stack {plan.stack!r}"
-                                 f"{did_you_mean(n, list(deps))}" for n in unknown))
-    seen: list[str] = []
-
-    def add(n: str) -> None:
-        if n in seen:
-            return
-        for d in deps[n]:
-            add(d)
-        seen.append(n)
-
-    for n in only:
-        add(n)
-    return seen
+    return with_deps(plan, only)
 
 
 def up(path: str | Path, only: Iterable[str] = (), gpus: str | None = None, gpu_memory: float | None = None,
-       emit: Emit = _noop, timeout_scale: float = 1.0, stop_timeout: float = 30.0) -> Plan:
+       emit: Emit = _noop, timeout_scale: float = 1.0, stop_timeout: float = 30.0,
+       runtime_factory: RuntimeFactory | None = None, requester: health.Requester | None = None) -> Plan:
+    """Bring the stack (or the services `only` names, with what they depend on) up: what runs with
+    the planned config stays, what changed or left the file stops, the rest starts (`reconcile`)."""
     from h2ostack.facts import gather
     from h2ostack.loader import load
     from h2ostack.plan import make_plan
 
     # the HTTP client's import costs ~0.1 s: take it while the servers are being spawned
-    requester: list[health.Requester] = []
-    warm = threading.Thread(target=lambda: requester.append(health.httpx_requester()), daemon=True)
-    warm.start()
+    requesters: list[health.Requester] = [requester] if requester is not None else []
+    warm = threading.Thread(target=lambda: requesters.append(health.httpx_requester()), daemon=True)
+    if requester is None:
+        warm.start()
     stack = load(path)
     state = StackState(stack.name)
     with state.lock():
-        ctx = Ctx(stack.name, state)
+        ctx = Ctx(stack.name, state, runtime_factory=runtime_factory)
         observed = ctx.observe()
         alive = {n: o for n, o in observed.items() if o.alive}
         facts = gather(stack, gpus, gpu_memory, engine=docker_engine)
@@ -250,21 +280,18 @@ def up(path: str | Path, only: Iterable[str] = (), gpus: str | None = None, gpu_
         plan = make_plan(stack, facts, frozenset(o.port for o in alive.values() if o.port))
         ctx.plan = plan
         everything = plan.all()
-        targets = _with_deps(plan, only) if only else list(everything)
+        actions = reconcile(plan, observed, only)
         state.save_plan(plan.to_json(), str(path))
         for warning in exposure_warnings(stack):
-            emit(Event(warning[0], "warn", warning[1]))
+            emit(Event(warning[0], EventKind.WARN, warning[1]))
 
-        changed = [n for n in targets if n in alive and alive[n].config_hash != everything[n].config_hash]
-        keep = {n for n in targets if n in alive and n not in changed}
-        # what runs but is no longer in the file, or changed, stops first (reverse order)
-        gone = [n for n in alive if n not in everything and not n.startswith("<")] if not only else []
-        for name in [*reversed(changed), *gone]:
-            emit(Event(name, "stop", "config changed" if name in changed else "no longer in the stack file"))
-            ctx.runtime(alive[name].mode).stop(name, stop_timeout)
-        if gone:
-            for name in gone:
-                state.forget(name)
+        # what runs but changed, or is no longer in the file, stops first (reverse order)
+        for stop in actions.stop:
+            emit(Event(stop.name, EventKind.STOP, stop.reason.value))
+            ctx.runtime(stop.runtime).stop(stop.name, stop_timeout)
+        for stop in actions.stop:
+            if stop.reason is StopReason.GONE:
+                state.forget(stop.name)
 
         started: list[str] = []
         lock = threading.Lock()
@@ -272,40 +299,41 @@ def up(path: str | Path, only: Iterable[str] = (), gpus: str | None = None, gpu_
         failures: dict[str, str] = {}
 
         def request(*args: Any) -> health.Answer:
-            warm.join()
-            return requester[0](*args)
-
+            if requester is None:
+                warm.join()
+            return requesters[0](*args)
 
         def bring_up(name: str) -> float:
             sp = everything[name]
             headers = auth_headers(sp, stack)
-            if name in keep:
-                emit(Event(name, "keep", "running with the same config"))
-                return 0.0
-            if not sp.started:
-                emit(Event(name, "wait", f"checking {sp.url}"))
-                try:
-                    took = health.wait_ready(sp.url or "", sp.probes, min(sp.health_timeout, 5.0),
-                                             sp.health_interval, lambda: None, request, headers, cancel=cancel)
-                    emit(Event(name, "ready", sp.url or "", took))
-                except health.NotReady as exc:
-                    emit(Event(name, "warn", f"external endpoint {sp.url} is not reachable: {exc}"))
-                return 0.0
-            if sp.on_demand:
-                emit(Event(name, "skip", "on demand: the stack's gateway starts it on its first request"))
-                return 0.0
-            took = _start_wait(ctx, sp, emit, request, headers, cancel, timeout_scale,
-                               lambda: _note(lock, started, name))
-            return took
+            match actions.bring[name]:
+                case Bring.KEEP:
+                    emit(Event(name, EventKind.KEEP, "running with the same config"))
+                    return 0.0
+                case Bring.CHECK:
+                    emit(Event(name, EventKind.WAIT, f"checking {sp.url}"))
+                    try:
+                        took = health.wait_ready(sp.url or "", sp.probes, min(sp.health_timeout, 5.0),
+                                                 sp.health_interval, lambda: None, request, headers, cancel=cancel)
+                        emit(Event(name, EventKind.READY, sp.url or "", took))
+                    except health.NotReady as exc:
+                        emit(Event(name, EventKind.WARN, f"external endpoint {sp.url} is not reachable: {exc}"))
+                    return 0.0
+                case Bring.ON_DEMAND:
+                    emit(Event(name, EventKind.SKIP, "on demand: the stack's gateway starts it on its first request"))
+                    return 0.0
+                case Bring.START:
+                    return _start_wait(ctx, sp, emit, request, headers, cancel, timeout_scale,
+                                       lambda: _note(lock, started, name))
 
-        deps = {n: [d for d in everything[n].depends_on if d in targets] for n in targets}
+        deps = {n: list(d) for n, d in actions.deps.items()}
         outcomes = executor.run_graph(deps, bring_up, fail_fast=True, cancel=cancel)
         for name, out in outcomes.items():
             if out.state == "failed" and not isinstance(out.error, health.Cancelled):
                 failures[name] = str(out.error)
-                emit(Event(name, "fail", str(out.error)))
+                emit(Event(name, EventKind.FAIL, str(out.error)))
             elif out.state == "skipped":
-                emit(Event(name, "skip", str(out.value)))
+                emit(Event(name, EventKind.SKIP, str(out.value)))
         if failures:
             # a failed start stops what it started, in reverse dependency order
             mine = set(started)
@@ -313,10 +341,15 @@ def up(path: str | Path, only: Iterable[str] = (), gpus: str | None = None, gpu_
             executor.run_graph(executor.reverse(stop_deps),
                                lambda n: ctx.runtime(everything[n].runtime_key).stop(n, stop_timeout))
             for name in mine:
-                if everything[name].mode == "process":
+                if _in_process_runtime(everything[name]):
                     state.forget(name)
             raise UpError(failures)
         return plan
+
+
+def _in_process_runtime(sp: ServicePlan) -> bool:
+    """Whether the process runtime holds it (its pidfile then goes with it)."""
+    return isinstance(sp, ProcessPlan | FrontPlan)
 
 
 class StartFailed(Exception):
@@ -353,17 +386,17 @@ def phase_recorder(state: StackState, service: str, emit: Emit) -> Callable[[str
     def on_phase(phase: str, detail: str) -> None:
         with contextlib.suppress(OSError):  # status then tells the phase from what it observes alone
             record_phase(state, service, phase, detail)
-        emit(Event(service, "phase", f"{phase} ({detail})" if detail else phase))
+        emit(Event(service, EventKind.PHASE, f"{phase} ({detail})" if detail else phase))
     return on_phase
 
 
 def download_watch(sp: ServicePlan, runtime: Runtime) -> Callable[[], health.Download | None]:
     """What a starting server is downloading: its model's blobs in the hub cache (processes), or
     the last line of its log (TGI's download lines, the progress bars of vLLM and transformers)."""
-    argv = list(sp.command or ()) + list((sp.container or {}).get("command") or ())
-    ids = health.repo_ids(argv)
+    ids = health.repo_ids(_argv(sp))
     hub = health.hub_dir(sp.env)
     name = sp.name
+    processes = _in_process_runtime(sp)
 
     def log() -> str:
         try:
@@ -371,7 +404,16 @@ def download_watch(sp: ServicePlan, runtime: Runtime) -> Callable[[], health.Dow
         except Exception:  # a log that cannot be read shows no download
             return ""
 
-    return lambda: health.detect_download(hub, ids if sp.mode == "process" else (), log)
+    return lambda: health.detect_download(hub, ids if processes else (), log)
+
+
+def _argv(sp: ServicePlan) -> list[str]:
+    """The server's argv: a process's command, a container's launcher flags."""
+    match sp:
+        case ContainerPlan():
+            return list(sp.container.get("command") or ())
+        case _:
+            return list(sp.command or ())
 
 
 def _note(lock: threading.Lock, started: list[str], name: str) -> None:
@@ -386,18 +428,18 @@ def _start_wait(ctx: Ctx, sp: ServicePlan, emit: Emit, request: health.Requester
     start a server); `lock`, where given, is held around the spawn only."""
     name = sp.name
     runtime = ctx.runtime(sp.runtime_key)
-    emit(Event(name, "start", " ".join(sp.command or ()) if sp.mode == "process" else sp.image or ""))
+    emit(Event(name, EventKind.START, sp.image if isinstance(sp, ContainerPlan) else " ".join(sp.command or ())))
     if lock is not None:
         with lock:
             handle = runtime.start(sp)
     else:
         handle = runtime.start(sp)
     spawned()
-    emit(Event(name, "wait", sp.probes[0].name if sp.probes else ""))
+    emit(Event(name, EventKind.WAIT, sp.probes[0].name if sp.probes else ""))
     try:
         took = health.wait_ready(sp.url or "", sp.probes, sp.health_timeout * timeout_scale,
                                  sp.health_interval, handle.exit_code, request, headers, cancel=cancel,
-                                 on_step=lambda step: emit(Event(name, "step", step)),
+                                 on_step=lambda step: emit(Event(name, EventKind.STEP, step)),
                                  on_phase=phase_recorder(ctx.state, name, emit),
                                  download=download_watch(sp, runtime),
                                  download_limit=health.download_timeout())
@@ -406,7 +448,7 @@ def _start_wait(ctx: Ctx, sp: ServicePlan, emit: Emit, request: health.Requester
                           + runtime.log_tail(name, LOG_TAIL_LINES)) from None
     except health.NotReady as exc:
         raise StartFailed(f"{exc}\n" + runtime.log_tail(name, LOG_TAIL_LINES)) from None
-    emit(Event(name, "ready", sp.url or "", took))
+    emit(Event(name, EventKind.READY, sp.url or "", took))
     return took
 
 
@@ -424,7 +466,7 @@ def start_service(sp: ServicePlan, stack: Stack, emit: Emit = _noop, cancel: thr
     except BaseException:
         with state.lock():
             ctx.runtime(sp.runtime_key).stop(sp.name, stop_timeout)
-            if sp.mode == "process":
+            if _in_process_runtime(sp):
                 state.forget(sp.name)
         raise
 
@@ -440,17 +482,19 @@ def stop_service(sp: ServicePlan, stack: str, timeout: float = 30.0) -> set[int]
     """Stop one service of a stack (an on-demand one put away) under the stack's lock; the pids it had."""
     state = StackState(stack)
     ctx = Ctx(stack, state)
-    pids = service_pids(stack, sp.name) if sp.mode == "process" else set()
+    processes = _in_process_runtime(sp)
+    pids = service_pids(stack, sp.name) if processes else set()
     with state.lock():
         ctx.runtime(sp.runtime_key).stop(sp.name, timeout)
-        if sp.mode == "process":
+        if processes:
             state.forget(sp.name)
     return pids
 
 
-def down(target: str | Path, timeout: float = 30.0, force: bool = False, emit: Emit = _noop) -> list[str]:
+def down(target: str | Path, timeout: float = 30.0, force: bool = False, emit: Emit = _noop,
+         runtime_factory: RuntimeFactory | None = None) -> list[str]:
     """Stop everything of the stack in reverse dependency order; returns what was stopped."""
-    ctx = ctx_for(target)
+    ctx = ctx_for(target, runtime_factory)
     with ctx.state.lock():
         return _stop_all(ctx, timeout, force, emit)
 
@@ -459,24 +503,24 @@ def _stop_all(ctx: Ctx, timeout: float, force: bool, emit: Emit) -> list[str]:
     observed = {n: o for n, o in ctx.observe().items() if not n.startswith("<")}
     for name, obs in observed.items():  # skipped, never a reason to leave the others running
         if obs.detail.startswith(MALFORMED):
-            emit(Event(name, "warn", obs.detail))
-    saved = ctx.state.load_plan() or {}
-    entries = [*saved.get("plan", {}).get("services", []), *saved.get("plan", {}).get("fronts", [])]
-    deps = {e["name"]: [d for d in e.get("depends_on", []) if d in observed] for e in entries
-            if e.get("name") in observed}
+            emit(Event(name, EventKind.WARN, obs.detail))
+    saved = ctx.saved_services()
+    if ctx.saved_problem:  # stopped all at once then, never a reason to leave anything running
+        emit(Event(ctx.name, EventKind.WARN, ctx.saved_problem))
+    deps = {n: [d for d in sp.depends_on if d in observed] for n, sp in saved.items() if n in observed}
     for name in observed:
         deps.setdefault(name, [])
     stopped: list[str] = []
 
     def stop_one(name: str) -> None:
-        emit(Event(name, "stop", "SIGKILL" if force else f"SIGTERM, SIGKILL after {timeout:g} s"))
+        emit(Event(name, EventKind.STOP, "SIGKILL" if force else f"SIGTERM, SIGKILL after {timeout:g} s"))
         if ctx.runtime(observed[name].mode).stop(name, timeout, force):
             stopped.append(name)
         if observed[name].mode == "process":
             ctx.state.forget(name)
         with contextlib.suppress(OSError):
             phase_path(ctx.state, name).unlink(missing_ok=True)
-        emit(Event(name, "stopped"))
+        emit(Event(name, EventKind.STOPPED))
 
     outcomes = executor.run_graph(executor.reverse(deps), stop_one)
     errors = {n: o.error for n, o in outcomes.items() if o.state == "failed"}
@@ -575,83 +619,83 @@ def running_stacks() -> list[str]:
     return sorted(n for n in names if n)
 
 
-def _status_ctx(target: str | Path) -> tuple[Ctx, dict[str, dict[str, Any]]]:
-    """The stack to report on, and with a stack file at hand the entries its plan would have (what
+def _status_ctx(target: str | Path, runtime_factory: RuntimeFactory | None = None
+                ) -> tuple[Ctx, dict[str, ServicePlan]]:
+    """The stack to report on, and with a stack file at hand the services its plan would have (what
     fills kind, URL and health when the state dir has no saved plan)."""
     try:
-        ctx = ctx_for(target)
+        ctx = ctx_for(target, runtime_factory)
     except NotFound:
         name = str(target)
         if name not in _marked_stacks():
             raise
-        ctx = Ctx(name, StackState(name))
-    planned: dict[str, dict[str, Any]] = {}
+        ctx = Ctx(name, StackState(name), runtime_factory=runtime_factory)
+    planned: dict[str, ServicePlan] = {}
     if Path(target).is_file():
         try:
             _, _, plan = load_plan(target, check_ports=False)
             if plan.stack == ctx.name:
                 ctx.plan = plan
-                planned = {e["name"]: e for e in [*plan.to_json()["services"], *plan.to_json()["fronts"]]}
+                planned = plan.all()
         except Exception:  # noqa: S110 - status works without the variables only `up` needs
             pass
     return ctx, planned
 
 
-def _at_port(entry: dict[str, Any], port: int | None) -> dict[str, Any]:
-    """A planned entry at the port its server actually runs on."""
+def _at_port(sp: ServicePlan, port: int | None) -> ServicePlan:
+    """A planned service at the port its server actually runs on."""
     from urllib.parse import urlsplit
 
-    url = entry.get("url")
-    if not url or not port or entry.get("port") == port:
-        return entry
-    u = urlsplit(url)
+    if not sp.url or not port or sp.port == port:
+        return sp
+    u = urlsplit(sp.url)
     host = f"[{u.hostname}]" if u.hostname and ":" in u.hostname else u.hostname
-    return {**entry, "port": port, "url": u._replace(netloc=f"{host}:{port}").geturl()}
+    return dataclasses.replace(sp, port=port, url=u._replace(netloc=f"{host}:{port}").geturl())
 
 
-def status(target: str | Path | None = None, probe: bool = True) -> list[Row]:
-    pairs = ([_status_ctx(target)] if target else
-             [(Ctx(n, StackState(n)), {}) for n in sorted({*known_stacks(), *running_stacks()})])
+def status(target: str | Path | None = None, probe: bool = True, runtime_factory: RuntimeFactory | None = None,
+           requester: health.Requester | None = None) -> list[Row]:
+    pairs = ([_status_ctx(target, runtime_factory)] if target else
+             [(Ctx(n, StackState(n), runtime_factory=runtime_factory), {})
+              for n in sorted({*known_stacks(), *running_stacks()})])
     ctxs = [c for c, _ in pairs]
     rows: list[Row] = []
-    request = health.httpx_requester() if probe and ctxs else None
+    request = (requester or health.httpx_requester()) if probe and ctxs else None
     for ctx, planned in pairs:
         observed = ctx.observe()
-        saved = (ctx.state.load_plan() or {}).get("plan", {})
-        entries = {e["name"]: e for e in [*saved.get("services", []), *saved.get("fronts", [])]}
-        for name, entry in planned.items():  # the stack file fills in what no saved plan says
+        entries = ctx.saved_services()
+        for name, sp in planned.items():  # the stack file fills in what no saved plan says
             if name not in entries:
                 obs = observed.get(name)
-                entries[name] = _at_port(entry, obs.port if obs else None)
+                entries[name] = _at_port(sp, obs.port if obs else None)
         names = list(entries) + [n for n in observed if n not in entries]
         checks: dict[str, str] = {}
         phases: dict[str, str] = {}
         od_view: dict[str, dict[str, Any]] = {}
-        if any(e.get("on_demand") for e in entries.values()):
+        if any(sp.on_demand for sp in entries.values()):
             od_view = ctx.state.ondemand_view()
 
         def probe_health(name: str, ctx: Ctx = ctx, entries: dict = entries, observed: dict = observed,
                          checks: dict = checks, phases: dict = phases) -> None:
-            entry = entries.get(name, {})
+            sp: ServicePlan | None = entries.get(name)
             obs = observed.get(name)
-            url = entry.get("url")
-            started = entry.get("mode", "process") != "external"
+            url = sp.url if sp else None
+            started = sp is None or sp.started
+            on_demand = bool(sp and sp.on_demand)
             alive = bool(obs and obs.alive)
             recorded = recorded_phase(ctx.state, name) if started and not name.startswith("<") else None
-            phases[name] = health.derive_phase(started, alive, None, recorded, bool(entry.get("on_demand")))
-            if not url or request is None or (started and not (obs and obs.alive)):
+            phases[name] = health.derive_phase(started, alive, None, recorded, on_demand)
+            if sp is None or not url or request is None or (started and not (obs and obs.alive)):
                 checks[name] = "-"
                 return
-            path = (entry.get("health", {}).get("probes") or ["/health"])[0]
+            path = sp.probes[0].path if sp.probes else "/health"
             why = health.probe_once(url, health_probe(path), request, {})
             download = None
             if why is not None and started and (recorded != "ready" or (obs and obs.restarts)):
-                argv = [*(entry.get("command") or ()), *((entry.get("container") or {}).get("command") or ())]
-                ids = health.repo_ids(argv) if entry.get("mode", "process") == "process" else []
-                mode = runtime_key(entry.get("mode"), entry.get("host"))
-                download = health.detect_download(health.hub_dir(entry.get("env") or {}), ids,
-                                                  lambda: _log_tail(ctx, mode, name))
-            phases[name] = health.derive_phase(started, alive, why is None, recorded, bool(entry.get("on_demand")),
+                ids = health.repo_ids(_argv(sp)) if _in_process_runtime(sp) else []
+                download = health.detect_download(health.hub_dir(sp.env), ids,
+                                                  lambda: _log_tail(ctx, sp.runtime_key, name))
+            phases[name] = health.derive_phase(started, alive, why is None, recorded, on_demand,
                                                download, bool(obs and obs.restarts))
             checks[name] = "healthy" if why is None else ("unhealthy" if started and obs and obs.started_at
                                                            and time.time() - obs.started_at > 5 else "starting")
@@ -659,32 +703,33 @@ def status(target: str | Path | None = None, probe: bool = True) -> list[Row]:
                 checks[name] = "unreachable"
 
         executor.run_graph({n: [] for n in names}, probe_health)
+        if ctx.saved_problem:
+            rows.append(Row(ctx.name, "<plan>", "-", "-", "unknown", "-", [], None, "", None, None,
+                            ctx.saved_problem))
         for name in names:
-            entry_mode = runtime_key(entries.get(name, {}).get("mode"), entries.get(name, {}).get("host"))
-            if name not in observed and entry_mode in ctx.errors:  # its runtime could not be asked
-                entry = entries[name]
-                rows.append(Row(ctx.name, name, entry.get("kind", "?"), entry_mode, "unknown", "-",
-                                entry.get("gpus", []), entry.get("url"), "", None, None,
-                                str(ctx.errors[entry_mode])))
+            sp = entries.get(name)
+            if sp is not None and name not in observed and sp.runtime_key in ctx.errors:  # could not be asked
+                rows.append(Row(ctx.name, name, sp.kind, sp.runtime_key, "unknown", "-", list(sp.gpus), sp.url,
+                                "", None, None, str(ctx.errors[sp.runtime_key])))
                 continue
             if name.startswith("<"):
                 obs = observed[name]
                 rows.append(Row(ctx.name, name, "-", obs.mode, "unknown", "-", [], None, "", None, None, obs.detail))
                 continue
-            entry = entries.get(name, {})
             obs = observed.get(name)
-            started = entry.get("mode", "process") != "external"
-            od = od_view.get(name, {}) if entry.get("on_demand") else None
+            started = sp is None or sp.started
+            od = od_view.get(name, {}) if sp is not None and sp.on_demand else None
             detail = obs.detail if obs else ""
             if od:
                 detail = "; ".join(x for x in (str(od.get("note") or ""), detail) if x)
-            rows.append(Row(ctx.name, name, entry.get("kind", "?"), entry.get("mode", obs.mode if obs else "?"),
-                            derive_state(obs, started, od), checks.get(name, "-"), entry.get("gpus", []),
-                            entry.get("url"), obs.ident if obs else "",
+            mode = sp.mode if sp is not None else (obs.mode if obs else "?")
+            rows.append(Row(ctx.name, name, sp.kind if sp else "?", mode,
+                            derive_state(obs, started, od), checks.get(name, "-"), list(sp.gpus) if sp else [],
+                            sp.url if sp else None, obs.ident if obs else "",
                             time.time() - obs.started_at if obs and obs.alive and obs.started_at else None,
                             obs.exit_code if obs else None, detail,
                             obs.restarts if obs else 0, obs.last_exit if obs else None,
-                            obs.last_probe_failure if obs else None, gateway_url(entry),
+                            obs.last_probe_failure if obs else None, gateway_url(sp),
                             phases.get(name, "-")))
     return rows
 
@@ -696,10 +741,11 @@ def _log_tail(ctx: Ctx, mode: str, name: str) -> str:
         return ""
 
 
-def gateway_url(entry: dict[str, Any]) -> str | None:
+def gateway_url(sp: ServicePlan | None) -> str | None:
     """Where a built-in front serves its gateway (under /v1 on the front's own port)."""
-    url = entry.get("url")
-    return f"{url.rstrip('/')}/v1" if url and "models" in entry and entry.get("kind") == "gradio" else None
+    if isinstance(sp, FrontPlan) and sp.kind == "gradio" and sp.url:
+        return f"{sp.url.rstrip('/')}/v1"
+    return None
 
 
 def health_probe(path: str) -> Any:
@@ -711,8 +757,8 @@ def health_probe(path: str) -> Any:
 def log_sources(target: str | Path, service: str | None = None) -> list[tuple[str, Runtime]]:
     ctx = ctx_for(target)
     observed = ctx.observe()
-    saved = (ctx.state.load_plan() or {}).get("plan", {})
-    names = [e["name"] for e in [*saved.get("services", []), *saved.get("fronts", [])] if e.get("mode") != "external"]
+    saved = ctx.saved_services()
+    names = [n for n, sp in saved.items() if sp.started]
     names += [n for n in observed if n not in names and not n.startswith("<")]
     if ctx.errors and (not names or (service is not None and service not in names)):
         _, exc = next(iter(ctx.errors.items()))  # what could not be listed may be what was asked for
@@ -721,8 +767,7 @@ def log_sources(target: str | Path, service: str | None = None) -> list[tuple[st
         if service not in names:
             raise NotFound(f"no started service named {service!r} in stack {ctx.name!r}")
         names = [service]
-    modes = {e["name"]: runtime_key(e.get("mode", "process"), e.get("host"))
-             for e in [*saved.get("services", []), *saved.get("fronts", [])]}
+    modes = {n: sp.runtime_key for n, sp in saved.items()}
     return [(n, ctx.runtime(modes.get(n, observed[n].mode if n in observed else "process"))) for n in names]
 
 

@@ -22,7 +22,16 @@ from h2ostack.backends.base import ContainerSpec, Context, Probe, ProcessSpec, r
 from h2ostack.errors import Problem, StackError
 from h2ostack.facts import Facts, local_model_path
 from h2ostack.graph import order_levels
-from h2ostack.plan_types import Plan, ServicePlan, fits  # noqa: F401 - re-exported
+from h2ostack.plan_types import (  # noqa: F401 - re-exported
+    ContainerPlan,
+    ExternalPlan,
+    FrontPlan,
+    MultiNodePlan,
+    Plan,
+    ProcessPlan,
+    ServicePlan,
+    fits,
+)
 from h2ostack.spec import EnvValue, Front, Service, Stack, reveal
 
 # weights x 1.2: activations, CUDA context and allocator slack, the usual rule of thumb
@@ -281,10 +290,10 @@ class _Planner:
         if svc.external:
             url = backend.start_spec(svc, self.context(name, svc, (), None, "")).url  # type: ignore[union-attr]
             probes = backend.probes(svc, None)
-            return ServicePlan(**common, mode="external", api=backend.protocol, url=(url or "").rstrip("/"),
-                               served_model=svc.model, probes=tuple(probes),
-                               health_timeout=timeout or backend.external_health_timeout,
-                               config_hash=config_hash({"url": url, "model": svc.model}))
+            return ExternalPlan(**common, api=backend.protocol, url=(url or "").rstrip("/"),
+                                served_model=svc.model, probes=tuple(probes),
+                                health_timeout=timeout or backend.external_health_timeout,
+                                config_hash=config_hash({"url": url, "model": svc.model}))
 
         python = _path(stack.base_dir, getattr(svc, "python", None) or self.facts.python)
         bind = stack.defaults.bind
@@ -318,18 +327,17 @@ class _Planner:
         probes = backend.probes(svc, ctx)
         env.update(svc.env)
         backend.finish_env(env)
-        mode = "container" if image else "process"
         liveness = backend.liveness(svc, probes)
         host = self.stack.hosts.get(svc.host) if svc.host else None
         url = f"http://{host.reach}:{port}" if host is not None else url_for(bind, port)
         if host is not None:
             common.update(host=svc.host, docker_url=host.docker)
-        plan = ServicePlan(**common, mode=mode, api=backend.protocol, gpus=gpus, port=port, url=url,
-                           served_model=ctx.served_model, env=env, command=tuple(command) if command else None,
-                           workdir=workdir if command else None, image=image, container=container,
-                           probes=tuple(probes), health_timeout=timeout or backend.default_health_timeout,
-                           restart=svc.restart, max_restarts=svc.max_restarts,
-                           unhealthy_after=svc.health.unhealthy_after, liveness=liveness)
+        server = dict(common, api=backend.protocol, gpus=gpus, port=port, url=url, served_model=ctx.served_model,
+                      env=env, probes=tuple(probes), health_timeout=timeout or backend.default_health_timeout,
+                      restart=svc.restart, max_restarts=svc.max_restarts,
+                      unhealthy_after=svc.health.unhealthy_after, liveness=liveness)
+        plan: ServicePlan = (ContainerPlan(**server, image=image, container=container or {}) if image else
+                             ProcessPlan(**server, command=tuple(command or ()), workdir=workdir))
         return replace(plan, config_hash=self.hash_of(plan))
 
     def context(self, name: str, svc: Service, gpus: tuple[int, ...], port: int | None, bind: str,
@@ -379,7 +387,7 @@ class _Planner:
         if unknown:
             self.problem((*loc, "nodes"), f"unknown host(s) {', '.join(unknown)}: `hosts:` names "
                                           f"{', '.join(hosts) or 'none'}")
-            return ServicePlan(**common, mode="external", api=backends.get(svc.kind).protocol)
+            return ExternalPlan(**common, api=backends.get(svc.kind).protocol)
         if len(set(svc.nodes)) != len(svc.nodes):
             self.problem((*loc, "nodes"), "a host is named twice")
         gpus = tuple(svc.gpu_ids if svc.gpu_ids is not None else range(svc.gpu_count))
@@ -404,10 +412,10 @@ class _Planner:
             env["VLLM_API_KEY"] = svc.api_key
         env.update(svc.env)
         nodes = tuple((n, hosts[n].ssh_target, hosts[n].reach) for n in svc.nodes)
-        plan = ServicePlan(**common, mode="external", api=backends.get(svc.kind).protocol, gpus=gpus, port=port,
-                           url=f"http://{head.reach}:{port}", served_model=served, env=env, command=tuple(command),
-                           probes=tuple(vllm.probes(ctx)), health_timeout=svc.health.timeout or
-                           vllm.DEFAULT_HEALTH_TIMEOUT, nodes=nodes)
+        plan = MultiNodePlan(**common, api=backends.get(svc.kind).protocol, gpus=gpus, port=port,
+                             url=f"http://{head.reach}:{port}", served_model=served, env=env, command=tuple(command),
+                             probes=tuple(vllm.probes(ctx)), health_timeout=svc.health.timeout or
+                             vllm.DEFAULT_HEALTH_TIMEOUT, nodes=nodes)
         return replace(plan, config_hash=self.hash_of(plan))
 
     def volume(self, text: str) -> str:
@@ -452,11 +460,10 @@ class _Planner:
             workdir = self.stack.base_dir
             probes = [Probe("front", "GET", "/healthz", timeout=5.0)]
             wiring = ()
-        plan = ServicePlan(name=name, kind=front.kind, mode="process", api="gradio", port=port,
-                           url=url_for(bind, port), depends_on=deps, env=env, command=tuple(command),
-                           workdir=workdir, probes=tuple(probes), health_timeout=front.health.timeout or 120.0,
-                           health_interval=front.health.interval, is_front=True, models=tuple(front.models),
-                           wiring=wiring)
+        plan = FrontPlan(name=name, kind=front.kind, api="gradio", port=port,
+                         url=url_for(bind, port), depends_on=deps, env=env, command=tuple(command),
+                         workdir=workdir, probes=tuple(probes), health_timeout=front.health.timeout or 120.0,
+                         health_interval=front.health.interval, models=tuple(front.models), wiring=wiring)
         return replace(plan, config_hash=self.hash_of(plan))
 
     def check_openai_models(self, name: str, front: Front) -> None:

@@ -124,9 +124,12 @@ def read_json(path: Path) -> Any:
 MAX_RECORD = 64 * 1024  # a pidfile is a few hundred bytes
 
 
-def read_record_file(path: Path) -> Any:
+MAX_PLAN = 16 * 1024 * 1024  # a saved plan: a few KiB per service
+
+
+def read_record_file(path: Path, limit: int = MAX_RECORD) -> Any:
     """A pidfile's JSON, read without trusting the file: a regular file (never a FIFO or a device,
-    never through a symlink), at most MAX_RECORD bytes. Raises ValueError saying what is wrong."""
+    never through a symlink), at most `limit` bytes. Raises ValueError saying what is wrong."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
     except OSError as exc:
@@ -134,9 +137,9 @@ def read_record_file(path: Path) -> Any:
     with os.fdopen(fd, "rb") as fh:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise ValueError("not a regular file")
-        data = fh.read(MAX_RECORD + 1)
-    if len(data) > MAX_RECORD:
-        raise ValueError(f"larger than {MAX_RECORD} bytes")
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"larger than {limit} bytes")
     try:
         return json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
@@ -227,6 +230,14 @@ class StackState:
 
     def load_plan(self) -> dict[str, Any] | None:
         return read_json(self.root / "plan.json")
+
+    def read_plan(self) -> Any:
+        """The saved plan's JSON as the file holds it (None: no file), read without trusting the file
+        (ValueError saying what is wrong with it)."""
+        path = self.root / "plan.json"
+        if not os.path.lexists(path):
+            return None
+        return read_record_file(path, MAX_PLAN)
 
     def save_record(self, rec: ProcRecord) -> None:
         self.ensure("run")

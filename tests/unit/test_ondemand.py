@@ -351,12 +351,12 @@ def test_a_start_a_request_waits_on_polls_readiness_often_and_the_view_is_replac
     from types import SimpleNamespace
 
     from h2ostack import api, ondemand
-    from h2ostack.plan import ServicePlan
+    from h2ostack.plan import ProcessPlan
 
     polls: list[float] = []
     monkeypatch.setattr(api, "start_service", lambda sp, stack, emit: polls.append(sp.health_interval) or 2.0)
-    plan = SimpleNamespace(services={"a": ServicePlan("a", "vllm", "process", "openai", health_interval=0.5),
-                                     "b": ServicePlan("b", "vllm", "process", "openai", health_interval=0.01)})
+    plan = SimpleNamespace(services={"a": ProcessPlan(name="a", kind="vllm", api="openai", health_interval=0.5),
+                                     "b": ProcessPlan(name="b", kind="vllm", api="openai", health_interval=0.01)})
     ops = ondemand.ProcessOps(plan, SimpleNamespace(name="s"))
     assert run(ops.start("a")) == Started(2.0, False, "") and run(ops.start("b")).seconds == 2.0
     assert polls == [ondemand.START_POLL, 0.01]  # the service's own, where shorter
