@@ -1,0 +1,283 @@
+"""One endpoint type for everything that talks to a model server, and the one "is it up" check.
+
+An `Endpoint` says where a model is served and how to talk to it: its wire protocol (`openai`,
+`tgi`, `h2ogpt`), the URL the protocol's requests go to, the model name requests carry, its auth
+headers (kept out of `repr`, so of logs and error messages), the prompt type a prompt is built
+with, the timeouts and the server's keep-alive. It is made from a plan's service in one place,
+`Endpoint.from_plan`. `client_for(endpoint)` gives the protocol's client; it is the one place
+that tells the protocols apart.
+
+`probe` is the one "is it up" request: readiness (`h2ostack.health`), `status`, the front's
+panes and the shim's liveness probe all ask through it, each with the HTTP transport it can
+afford (`Requester`: httpx where it is loaded anyway, urllib in the shim).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from h2ostack.backends.base import Probe
+
+PROTOCOLS = ("openai", "tgi", "h2ogpt")
+READ_TIMEOUT = 600.0  # seconds: a wait for the backend's next piece
+
+
+def fast_timeout() -> float:
+    """Connecting and the first byte (REQUEST_TIMEOUT_FAST, default 10 s)."""
+    return float(os.environ.get("REQUEST_TIMEOUT_FAST", "10"))
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One model on one server, as every client reaches it."""
+
+    name: str
+    protocol: str  # openai | tgi | h2ogpt
+    url: str  # the server root; for an OpenAI API reached at its base (no server h2ostack knows), that base
+    model: str  # the model name requests carry
+    kind: str = ""  # what serves it, shown to users (never branched on)
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)  # auth: secret
+    prompt_type: str | None = None
+    prompt_dict: Mapping[str, Any] | None = None
+    chat: bool = True  # OpenAI API: chat (the server's template), else completions with the prompt type
+    api_prefix: str = "/v1"  # OpenAI API: its path under `url` ("" where `url` is the API base)
+    connect_timeout: float | None = None  # None: REQUEST_TIMEOUT_FAST
+    read_timeout: float = READ_TIMEOUT
+    keep_alive: float | None = None  # how long the server keeps an idle connection, where the stack set it
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"{self.name}: unknown protocol {self.protocol!r} (one of {', '.join(PROTOCOLS)})")
+
+    @property
+    def root(self) -> str:
+        return self.url.rstrip("/")
+
+    @property
+    def api_base(self) -> str:
+        """Where the OpenAI API's paths (`/chat/completions`, `/models`) go."""
+        return self.root + self.api_prefix
+
+    @property
+    def effective_prompt_type(self) -> str:
+        from h2ostack.prompts import infer_prompt_type
+
+        return self.prompt_type or infer_prompt_type(self.model) or "plain"
+
+    @property
+    def connect(self) -> float:
+        return fast_timeout() if self.connect_timeout is None else self.connect_timeout
+
+    @property
+    def bearer(self) -> str:
+        """The API key of an `authorization: Bearer KEY` header ("none" without one)."""
+        return dict(self.headers).get("authorization", "Bearer none").split(" ", 1)[-1]
+
+    @classmethod
+    def from_plan(cls, sp: Any, headers: Mapping[str, str], prompt_dict: Mapping[str, Any] | None = None,
+                  prompt_type: str | None = None) -> Endpoint:
+        """A plan's service (`h2ostack.plan_types.ServicePlan`) as an endpoint, with its secrets
+        (`api.auth_headers`) and the stack's `prompt_dict`; `prompt_type` overrides the plan's."""
+        from h2ostack.backends.vllm import KEEP_ALIVE_ENV
+        from h2ostack.prompts import completion_prompt_type
+
+        url = sp.url or ""
+        # an OpenAI-compatible endpoint outside the stack is given by its API base
+        whole_base = sp.kind == "openai" or url.rstrip("/").endswith("/v1")
+        ptype = prompt_type if prompt_type is not None else sp.prompt_type
+        value = sp.env.get(KEEP_ALIVE_ENV)  # the idle keep-alive the stack gave a server it runs
+        try:
+            keep = float(value) if isinstance(value, str) else None
+        except ValueError:
+            keep = None
+        return cls(sp.name, sp.api, url, sp.served_model or sp.name, sp.kind, dict(headers), ptype,
+                   dict(prompt_dict) if prompt_dict else None,
+                   chat=completion_prompt_type(sp.kind, ptype, sp.served_model) is None,
+                   api_prefix="" if whole_base else "/v1", keep_alive=keep)
+
+
+def from_server(name: str, form: str, url: str, headers: Mapping[str, str], prompt_type: str | None,
+                api_key: str) -> list[Endpoint]:
+    """What a server string (h2oGPT's forms, `h2ostack.front.servers`) may name: one endpoint, or
+    several in the order to probe them (the first that answers, else the last)."""
+    if form in ("openai_chat", "openai"):  # the API at its base, with OPENAI_API_KEY
+        return [Endpoint(name, "openai", url, name, "openai", {"authorization": f"Bearer {api_key}"}, prompt_type,
+                         api_prefix="")]
+    if form in ("vllm", "vllm_chat"):  # completions with the prompt type, or chat with the server's template
+        return [Endpoint(name, "openai", url, name, "vllm", dict(headers), prompt_type, chat=form == "vllm_chat")]
+    return [Endpoint(name, "tgi", url, name, "tgi", dict(headers), prompt_type),
+            Endpoint(name, "h2ogpt", url, name, "h2ogpt", dict(headers), prompt_type)]
+
+
+# -- the one "is it up" check -------------------------------------------------------------------
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: Any  # parsed JSON, or None
+
+
+# (method, url, json body, timeout, headers) -> Answer; raises on connection errors
+Requester = Callable[[str, str, Any, float, dict[str, str]], Answer]
+
+
+def httpx_requester() -> Requester:
+    import httpx
+
+    client = httpx.Client(trust_env=False)
+
+    def request(method: str, url: str, body: Any, timeout: float, headers: dict[str, str]) -> Answer:
+        resp = client.request(method, url, json=body, timeout=httpx.Timeout(timeout, connect=min(timeout, 2.0)),
+                              headers=headers)
+        try:
+            data = resp.json()
+        except ValueError:
+            data = None
+        return Answer(resp.status_code, data)
+
+    return request
+
+
+def urllib_requester(request: Any = None) -> Requester:
+    """The standard library's HTTP (for the shim, whose start the server waits for); an HTTP error
+    status is an answer, not an exception."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    def ask(method: str, url: str, body: Any, timeout: float, headers: dict[str, str]) -> Answer:
+        data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+        hdrs = {"content-type": "application/json", **headers} if data is not None else dict(headers)
+        req = urllib.request.Request(url, data=data, headers=hdrs, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return Answer(resp.status, None)
+        except urllib.error.HTTPError as exc:
+            return Answer(exc.code, None)
+        except urllib.error.URLError as exc:  # refused, timed out: the reason is the error to tell
+            reason = exc.reason
+            raise reason if isinstance(reason, BaseException) else exc from None
+
+    return ask
+
+
+def names_model(body: Any, model: str) -> bool:
+    """/v1/models lists it, or TGI's /info names it."""
+    if not isinstance(body, dict):
+        return False
+    if isinstance(body.get("data"), list):
+        return any(isinstance(m, dict) and m.get("id") == model for m in body["data"])
+    return body.get("model_id") == model
+
+
+def probe(base: str, check: Probe, request: Requester, headers: Mapping[str, str],
+          answer: list[Answer] | None = None) -> str | None:
+    """None when the probe passes, else why not (the answer, where one came, appended to `answer`)."""
+    try:
+        ans = request(check.method, base.rstrip("/") + check.path, check.body, check.timeout, dict(headers))
+    except Exception as exc:  # connection refused, reset, timeout: all mean "not yet"
+        return f"{check.name}: {type(exc).__name__}"
+    if answer is not None:
+        answer.append(ans)
+    if not 200 <= ans.status < 300:
+        return f"{check.name}: HTTP {ans.status}"
+    if check.expect_model and not names_model(ans.body, check.expect_model):
+        return f"{check.name}: model {check.expect_model!r} not listed yet"
+    return None
+
+
+def client_for(endpoint: Endpoint) -> Any:
+    """The client of the endpoint's wire protocol (`protocols.openai`, `.tgi`, `.h2ogpt`)."""
+    if endpoint.protocol == "openai":
+        from h2ostack.protocols.openai import OpenAIClient
+
+        return OpenAIClient(endpoint)
+    if endpoint.protocol == "tgi":
+        from h2ostack.protocols.tgi import TGIClient
+
+        return TGIClient(endpoint)
+    from h2ostack.protocols.h2ogpt import H2OGPTClient
+
+    return H2OGPTClient(endpoint)
+
+
+# -- what every protocol's client shares --------------------------------------------------------
+@dataclass(frozen=True)
+class Status:
+    """What the "is it up" check found: up or not, why not, the model's revision where told."""
+
+    ok: bool
+    detail: str  # healthy | HTTP NNN | unavailable (ErrorType)
+    revision: str | None = None
+
+
+class Client:
+    """A protocol's client of one endpoint (synchronous: the front's panes, `check`)."""
+
+    RELAY = ""  # the gateway's handler of the protocol (h2ostack.gateway.Gateway's method of that name)
+
+    def __init__(self, endpoint: Endpoint):
+        self.endpoint = endpoint
+
+    @property
+    def relay_base(self) -> str:
+        """The base of the gateway's upstream requests."""
+        return self.endpoint.root
+
+    def up_target(self) -> tuple[str, str]:
+        """What the "is it up" check asks: a base URL and the path under it."""
+        return self.endpoint.root, "/health"
+
+    def revision(self, body: Any) -> str | None:
+        return None
+
+    def up(self, timeout: float, request: Requester | None = None) -> Status:
+        """Is the endpoint there? (and its model revision, where the server tells it)"""
+        from h2ostack.backends.base import Probe
+
+        got: list[Answer] = []
+        base, path = self.up_target()
+        why = probe(base, Probe("up", "GET", path, timeout=timeout), request or httpx_requester(),
+                    self.endpoint.headers, got)
+        if why is None:
+            return Status(True, "healthy", self.revision(got[0].body))
+        if got:
+            return Status(False, f"HTTP {got[0].status}")
+        return Status(False, f"unavailable ({why.split(': ', 1)[-1]})")
+
+    def warm(self) -> None:
+        """Import the client's library (and make what a turn will use) before the first question."""
+
+    def stream(self, history: Sequence[tuple[str, str]], message: str, max_new_tokens: int,
+               temperature: float, read_timeout: float | None = None) -> Iterator[str]:
+        """The answer's pieces as they arrive."""
+        raise NotImplementedError
+
+    def answer(self, history: Sequence[tuple[str, str]], message: str, max_new_tokens: int,
+               temperature: float, read_timeout: float | None = None) -> str:
+        """The whole answer, asked without streaming."""
+        raise NotImplementedError
+
+
+class StreamCut(ConnectionError):
+    """The server closed a stream before its last event (it died or was killed mid-answer)."""
+
+
+def trimmed(pieces: Iterable[str], stops: Sequence[str]) -> Iterator[str]:
+    """Pass pieces through, holding back any tail that could be the start of a stop string (the
+    gateway's /v1 cuts its streams with the same StopTrimmer)."""
+    from h2ostack.prompts import StopTrimmer
+
+    trim = StopTrimmer(stops)
+    for piece in pieces:
+        out = trim.push(piece)
+        if out:
+            yield out
+        if trim.done:
+            return
+    rest = trim.end()
+    if rest:
+        yield rest
