@@ -200,22 +200,20 @@ class Shim:
 
 
 def probe(url: str, timeout: float) -> str | None:
-    import urllib.error  # here, not at the top: it is a quarter of the shim's own start (25 ms) when
-    import urllib.request  # no liveness URL asks for it, and the server waits for the shim to start
+    """The liveness probe: the one "is it up" check (`protocols.endpoint.probe`) over the standard
+    library's HTTP (httpx would be most of the shim's own start, which the server waits for); the
+    canary body (`H2OSTACK_CANARY`) POSTed where the stack gave one."""
+    from h2ostack.backends.base import Probe
+    from h2ostack.protocols.endpoint import probe as probe_endpoint
+    from h2ostack.protocols.endpoint import urllib_requester
 
     body = os.environ.get("H2OSTACK_CANARY")
-    try:
-        headers = {"content-type": "application/json"} if body else {}
-        if os.environ.get("VLLM_API_KEY"):  # vLLM guards /v1/* with it
-            headers["authorization"] = "Bearer " + os.environ["VLLM_API_KEY"]
-        req = urllib.request.Request(url, data=body.encode() if body else None, headers=headers)
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return None if 200 <= resp.status < 300 else f"HTTP {resp.status}"
-    except urllib.error.HTTPError as exc:
-        return f"HTTP {exc.code}"
-    except Exception as exc:  # refused, timed out, reset: all mean "not healthy"
-        reason = getattr(exc, "reason", None) or exc
-        return f"{type(reason).__name__}: {reason}"
+    headers = {}
+    if os.environ.get("VLLM_API_KEY"):  # vLLM guards /v1/* with it
+        headers["authorization"] = "Bearer " + os.environ["VLLM_API_KEY"]
+    check = Probe("liveness", "POST" if body else "GET", "", body.encode() if body else None, timeout=timeout)
+    why = probe_endpoint(url, check, urllib_requester(), headers)
+    return None if why is None else why.removeprefix("liveness: ")
 
 
 def wait_released(old: set[int], holders: Callable[[], set[int]], timeout: float, stop: Callable[[], bool],
