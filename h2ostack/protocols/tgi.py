@@ -29,7 +29,7 @@ class TGIClient(Client):
         import huggingface_hub  # noqa: F401
 
     def _ask(self, history: Sequence[tuple[str, str]], message: str, max_new_tokens: int, temperature: float,
-             read_timeout: float | None, stream: bool) -> tuple[Any, list[str]]:
+             read_timeout: float | None, stream: bool) -> tuple[Any, list[str], Any]:
         from huggingface_hub import InferenceClient
 
         from h2ostack.prompts import build_prompt
@@ -42,18 +42,19 @@ class TGIClient(Client):
                                   "stop": stops or None}
         if temperature > 0:
             kwargs.update(temperature=temperature, do_sample=True)
-        return client.text_generation(prompt, **kwargs), stops
+        # (the client too: its session closes with it, and a stream read after that ends at once)
+        return client.text_generation(prompt, **kwargs), stops, client
 
     def stream(self, history: Sequence[tuple[str, str]], message: str, max_new_tokens: int,
                temperature: float, read_timeout: float | None = None) -> Iterator[str]:
-        events, stops = self._ask(history, message, max_new_tokens, temperature, read_timeout, True)
+        events, stops, _client = self._ask(history, message, max_new_tokens, temperature, read_timeout, True)
         yield from trimmed(tokens(events), stops)
 
     def answer(self, history: Sequence[tuple[str, str]], message: str, max_new_tokens: int,
                temperature: float, read_timeout: float | None = None) -> str:
         from h2ostack.prompts import trim_partial_stop
 
-        text, stops = self._ask(history, message, max_new_tokens, temperature, read_timeout, False)
+        text, stops, _ = self._ask(history, message, max_new_tokens, temperature, read_timeout, False)
         return trim_partial_stop(str(text), stops)
 
 
