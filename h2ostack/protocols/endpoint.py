@@ -7,20 +7,20 @@ with, the timeouts and the server's keep-alive. It is made from a plan's service
 `Endpoint.from_plan`. `client_for(endpoint)` gives the protocol's client; it is the one place
 that tells the protocols apart.
 
-`probe` is the one "is it up" request: readiness (`h2ostack.health`), `status`, the front's
-panes and the shim's liveness probe all ask through it, each with the HTTP transport it can
-afford (`Requester`: httpx where it is loaded anyway, urllib in the shim).
+`probe` (`protocols.probe`) is the one "is it up" request: readiness (`h2ostack.health`),
+`status`, the front's panes and the shim's liveness probe all ask through it.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from h2ostack.backends.base import Probe
+from h2ostack.protocols.probe import Answer, Requester, probe
+from h2ostack.protocols.probe import names_model as names_model  # re-exported
+from h2ostack.protocols.probe import urllib_requester as urllib_requester
 
 PROTOCOLS = ("openai", "tgi", "h2ogpt")
 READ_TIMEOUT = 600.0  # seconds: a wait for the backend's next piece
@@ -113,17 +113,6 @@ def from_server(name: str, form: str, url: str, headers: Mapping[str, str], prom
             Endpoint(name, "h2ogpt", url, name, "h2ogpt", dict(headers), prompt_type)]
 
 
-# -- the one "is it up" check -------------------------------------------------------------------
-@dataclass(frozen=True)
-class Answer:
-    status: int
-    body: Any  # parsed JSON, or None
-
-
-# (method, url, json body, timeout, headers) -> Answer; raises on connection errors
-Requester = Callable[[str, str, Any, float, dict[str, str]], Answer]
-
-
 def httpx_requester() -> Requester:
     import httpx
 
@@ -139,54 +128,6 @@ def httpx_requester() -> Requester:
         return Answer(resp.status_code, data)
 
     return request
-
-
-def urllib_requester(request: Any = None) -> Requester:
-    """The standard library's HTTP (for the shim, whose start the server waits for); an HTTP error
-    status is an answer, not an exception."""
-    import json
-    import urllib.error
-    import urllib.request
-
-    def ask(method: str, url: str, body: Any, timeout: float, headers: dict[str, str]) -> Answer:
-        data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-        hdrs = {"content-type": "application/json", **headers} if data is not None else dict(headers)
-        req = urllib.request.Request(url, data=data, headers=hdrs, method=method)
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                return Answer(resp.status, None)
-        except urllib.error.HTTPError as exc:
-            return Answer(exc.code, None)
-        except urllib.error.URLError as exc:  # refused, timed out: the reason is the error to tell
-            reason = exc.reason
-            raise reason if isinstance(reason, BaseException) else exc from None
-
-    return ask
-
-
-def names_model(body: Any, model: str) -> bool:
-    """/v1/models lists it, or TGI's /info names it."""
-    if not isinstance(body, dict):
-        return False
-    if isinstance(body.get("data"), list):
-        return any(isinstance(m, dict) and m.get("id") == model for m in body["data"])
-    return body.get("model_id") == model
-
-
-def probe(base: str, check: Probe, request: Requester, headers: Mapping[str, str],
-          answer: list[Answer] | None = None) -> str | None:
-    """None when the probe passes, else why not (the answer, where one came, appended to `answer`)."""
-    try:
-        ans = request(check.method, base.rstrip("/") + check.path, check.body, check.timeout, dict(headers))
-    except Exception as exc:  # connection refused, reset, timeout: all mean "not yet"
-        return f"{check.name}: {type(exc).__name__}"
-    if answer is not None:
-        answer.append(ans)
-    if not 200 <= ans.status < 300:
-        return f"{check.name}: HTTP {ans.status}"
-    if check.expect_model and not names_model(ans.body, check.expect_model):
-        return f"{check.name}: model {check.expect_model!r} not listed yet"
-    return None
 
 
 def client_for(endpoint: Endpoint) -> Any:

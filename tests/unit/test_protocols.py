@@ -4,6 +4,9 @@ client per wire protocol, and the one "is it up" check."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -177,7 +180,16 @@ def test_the_shims_liveness_probe_goes_through_the_same_check(server: str, monke
     free = urllib_requester()
     with pytest.raises(OSError):
         free("GET", "http://127.0.0.1:1/", None, 1.0, {})
-    assert shim.probe("http://127.0.0.1:1/", 1.0) == "ConnectionRefusedError"
+    assert shim.probe("http://127.0.0.1:1/", 1.0).startswith("ConnectionRefusedError: ")  # type: ignore[union-attr]
+
+
+def test_the_shim_run_alone_with_the_standard_library_probes_too(server: str, tmp_path: Path) -> None:
+    """The shim runs as a script with `python -S`: its probe still finds the one check beside it."""
+    code = ("import runpy, sys; probe = runpy.run_path(sys.argv[1])['probe']; "
+            "print(probe(sys.argv[2] + '/ok', 2.0), probe(sys.argv[2] + '/bad', 2.0), sep='|')")
+    out = subprocess.run([sys.executable, "-S", "-c", code, shim.__file__, server], capture_output=True, text=True,
+                         timeout=30, env={"PATH": os.environ.get("PATH", "")}, cwd=tmp_path)
+    assert out.stdout.strip() == "None|HTTP 503", out.stderr
 
 
 def test_check_reports_a_client_error_as_a_row_without_the_secret(tmp_path: Path) -> None:
