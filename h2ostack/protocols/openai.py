@@ -25,7 +25,10 @@ def _client(base: str, key: str, read_timeout: float, connect_timeout: float) ->
 
 
 class OpenAIClient(Client):
-    RELAY = "openai"
+    @property
+    def RELAY(self) -> str:  # type: ignore[override]  # noqa: N802
+        # chat relayed as it is; chat asked as completions with the prompt type where it is not
+        return "passthrough" if self.endpoint.chat else "openai"
 
     @property
     def relay_base(self) -> str:

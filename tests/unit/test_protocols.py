@@ -61,7 +61,8 @@ def test_client_for_dispatches_on_the_protocol_and_names_the_gateways_relay() ->
     base = Endpoint("m", "openai", "http://h:1", "m")
     kinds = {p: type(client_for(replace(base, protocol=p))) for p in ("openai", "tgi", "h2ogpt")}
     assert kinds == {"openai": OpenAIClient, "tgi": TGIClient, "h2ogpt": H2OGPTClient}
-    assert [client_for(replace(base, protocol=p)).RELAY for p in kinds] == ["openai", "tgi", "h2ogpt"]
+    assert [client_for(replace(base, protocol=p)).RELAY for p in kinds] == ["passthrough", "tgi", "h2ogpt"]
+    assert client_for(replace(base, chat=False)).RELAY == "openai"  # chat asked as completions, prompted
     assert client_for(base).relay_base == "http://h:1/v1"
     assert client_for(replace(base, protocol="tgi")).relay_base == "http://h:1"
 
