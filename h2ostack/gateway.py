@@ -41,6 +41,9 @@ from typing import Any
 
 from h2ostack.metrics import CONTENT_TYPE as METRICS_TYPE
 from h2ostack.metrics import UNKNOWN_MODEL, Metrics, Model, Tally
+from h2ostack.protocols import openai as openai_api
+from h2ostack.protocols import tgi as tgi_api
+from h2ostack.protocols.endpoint import Endpoint, client_for
 from h2ostack.upstream import KEEP_IDLE, Pool
 
 OVERHEAD_HEADER = "x-h2ostack-overhead-ms"
@@ -49,31 +52,8 @@ PATHS = {"/v1/models": "GET", "/v1/chat/completions": "POST", "/v1/completions":
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[dict[str, Any], Receive, Send], Awaitable[None]]
-FINISH = {"length": "length", "eos_token": "stop", "stop_sequence": "stop"}
 # messages -> (prompt, stop sequences), by prompt type; the front supplies h2oGPT's prompt types
-PromptFn = Callable[[Sequence[Mapping[str, Any]], "Route_"], tuple[str, list[str]]]
-
-
-@dataclass
-class Route_:
-    """One model the gateway serves: where it lives and how to talk to it."""
-
-    name: str
-    kind: str  # tgi | vllm | transformers | openai | h2ogpt
-    api: str  # openai | tgi | h2ogpt
-    base: str  # server root; for kind openai the API base
-    served_model: str
-    headers: dict[str, str] = field(default_factory=dict)
-    prompt_type: str | None = None
-    prompt_dict: dict[str, str] | None = None
-    health: str = "unknown"
-    keep_alive: float | None = None  # how long the server keeps an idle connection, where the stack set it
-    completions: bool = False  # chat asked through completions with h2oGPT's prompt (vLLM with a prompt type)
-
-    @property
-    def openai_base(self) -> str:
-        base = self.base.rstrip("/")
-        return base if self.kind == "openai" or base.endswith("/v1") else base + "/v1"
+PromptFn = tgi_api.PromptFn
 
 
 # an ASGI reply: status, headers, and a body given whole or piece by piece
@@ -103,7 +83,7 @@ def _error(status: int, message: str, kind: str, **extra: Any) -> Reply:
     return _json({"error": {"message": message, "type": kind, "code": status, **extra}}, status)
 
 
-def _stream_error(route: Route_, exc: BaseException) -> bytes:
+def _stream_error(route: Endpoint, exc: BaseException) -> bytes:
     """The event that ends a stream whose backend failed mid-answer (OpenAI clients raise it)."""
     timeout = isinstance(exc, TimeoutError)
     err = {"message": f"backend {route.name} {'timed out' if timeout else 'failed'} mid-answer "
@@ -280,13 +260,20 @@ class Gateway:
     Connecting to a backend is bounded by REQUEST_TIMEOUT_FAST (as the front's panes are), each
     wait for a backend's next bytes by H2OSTACK_GATEWAY_READ_TIMEOUT (default 600 s)."""
 
-    def __init__(self, routes: Sequence[Route_], api_keys: Sequence[str] = (), to_prompt: PromptFn | None = None,
+    def __init__(self, routes: Sequence[Endpoint], api_keys: Sequence[str] = (), to_prompt: PromptFn | None = None,
                  connect_timeout: float | None = None, read_timeout: float | None = None,
                  limits: Limits | None = None, metrics: Metrics | None = None):
         self.routes = {r.name: r for r in routes}
         # clients may also name a model as its server knows it
         for r in routes:
-            self.routes.setdefault(r.served_model, r)
+            self.routes.setdefault(r.model, r)
+        # each model's handler and upstream base, by its protocol's client (`protocols.client_for`)
+        self.relays: dict[str, Callable[..., Awaitable[Reply]]] = {}
+        self.bases: dict[str, str] = {}
+        for r in routes:
+            client = client_for(r)
+            self.relays[r.name] = getattr(self, client.RELAY)
+            self.bases[r.name] = client.relay_base
         self.listed = list(routes)
         # keys given (even if all of them came out empty) means closed: an empty key opens nothing
         self.closed = bool(api_keys)
@@ -304,11 +291,11 @@ class Gateway:
         self.unknown = self.metrics.model(UNKNOWN_MODEL)
         self.ondemand: Any = None  # h2ostack.ondemand.Manager where the front has on-demand models
 
-    def pool(self, route: Route_) -> Pool:
+    def pool(self, route: Endpoint) -> Pool:
         """One pool per backend, made on first use inside the server's event loop."""
         p = self.pools.get(route.name)
         if p is None:
-            base = route.openai_base if route.api == "openai" else route.base
+            base = self.bases[route.name]
             # a second short of the server's own limit, so that the server is not the one to close
             keep = KEEP_IDLE if route.keep_alive is None else max(0.0, route.keep_alive - 1.0)
             p = self.pools[route.name] = Pool(base, route.headers, self.connect_timeout, self.read_timeout, keep)
@@ -442,7 +429,7 @@ class Gateway:
 
     def models(self) -> Reply:
         data = [{"id": r.name, "object": "model", "created": 0, "owned_by": "h2ostack", "backend": r.kind,
-                 "served_model": r.served_model, "health": r.health, "phase": self.metrics.phase(r.name)}
+                 "served_model": r.model, "health": "unknown", "phase": self.metrics.phase(r.name)}
                 for r in self.listed]
         return _json({"object": "list", "data": data})
 
@@ -468,12 +455,12 @@ class Gateway:
         reply.rec = rec
         return reply
 
-    async def route(self, route: Route_, body: dict[str, Any], raw: bytes, chat: bool, t0: float) -> Reply:
+    async def route(self, route: Endpoint, body: dict[str, Any], raw: bytes, chat: bool, t0: float) -> Reply:
         if self.ondemand is not None and route.name in self.ondemand:
             return await self.on_demand(route, body, raw, chat, t0)
         return await self.dispatch(route, body, raw, chat, t0)
 
-    async def on_demand(self, route: Route_, body: dict[str, Any], raw: bytes, chat: bool, t0: float) -> Reply:
+    async def on_demand(self, route: Endpoint, body: dict[str, Any], raw: bytes, chat: bool, t0: float) -> Reply:
         """An on-demand model: started (or woken) first, held up until its answer is sent."""
         up = self.ondemand.phase(route.name) == "ready"
         lease = await self.ondemand.acquire(route.name)
@@ -497,28 +484,27 @@ class Gateway:
         reply.done = done
         return reply
 
-    async def dispatch(self, route: Route_, body: dict[str, Any], raw: bytes, chat: bool, t0: float) -> Reply:
+    async def dispatch(self, route: Endpoint, body: dict[str, Any], raw: bytes, chat: bool, t0: float) -> Reply:
         try:
-            if route.api == "openai" and chat and route.completions and self.to_prompt is not None:
-                return await self.prompted(route, body, t0)
-            if route.api == "openai":
-                return await self.passthrough(route, body, raw, chat, t0)
-            if route.api == "tgi":
-                return await self.tgi(route, body, chat, t0)
-            return await self.h2ogpt(route, body, chat, t0)
+            return await self.relays[route.name](route, body, raw, chat, t0)
         except TimeoutError as exc:
             return _error(504, f"backend {route.name} timed out ({type(exc).__name__})", "backend_timeout")
         except (OSError, ValueError) as exc:
             return _error(503, f"backend {route.name} is not reachable ({type(exc).__name__})", "backend_unavailable")
 
     # -- OpenAI-compatible: bytes through ---------------------------------------------------
-    async def passthrough(self, route: Route_, body: dict[str, Any], raw: bytes, chat: bool, t0: float) -> Reply:
-        if body["model"] != route.served_model:
-            body["model"] = route.served_model
+    async def openai(self, route: Endpoint, body: dict[str, Any], raw: bytes, chat: bool, t0: float) -> Reply:
+        if chat and not route.chat and self.to_prompt is not None:
+            return await self.prompted(route, body, t0)
+        return await self.passthrough(route, body, raw, chat, t0)
+
+    async def passthrough(self, route: Endpoint, body: dict[str, Any], raw: bytes, chat: bool, t0: float) -> Reply:
+        if body["model"] != route.model:
+            body["model"] = route.model
             raw = json.dumps(body).encode()
         before = time.perf_counter() - t0
         stream = bool(body.get("stream"))
-        resp = await self.pool(route).post("/chat/completions" if chat else "/completions", raw, whole=not stream)
+        resp = await self.pool(route).post(openai_api.relay_path(chat), raw, whole=not stream)
         t_head = time.perf_counter()
         ctype = resp.headers.get("content-type", "application/json")
         if not stream or resp.status >= 400:
@@ -542,23 +528,16 @@ class Gateway:
         return Reply(resp.status, relay(), ctype, _overhead(_ms(before, t_head)), resp.release)
 
     # -- vLLM with a prompt type: chat as completions, as the front's panes ask it -----------
-    async def prompted(self, route: Route_, body: dict[str, Any], t0: float) -> Reply:
+    async def prompted(self, route: Endpoint, body: dict[str, Any], t0: float) -> Reply:
         from h2ostack.prompts import StopTrimmer, trim_partial_stop
 
         assert self.to_prompt is not None
         prompt, stops = self.to_prompt(body.get("messages") or [], route)
-        user_stop = body.get("stop")
-        user_stops = [user_stop] if isinstance(user_stop, str) else list(user_stop or [])
-        sent, stops = stops[:4] + user_stops, stops + user_stops  # (OpenAI's limit of 4, as the panes send)
-        ask = {k: v for k, v in body.items() if k not in ("messages", "stop", "n", "response_format", "tools",
-                                                           "tool_choice", "stream_options")}
-        ask.update(model=route.served_model, prompt=prompt, stop=sent or None)
-        if "max_completion_tokens" in ask:
-            ask.setdefault("max_tokens", ask.pop("max_completion_tokens"))
+        ask, stops = openai_api.prompted_request(route, body, prompt, stops)
         stream = bool(body.get("stream"))
         rid, created = "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time())
         before = time.perf_counter() - t0
-        resp = await self.pool(route).post("/completions", json.dumps(ask).encode())
+        resp = await self.pool(route).post(openai_api.relay_path(False), json.dumps(ask).encode())
         t_head = time.perf_counter()
         if not stream or resp.status >= 400:
             try:
@@ -608,118 +587,39 @@ class Gateway:
 
         return Reply(200, translate(), "text/event-stream", _overhead(_ms(before, t_head)), resp.release)
 
-    # -- TGI native: translated ---------------------------------------------------------
-    def tgi_request(self, route: Route_, body: dict[str, Any], chat: bool) -> dict[str, Any]:
-        if chat:
-            messages = body.get("messages") or []
-            if self.to_prompt is not None:
-                prompt, stops = self.to_prompt(messages, route)
-            else:
-                prompt, stops = "\n".join(str(m.get("content", "")) for m in messages), []
-        else:
-            prompt, stops = str(body.get("prompt", "")), []
-        user_stop = body.get("stop")
-        stops = stops + ([user_stop] if isinstance(user_stop, str) else list(user_stop or []))
-        params: dict[str, Any] = {"max_new_tokens": body.get("max_tokens") or body.get("max_completion_tokens")
-                                  or 256, "details": True}
-        temperature = body.get("temperature")
-        if temperature:
-            params.update(temperature=temperature, do_sample=True)
-        for key in ("top_p", "seed"):
-            if body.get(key) is not None:
-                params[key] = body[key]
-        if stops:
-            params["stop"] = stops
-        return {"inputs": prompt, "parameters": params}
-
-    async def tgi(self, route: Route_, body: dict[str, Any], chat: bool, t0: float) -> Reply:
-        payload = self.tgi_request(route, body, chat)
-        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-        created = int(time.time())
+    # -- TGI native: translated (h2ostack.protocols.tgi) ---------------------------------
+    async def tgi(self, route: Endpoint, body: dict[str, Any], raw: bytes, chat: bool, t0: float) -> Reply:
+        payload = tgi_api.request(route, body, chat, self.to_prompt)
         stream = bool(body.get("stream"))
+        tr = tgi_api.Translation(route.name, payload, chat, ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24],
+                                 int(time.time()))
         before = time.perf_counter() - t0
-        resp = await self.pool(route).post("/generate_stream" if stream else "/generate",
-                                           json.dumps(payload).encode())
+        resp = await self.pool(route).post(tgi_api.path(stream), json.dumps(payload).encode())
         t_head = time.perf_counter()
         if resp.status >= 400:
             try:
-                raw = await resp.read()
+                err = await resp.read()
             finally:
                 resp.release()
-            try:
-                message = json.loads(raw).get("error", raw.decode(errors="replace"))
-            except (ValueError, AttributeError):
-                message = raw.decode(errors="replace")
-            return _error(resp.status, f"backend {route.name}: {message}", "backend_error")
+            return _error(resp.status, f"backend {route.name}: {tgi_api.error_message(err)}", "backend_error")
         if not stream:
             try:
                 data = json.loads(await resp.read())
             finally:
                 resp.release()
-            text = data.get("generated_text", "") if isinstance(data, dict) else ""
-            stops = payload["parameters"].get("stop") or []
-            if chat and stops:  # the stop string TGI leaves at the end, cut as the panes cut it
-                from h2ostack.prompts import trim_partial_stop
-
-                text = trim_partial_stop(text, stops)
-            details = (data.get("details") or {}) if isinstance(data, dict) else {}
-            finish = FINISH.get(details.get("finish_reason", ""), "stop")
-            usage = {"prompt_tokens": 0, "completion_tokens": details.get("generated_tokens", 0)}
-            choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
-            if chat:
-                choice["message"] = {"role": "assistant", "content": text}
-                out = {"id": rid, "object": "chat.completion", "created": created, "model": route.name,
-                       "choices": [choice], "usage": usage}
-            else:
-                choice["text"] = text
-                out = {"id": rid, "object": "text_completion", "created": created, "model": route.name,
-                       "choices": [choice], "usage": usage}
-            return _json(out, overhead=_ms(before, t_head))
-
-        obj = "chat.completion.chunk" if chat else "text_completion"
-
-        def chunk(text: str | None, finish: str | None, first: bool = False) -> bytes:
-            if chat:
-                delta: dict[str, Any] = {"role": "assistant", "content": ""} if first else {}
-                if text is not None:
-                    delta["content"] = text
-                choice = {"index": 0, "delta": delta, "finish_reason": finish}
-            else:
-                choice = {"index": 0, "text": text or "", "finish_reason": finish}
-            return b"data: " + json.dumps({"id": rid, "object": obj, "created": created, "model": route.name,
-                                           "choices": [choice]}).encode() + b"\n\n"
-
-        from h2ostack.prompts import StopTrimmer
-
-        trim = StopTrimmer(payload["parameters"].get("stop") or [] if chat else [])
+            return _json(tr.whole(data), overhead=_ms(before, t_head))
 
         async def translate() -> AsyncIterator[bytes]:
             try:
-                if chat:
-                    yield chunk(None, None, first=True)
-                finished = False
-                async for raw in resp.lines():
-                    if not raw.startswith(b"data:"):
-                        continue
-                    event = json.loads(raw[5:])
-                    if "error" in event:
-                        err = {"error": {"message": str(event["error"]), "type": event.get("error_type", "backend")}}
-                        yield b"data: " + json.dumps(err).encode() + b"\n\n"
+                for first in tr.start():
+                    yield first
+                async for line in resp.lines():
+                    pieces, over = tr.event(line)
+                    for piece in pieces:
+                        yield piece
+                    if over:
                         return
-                    token = event.get("token") or {}
-                    if not token.get("special") and not trim.done:
-                        text = trim.push(token.get("text", "")) if trim.stops else token.get("text", "")
-                        if text or not trim.stops:
-                            yield chunk(text, None)
-                    details = event.get("details")
-                    if event.get("generated_text") is not None:
-                        finished = True
-                        rest = trim.end()
-                        if rest:
-                            yield chunk(rest, None)
-                        reason = FINISH.get((details or {}).get("finish_reason", ""), "stop")
-                        yield chunk(None if chat else "", reason)
-                if not finished:  # the socket closed cleanly, but before TGI's last event
+                if not tr.finished:  # the socket closed cleanly, but before TGI's last event
                     yield _stream_error(route, ConnectionResetError("stream ended before its last token"))
                     return
                 yield b"data: [DONE]\n\n"
@@ -729,31 +629,18 @@ class Gateway:
         return Reply(200, translate(), "text/event-stream", _overhead(_ms(before, t_head)), resp.release)
 
     # -- h2oGPT Gradio servers ----------------------------------------------------------
-    async def h2ogpt(self, route: Route_, body: dict[str, Any], chat: bool, t0: float) -> Reply:
+    async def h2ogpt(self, route: Endpoint, body: dict[str, Any], raw: bytes, chat: bool, t0: float) -> Reply:
         if chat:
             messages = body.get("messages") or []
             instruction = str(messages[-1].get("content", "")) if messages else ""
         else:
             instruction = str(body.get("prompt", ""))
-        kwargs = {"instruction": instruction, "max_new_tokens": body.get("max_tokens") or 256,
-                  "temperature": body.get("temperature") or 0.0}
         before = time.perf_counter() - t0
-
-        def call() -> str:
-            from h2ostack.protocols.h2ogpt import h2ogpt_client
-
-            client = h2ogpt_client(route.base, route.headers)
-            try:
-                out = client.predict(str(kwargs), api_name="/submit_nochat_api")
-            finally:
-                client.close()
-            import ast
-
-            parsed = ast.literal_eval(out) if isinstance(out, str) else out
-            return str(parsed.get("response", "")) if isinstance(parsed, dict) else str(parsed)
+        from h2ostack.protocols.h2ogpt import ask
 
         try:
-            text = await asyncio.to_thread(call)
+            text = await asyncio.to_thread(ask, route.root, route.headers, instruction, body.get("max_tokens") or 256,
+                                           body.get("temperature") or 0.0)
         except Exception as exc:  # gradio_client raises its own types for a down server
             return _error(503, f"backend {route.name} failed: {type(exc).__name__}: {exc}", "backend_unavailable")
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
@@ -1156,31 +1043,12 @@ def serve_gateway(gateway: Gateway, host: str, port: int) -> None:
         uvloop.run(main())
 
 
-def routes_from_plan(plan: Any, stack: Any, models: Sequence[str]) -> list[Route_]:
+def routes_from_plan(plan: Any, stack: Any, models: Sequence[str]) -> list[Endpoint]:
     """The gateway's routes for a front's models, secrets (auth headers) included."""
     from h2ostack.api import auth_headers
 
-    out = []
-    for name in models:
-        sp = plan.services[name]
-        svc = stack.services[name]
-        from h2ostack.backends import completion_prompt_type
-
-        out.append(Route_(name, sp.kind, sp.api, sp.url or "", sp.served_model or name, auth_headers(sp, stack),
-                          sp.prompt_type, svc.prompt_dict, keep_alive=_keep_alive(sp),
-                          completions=completion_prompt_type(sp.kind, sp.prompt_type, sp.served_model) is not None))
-    return out
-
-
-def _keep_alive(sp: Any) -> float | None:
-    """The idle keep-alive the stack gave a vLLM server it runs (`VLLM_HTTP_TIMEOUT_KEEP_ALIVE`)."""
-    from h2ostack.backends.vllm import KEEP_ALIVE_ENV
-
-    value = sp.env.get(KEEP_ALIVE_ENV) if sp.kind == "vllm" else None
-    try:
-        return float(value) if isinstance(value, str) else None
-    except ValueError:
-        return None
+    return [Endpoint.from_plan(plan.services[name], auth_headers(plan.services[name], stack),
+                               stack.services[name].prompt_dict) for name in models]
 
 
 def front_keys(spec: Any) -> list[str]:

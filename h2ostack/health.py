@@ -27,6 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from h2ostack.backends.base import Probe
+from h2ostack.protocols.endpoint import Answer as Answer  # re-exported: readiness's requests
+from h2ostack.protocols.endpoint import Requester as Requester
+from h2ostack.protocols.endpoint import httpx_requester as httpx_requester
+from h2ostack.protocols.endpoint import names_model as names_model
+from h2ostack.protocols.endpoint import probe as probe_endpoint
 
 PHASES = ("downloading", "loading", "warming", "ready", "asleep", "stopped (on demand)", "stopped")
 DOWNLOAD_TIMEOUT = 6 * 3600.0  # seconds a download may take, on top of the readiness timeout
@@ -179,53 +184,9 @@ class Cancelled(Exception):
     pass
 
 
-@dataclass(frozen=True)
-class Answer:
-    status: int
-    body: Any  # parsed JSON, or None
-
-
-# (method, url, json body, timeout, headers) -> Answer; raises on connection errors
-Requester = Callable[[str, str, Any, float, dict[str, str]], Answer]
-
-
-def httpx_requester() -> Requester:
-    import httpx
-
-    client = httpx.Client(trust_env=False)
-
-    def request(method: str, url: str, body: Any, timeout: float, headers: dict[str, str]) -> Answer:
-        resp = client.request(method, url, json=body, timeout=httpx.Timeout(timeout, connect=min(timeout, 2.0)),
-                              headers=headers)
-        try:
-            data = resp.json()
-        except ValueError:
-            data = None
-        return Answer(resp.status_code, data)
-
-    return request
-
-
-def names_model(body: Any, model: str) -> bool:
-    """/v1/models lists it, or TGI's /info names it."""
-    if not isinstance(body, dict):
-        return False
-    if isinstance(body.get("data"), list):
-        return any(isinstance(m, dict) and m.get("id") == model for m in body["data"])
-    return body.get("model_id") == model
-
-
 def probe_once(base: str, probe: Probe, request: Requester, headers: dict[str, str]) -> str | None:
-    """None when the probe passes, else why not."""
-    try:
-        ans = request(probe.method, base.rstrip("/") + probe.path, probe.body, probe.timeout, headers)
-    except Exception as exc:  # connection refused, reset, timeout: all mean "not yet"
-        return f"{probe.name}: {type(exc).__name__}"
-    if not 200 <= ans.status < 300:
-        return f"{probe.name}: HTTP {ans.status}"
-    if probe.expect_model and not names_model(ans.body, probe.expect_model):
-        return f"{probe.name}: model {probe.expect_model!r} not listed yet"
-    return None
+    """None when the probe passes, else why not (the one "is it up" check, `protocols.endpoint.probe`)."""
+    return probe_endpoint(base, probe, request, headers)
 
 
 def wait_ready(base: str, probes: tuple[Probe, ...] | list[Probe], timeout: float, interval: float,

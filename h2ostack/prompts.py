@@ -154,7 +154,7 @@ def messages_to_turns(messages: Sequence[Mapping[str, Any]]) -> tuple[list[tuple
 def gateway_prompt(messages: Sequence[Mapping[str, Any]], route: Any) -> tuple[str, list[str]]:
     """For the gateway's TGI translation: a chat request as one prompt by the route's prompt type."""
     turns, message = messages_to_turns(messages)
-    prompt_type = route.prompt_type or infer_prompt_type(route.served_model) or "plain"
+    prompt_type = route.prompt_type or infer_prompt_type(route.model) or "plain"
     return build_prompt(turns, message, prompt_type, route.prompt_dict)
 
 

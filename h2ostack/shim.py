@@ -200,22 +200,31 @@ class Shim:
 
 
 def probe(url: str, timeout: float) -> str | None:
-    import urllib.error  # here, not at the top: it is a quarter of the shim's own start (25 ms) when
-    import urllib.request  # no liveness URL asks for it, and the server waits for the shim to start
+    """The liveness probe: the one "is it up" check (`h2ostack.protocols.probe`, standard library
+    only, so importable here) over urllib; the canary body (`H2OSTACK_CANARY`) POSTed where the
+    stack gave one."""
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if package_root not in sys.path:  # run as a script with -S: the package is beside it, not on the path
+        sys.path.append(package_root)
+    from h2ostack.protocols.probe import probe as probe_once
+    from h2ostack.protocols.probe import urllib_requester
 
     body = os.environ.get("H2OSTACK_CANARY")
-    try:
-        headers = {"content-type": "application/json"} if body else {}
-        if os.environ.get("VLLM_API_KEY"):  # vLLM guards /v1/* with it
-            headers["authorization"] = "Bearer " + os.environ["VLLM_API_KEY"]
-        req = urllib.request.Request(url, data=body.encode() if body else None, headers=headers)
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return None if 200 <= resp.status < 300 else f"HTTP {resp.status}"
-    except urllib.error.HTTPError as exc:
-        return f"HTTP {exc.code}"
-    except Exception as exc:  # refused, timed out, reset: all mean "not healthy"
-        reason = getattr(exc, "reason", None) or exc
-        return f"{type(reason).__name__}: {reason}"
+    headers = {}
+    if os.environ.get("VLLM_API_KEY"):  # vLLM guards /v1/* with it
+        headers["authorization"] = "Bearer " + os.environ["VLLM_API_KEY"]
+    check = _Liveness("POST" if body else "GET", body.encode() if body else None, timeout)
+    why = probe_once(url, check, urllib_requester(), headers, explain=True)
+    return None if why is None else why.removeprefix("liveness: ")
+
+
+class _Liveness:
+    """The one request the liveness probe makes (the shape of `backends.base.Probe`)."""
+
+    name, path, expect_model = "liveness", "", None
+
+    def __init__(self, method: str, body: bytes | None, timeout: float):
+        self.method, self.body, self.timeout = method, body, timeout
 
 
 def wait_released(old: set[int], holders: Callable[[], set[int]], timeout: float, stop: Callable[[], bool],

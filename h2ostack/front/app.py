@@ -33,14 +33,13 @@ import subprocess
 import tempfile
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from h2ostack import __version__
-from h2ostack.front.clients import Backend, backend_for, fast_timeout, probe, stream_answer, warm
+from h2ostack.front.clients import Pane, backend_for, fast_timeout, probe, stream_answer, warm
 from h2ostack.front.layout import CSS, EXTRA_SLOTS, Layout, build_layout, header
 from h2ostack.front.session import Message, Session, active, in_progress
 from h2ostack.front.turn import Clock, Frame, HoldFn, StreamFn, SystemClock, Turn
@@ -49,22 +48,18 @@ HOLD_STREAM_EVERY = 10.0  # seconds: how often the page's stream-holding event l
 WARM_PAGE_ANSWER = ("a", "a b")  # the streamed exchange a page warms up on (`warm_page`)
 
 
-def backends_from_plan(plan: Any, stack: Any, models: list[str]) -> list[Backend]:
+def backends_from_plan(plan: Any, stack: Any, models: list[str]) -> list[Pane]:
     from h2ostack.api import auth_headers
-    from h2ostack.backends import completion_prompt_type
+    from h2ostack.protocols.endpoint import Endpoint
 
     out = []
     for name in models:
-        sp = plan.services[name]
-        svc = stack.services[name]
-        # vLLM with a given or known prompt type: completions with h2oGPT's prompt, as /v1 asks it
-        chat = completion_prompt_type(sp.kind, svc.prompt_type, sp.served_model) is None
-        out.append(Backend(name, sp.kind, sp.api, sp.url or "", sp.served_model or name, auth_headers(sp, stack),
-                           svc.prompt_type, svc.prompt_dict, chat=chat))
+        sp, svc = plan.services[name], stack.services[name]
+        out.append(Pane(Endpoint.from_plan(sp, auth_headers(sp, stack), svc.prompt_dict, svc.prompt_type)))
     return out
 
 
-def probe_all(backends: list[Backend]) -> None:
+def probe_all(backends: list[Pane]) -> None:
     """Every endpoint at once, bounded by REQUEST_TIMEOUT for all of them together."""
     budget = float(os.environ.get("REQUEST_TIMEOUT", "60"))
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(backends)))
@@ -90,7 +85,7 @@ def git_hash() -> str:
         return ""
 
 
-def system_info(backends: list[Backend]) -> dict[str, Any]:
+def system_info(backends: list[Pane]) -> dict[str, Any]:
     from h2ostack.facts import nvml_gpus
 
     return {
@@ -163,7 +158,7 @@ class Grid:
     `stream` answers (`clients.stream_answer`); `clock` times the turns; `hold` holds an on-demand
     model up (starting it first) while a pane's answer streams."""
 
-    def __init__(self, backends: list[Backend], admin_pass: str | None,
+    def __init__(self, backends: list[Pane], admin_pass: str | None,
                  serialize: Callable[[list[Message]], Any] | None = None, stream: StreamFn | None = None,
                  clock: Clock | None = None, hold: HoldFn | None = None) -> None:
         self.backends = backends
@@ -209,7 +204,7 @@ class Grid:
         finished turns render again only here, once a turn, not on each streamed update. Not while
         a turn streams: a turn cancelled by Regenerate settles as the next one starts."""
         skip = self.skip
-        heads_now = [header(Backend(**s), sess.stats.get(i)) if s is not None else header(None)
+        heads_now = [header(Pane.from_slot(s), sess.stats.get(i)) if s is not None else header(None)
                      for i, s in enumerate(sess.slots)]
         moved = [] if sess.streaming else [i for i, h in enumerate(sess.chats) if sess.past[i] != len(h)]
         for i in moved:
@@ -274,7 +269,7 @@ class Grid:
             return [f"⚠ {exc}", sess, *no_change, *no_change]
         ok, detail = probe(b, fast_timeout())
         b.health = "healthy" if ok else detail
-        sess.slots = [*slot_list[:free[0]], asdict(b), *slot_list[free[0] + 1:]]
+        sess.slots = [*slot_list[:free[0]], b.slot(), *slot_list[free[0] + 1:]]
         heads_up = list(no_change)
         heads_up[free[0]] = header(b)
         panes_up = list(no_change)
@@ -367,7 +362,7 @@ def wire(demo: gr.Blocks, ui: Layout, grid: Grid) -> None:
     gr.api(grid.submit_nochat_api, api_name="submit_nochat_api")
 
 
-def build_blocks(backends: list[Backend], columns: int | None, admin_pass: str | None,
+def build_blocks(backends: list[Pane], columns: int | None, admin_pass: str | None,
                  title: str = "h2ostack", arena: Any = None, stream: StreamFn | None = None,
                  clock: Clock | None = None, hold: HoldFn | None = None) -> gr.Blocks:
     """The page (`layout.build_layout`) wired to the handlers of a `Grid` over `backends`

@@ -33,7 +33,7 @@ from h2ostack.front.arena_core import (
     sample_pair,
     stream_pair,
 )
-from h2ostack.front.clients import Backend, stream_answer
+from h2ostack.front.clients import Pane, stream_answer
 from h2ostack.front.turn import HoldFn
 
 MAX_NEW_TOKENS = 256
@@ -46,13 +46,13 @@ BOOTSTRAP_ROUNDS = 200
 class Arena:
     """What every page of one front shares: its models, the vote store, the pair sampler."""
 
-    backends: list[Backend]
+    backends: list[Pane]
     store: VoteStore
     front: str = ""
     rng: random.Random = field(default_factory=random.Random)
     hold: HoldFn | None = None  # on-demand models: started first and held up while a side streams
 
-    def backend(self, name: str) -> Backend:
+    def backend(self, name: str) -> Pane:
         return next(b for b in self.backends if b.name == name)
 
     def held(self, name: str, answer: Callable[[], Iterator[str]], given_up: Callable[[], bool]

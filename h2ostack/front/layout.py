@@ -9,7 +9,7 @@ from typing import Any
 
 import gradio as gr
 
-from h2ostack.front.clients import Backend
+from h2ostack.front.clients import Pane
 from h2ostack.front.session import Session
 from h2ostack.prompts import PROMPT_TYPES
 
@@ -33,7 +33,7 @@ CSS = f"""
 """
 
 
-def header(b: Backend | None, stats: dict[str, Any] | None = None) -> str:
+def header(b: Pane | None, stats: dict[str, Any] | None = None) -> str:
     """A pane's header: its model, backend kind, health, revision and last answer's timings."""
     if b is None:
         return ""
@@ -74,7 +74,7 @@ class Layout:
     warm_bot: gr.Chatbot  # out of sight: a fresh page warms its message code on it (`app.warm_page`)
 
 
-def build_layout(demo: gr.Blocks, backends: list[Backend], columns: int | None, title: str,
+def build_layout(demo: gr.Blocks, backends: list[Pane], columns: int | None, title: str,
                  arena: Any = None) -> Layout:
     """The page's components inside `demo` (with an Arena, the grid is a tab beside the Arena's,
     whose events `arena.build_tabs` wires)."""

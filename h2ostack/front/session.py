@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
-from h2ostack.front.clients import Backend
+from h2ostack.front.clients import Pane
 
 Message = dict[str, str]  # {"role": ..., "content": ...}, as the Chatbot takes it
 
@@ -21,7 +21,7 @@ class Session:
     copies per update; in a profile of a 4-pane answer they took 16% of the page's time and the
     panes' updates waited behind them."""
 
-    slots: list[dict[str, Any] | None]  # each pane's model (a Backend as a dict), None: a free pane
+    slots: list[dict[str, Any] | None]  # each pane's model (a Pane as a dict), None: a free pane
     chats: list[list[Message]]  # each pane's conversation
     past: list[int]  # how many messages of each conversation its finished-turns chatbot shows
     settings: list[dict[str, float]]  # each pane's max_new_tokens and temperature
@@ -34,11 +34,11 @@ class Session:
     log: list[dict[str, Any]] = field(default_factory=list)  # the answers, for the JSONL export
 
     @classmethod
-    def fresh(cls, backends: list[Backend], extra: int, max_new_tokens: int = 256,
+    def fresh(cls, backends: list[Pane], extra: int, max_new_tokens: int = 256,
               temperature: float = 0.0) -> Session:
         """A new page's session: a pane per model of the front, `extra` free panes."""
         n = len(backends) + extra
-        return cls(slots=[asdict(b) for b in backends] + [None] * extra, chats=[[] for _ in range(n)],
+        return cls(slots=[b.slot() for b in backends] + [None] * extra, chats=[[] for _ in range(n)],
                    past=[0] * n,
                    settings=[{"max_new_tokens": max_new_tokens, "temperature": temperature} for _ in range(n)])
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from h2ostack.front.clients import Backend
+from h2ostack.front.clients import Pane
 from h2ostack.front.session import Message, Session, in_progress
 
 FIRST_FRAME_WAIT = 0.15  # seconds a question waits for the first piece of an answer to go with it
@@ -29,7 +29,7 @@ POLL = 0.1  # seconds: how often a streaming turn looks for Stop, Clear and Rege
 
 T = TypeVar("T")
 # (backend, earlier turns as (question, answer), question, max_new_tokens, temperature) -> pieces
-StreamFn = Callable[[Backend, list[tuple[str, str]], str, int, float], Iterator[str]]
+StreamFn = Callable[[Pane, list[tuple[str, str]], str, int, float], Iterator[str]]
 # (model, tell(notice) shows what the pane waits for, given_up()) -> release: a pane's hold on an
 # on-demand model, which starts it when it is not up (`ondemand.Manager.hold_from_thread`); it
 # raises with the reason when the model cannot be had
@@ -102,7 +102,7 @@ class Turn:
     def work(self, i: int) -> None:
         """Pane i's answer, streamed into the turn's events (run in a thread of its own)."""
         clock, hist = self.clock, self.sess.chats[i]
-        b = Backend(**self.slots[i])  # type: ignore[arg-type]
+        b = Pane.from_slot(self.slots[i])  # type: ignore[arg-type]
         turns = [(hist[k]["content"], hist[k + 1]["content"]) for k in range(0, len(hist) - 2, 2)]
         t0 = clock.now()
         first = None

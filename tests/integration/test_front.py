@@ -7,18 +7,19 @@ import ast
 import json
 import socket
 import time
+from dataclasses import replace
 
 import openai
 import pytest
 from gradio_client import Client
 
-from h2ostack.front.clients import Backend, backend_for, stream_answer
+from h2ostack.front.clients import Pane, backend_for, stream_answer
 from tests.conftest import FrontStack
 
 pytestmark = pytest.mark.integration
 
 
-def backends(fs: FrontStack) -> dict[str, Backend]:
+def backends(fs: FrontStack) -> dict[str, Pane]:
     from h2ostack.api import load_plan
     from h2ostack.front.app import backends_from_plan
 
@@ -35,12 +36,12 @@ def test_each_client_streams_from_a_real_server(front_stack: FrontStack) -> None
     assert "".join(tgi) == "Hello from the stand-in of"
     assert bs["tgi"].effective_prompt_type == "human_bot"
     completions = backend_for("tinyc", f"vllm:127.0.0.1:{front_stack.ports['vllm']}", "human_bot")
-    completions.model = "tiny-vllm"
-    assert not completions.chat and "".join(stream_answer(completions, [], "hi", 6, 0.0)) is not None
+    completions = Pane(replace(completions.endpoint, model="tiny-vllm"))
+    assert not completions.endpoint.chat and "".join(stream_answer(completions, [], "hi", 6, 0.0)) is not None
     with pytest.raises(openai.APIConnectionError):
         list(stream_answer(bs["down"], [], "hi", 4, 0.0))
     remote = backend_for("remote", front_stack.front_url)  # a front, probed: not TGI, so h2oGPT
-    assert remote.api == "h2ogpt"
+    assert remote.endpoint.protocol == "h2ogpt"
     assert list(stream_answer(remote, [], "hi", 4, 0.0))[0]
 
 

@@ -202,9 +202,10 @@ def test_an_empty_key_opens_nothing(tmp_path: Path, write_stack, stack_name: str
     """A key that came out empty (an unset variable) leaves /v1 closed, never open to every request."""
     from starlette.testclient import TestClient
 
-    from h2ostack.gateway import Gateway, Route_
+    from h2ostack.gateway import Gateway
+    from h2ostack.protocols.endpoint import Endpoint
 
-    gw = Gateway([Route_("m", "vllm", "openai", "http://127.0.0.1:1", "m")], [""])
+    gw = Gateway([Endpoint("m", "openai", "http://127.0.0.1:1", "m", "vllm")], [""])
     client = TestClient(gw)
     assert [client.get("/v1/models", headers=h).status_code
             for h in ({}, {"authorization": "Bearer "}, {"authorization": "Bearer  "})] == [401] * 3

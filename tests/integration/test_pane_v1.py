@@ -55,7 +55,7 @@ fronts:
         wait_for(lambda: _answers(base + "/models"), 60, "the gateway")
         stack, _, plan = load_plan(str(path), check_ports=False)
         panes = {b.name: b for b in backends_from_plan(plan, stack, ["tiny", "tgi", "vllm"])}
-        assert (panes["tiny"].chat, panes["vllm"].chat) == (True, False)  # the rule, as the pane applies it
+        assert (panes["tiny"].endpoint.chat, panes["vllm"].endpoint.chat) == (True, False)  # the rule, as the pane applies it
         client = openai.OpenAI(base_url=base, api_key="x", max_retries=0, timeout=120)
         for name, pane in panes.items():
             in_pane = "".join(stream_answer(pane, [], QUESTION, 8, 0.0))

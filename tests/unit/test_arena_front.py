@@ -14,7 +14,8 @@ import pytest
 
 from h2ostack.front import arena as arena_mod
 from h2ostack.front.arena_core import VoteStore, stream_pair
-from h2ostack.front.clients import Backend
+from h2ostack.front.clients import Pane
+from h2ostack.protocols.endpoint import Endpoint
 
 
 class FakeClock:
@@ -76,7 +77,7 @@ def test_stream_pair_stops_when_told() -> None:
     assert ended[0].wait(10) and ended[1].wait(10), "a stream went on after the turn was stopped"
 
 
-def fake_stream(b: Backend, history: Any, message: str, max_new_tokens: int, temperature: float) -> Iterator[str]:
+def fake_stream(b: Pane, history: Any, message: str, max_new_tokens: int, temperature: float) -> Iterator[str]:
     yield f"{b.name} says "
     yield f"{message} after {len(history)}"
 
@@ -84,7 +85,7 @@ def fake_stream(b: Backend, history: Any, message: str, max_new_tokens: int, tem
 @pytest.fixture
 def arena(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> arena_mod.Arena:
     monkeypatch.setattr(arena_mod, "stream_answer", fake_stream)
-    backends = [Backend(n, "vllm", "openai", "http://127.0.0.1:9", n) for n in ("x", "y", "z")]
+    backends = [Pane(Endpoint(n, "openai", "http://127.0.0.1:9", n, "vllm")) for n in ("x", "y", "z")]
     return arena_mod.Arena(backends, VoteStore(tmp_path / "arena.sqlite3"), "chat", random.Random(5))
 
 
@@ -188,7 +189,7 @@ def test_a_battles_on_demand_models_are_held_up_while_they_answer(arena: arena_m
     assert sorted(events) == [("hold", "x"), ("hold", "y"), ("release", "x"), ("release", "y")]
     assert bot_a[-1]["content"] == f"{battle.a} says hi after 0"
     events.clear()
-    arena.backends = [arena.backend("x"), arena_mod.Backend("z", "vllm", "openai", "http://127.0.0.1:9", "z")]
+    arena.backends = [arena.backend("x"), arena_mod.Pane(Endpoint("z", "openai", "http://127.0.0.1:9", "z", "vllm"))]
     _, bot_a, bot_b, _, battle = last(arena_mod.ask(arena, "hi", None))
     told = {battle.a: bot_a[-1]["content"], battle.b: bot_b[-1]["content"]}
     assert "z could not start" in told["z"] and told["x"] == "x says hi after 0"

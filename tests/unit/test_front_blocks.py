@@ -14,17 +14,19 @@ import pytest
 
 from h2ostack.front import app, clients, turn
 from h2ostack.front.app import Grid, build_blocks
-from h2ostack.front.clients import Backend
+from h2ostack.front.clients import Pane
 from h2ostack.front.session import Session
+from h2ostack.protocols import openai as openai_api
+from h2ostack.protocols.endpoint import READ_TIMEOUT, Endpoint, client_for
 from tests.unit.front_clock import FakeClock
 
-Stream = Callable[[Backend, Any, str, int, float], Iterator[str]]
+Stream = Callable[[Pane, Any, str, int, float], Iterator[str]]
 
 
-def backends() -> list[Backend]:
-    return [Backend("a", "vllm", "openai", "http://127.0.0.1:9", "a"),
-            Backend("b", "tgi", "tgi", "http://127.0.0.1:9", "b"),
-            Backend("c", "transformers", "openai", "http://127.0.0.1:9", "c")]
+def backends() -> list[Pane]:
+    return [Pane(Endpoint("a", "openai", "http://127.0.0.1:9", "a", "vllm")),
+            Pane(Endpoint("b", "tgi", "http://127.0.0.1:9", "b", "tgi")),
+            Pane(Endpoint("c", "openai", "http://127.0.0.1:9", "c", "transformers"))]
 
 
 def test_no_event_makes_a_pane_or_header_a_progress_target() -> None:
@@ -49,11 +51,11 @@ def test_no_event_makes_a_pane_or_header_a_progress_target() -> None:
 
 def test_warm_makes_the_client_a_turn_uses() -> None:
     b = backends()[0]
-    clients._openai_client.cache_clear()
+    openai_api._client.cache_clear()
     clients.warm(b)
-    assert clients._openai_client.cache_info().currsize == 1
-    made = clients._openai(b, clients.READ_TIMEOUT)  # what stream_answer asks for
-    assert clients._openai_client.cache_info().hits == 1
+    assert openai_api._client.cache_info().currsize == 1
+    made = client_for(b.endpoint).sdk(READ_TIMEOUT)  # what stream_answer asks for
+    assert openai_api._client.cache_info().hits == 1
     assert str(made.base_url).rstrip("/") == "http://127.0.0.1:9/v1"
 
 
@@ -88,7 +90,7 @@ def plain(pane: Any) -> Any:
     return [{"role": m["role"], "content": "".join(c["text"] for c in m["content"])} for m in pane]
 
 
-def session(bs: list[Backend], chats: list[list[dict[str, str]]] | None = None,
+def session(bs: list[Pane], chats: list[list[dict[str, str]]] | None = None,
             settled: bool = True) -> Session:
     """A page's session with the panes of `bs` (and their conversations so far, in their
     finished-turns chatbots unless not `settled`), as the page has it."""
@@ -99,7 +101,7 @@ def session(bs: list[Backend], chats: list[list[dict[str, str]]] | None = None,
     return sess
 
 
-def grid(bs: list[Backend], stream: Stream, clock: FakeClock) -> Grid:
+def grid(bs: list[Pane], stream: Stream, clock: FakeClock) -> Grid:
     """The grid's handlers over `bs`, without Gradio: the panes go as plain messages."""
     return Grid(bs, None, stream=stream, clock=clock)
 
@@ -113,7 +115,7 @@ def test_the_chat_event_serializes_its_panes_itself() -> None:
     """Gradio postprocesses each output of an event in a worker thread of its own, a hand-over of
     the GIL each way per output and update; the chat events are not postprocessed by Gradio, and
     their frames carry each pane as the Chatbot's own postprocess serializes it."""
-    def fake_stream(b: Backend, history: Any, message: str, max_new_tokens: int, temperature: float) -> Any:
+    def fake_stream(b: Pane, history: Any, message: str, max_new_tokens: int, temperature: float) -> Any:
         yield "  two\n  lines"
 
     bs = backends()[:1]
@@ -135,7 +137,7 @@ def test_the_chat_event_serializes_its_panes_itself() -> None:
 def test_a_turn_shows_the_question_at_once_then_streams_the_answer() -> None:
     clock = FakeClock()
 
-    def fake_stream(b: Backend, history: Any, message: str, max_new_tokens: int, temperature: float) -> Any:
+    def fake_stream(b: Pane, history: Any, message: str, max_new_tokens: int, temperature: float) -> Any:
         clock.sleep(0.3)  # after FIRST_FRAME_WAIT
         yield "Hel"
         yield "lo"
@@ -162,7 +164,7 @@ def test_a_turn_times_each_answer_on_its_clock() -> None:
     seconds of the whole answer; a backend that fails says so in its pane and its record."""
     clock = FakeClock()
 
-    def fake_stream(b: Backend, history: Any, message: str, max_new_tokens: int, temperature: float) -> Any:
+    def fake_stream(b: Pane, history: Any, message: str, max_new_tokens: int, temperature: float) -> Any:
         clock.sleep(0.2)
         yield "a"
         for _ in range(4):
@@ -186,7 +188,7 @@ def test_a_pane_with_no_first_piece_in_time_is_given_up_on() -> None:
     others stream on."""
     clock = FakeClock()
 
-    def fake_stream(b: Backend, history: Any, message: str, max_new_tokens: int, temperature: float) -> Any:
+    def fake_stream(b: Pane, history: Any, message: str, max_new_tokens: int, temperature: float) -> Any:
         clock.sleep(0.1 if b.name == "a" else 60)
         yield "one"
         clock.sleep(20)
@@ -209,7 +211,7 @@ def test_a_panes_first_piece_goes_to_the_page_at_once() -> None:
     # inside one YIELD_EVERY
     first_at = {"a": turn.FIRST_FRAME_WAIT + 0.05, "b": turn.FIRST_FRAME_WAIT + 0.07}
 
-    def fake_stream(b: Backend, history: Any, message: str, max_new_tokens: int, temperature: float) -> Any:
+    def fake_stream(b: Pane, history: Any, message: str, max_new_tokens: int, temperature: float) -> Any:
         clock.sleep(first_at[b.name])
         yield "one"
         clock.sleep(0.6)
@@ -231,7 +233,7 @@ def test_the_question_goes_to_the_page_with_the_answers_first_pieces() -> None:
     clock = FakeClock()
     first_at = {"a": 0.02, "b": 0.06}
 
-    def fake_stream(b: Backend, history: Any, message: str, max_new_tokens: int, temperature: float) -> Any:
+    def fake_stream(b: Pane, history: Any, message: str, max_new_tokens: int, temperature: float) -> Any:
         clock.sleep(first_at[b.name])
         yield "one"
         clock.sleep(0.3)
@@ -266,9 +268,9 @@ def test_the_chat_event_reads_no_chatbot_and_no_slider_from_the_page() -> None:
 def test_warm_streams_a_canned_answer_through_the_openai_client() -> None:
     """The openai package imports its resources and builds its response models on first use: warm
     does that at start, with no network."""
-    clients._warm_openai.cache_clear()
+    openai_api._warm_openai.cache_clear()
     clients.warm(backends()[0])
-    assert clients._warm_openai.cache_info().currsize == 1
+    assert openai_api._warm_openai.cache_info().currsize == 1
     assert "openai.resources.chat.completions" in sys.modules
 
 
@@ -338,7 +340,7 @@ def test_updates_are_spaced_by_the_messages_they_carry() -> None:
     clock = FakeClock()
     piece_every = 0.005
 
-    def fake_stream(b: Backend, history: Any, message: str, max_new_tokens: int, temperature: float) -> Any:
+    def fake_stream(b: Pane, history: Any, message: str, max_new_tokens: int, temperature: float) -> Any:
         for _ in range(240):
             clock.sleep(piece_every)
             yield "x"
@@ -372,7 +374,7 @@ def test_a_turn_moves_to_the_finished_turns_once_it_is_over() -> None:
     """The streamed updates go to each pane's turn-in-progress chatbot alone; once the turn is
     over (or stopped), `settle` moves it to the pane's finished turns in one update, and leaves
     untouched (skipped) the panes that had no turn."""
-    def fake_stream(b: Backend, history: Any, message: str, max_new_tokens: int, temperature: float) -> Any:
+    def fake_stream(b: Pane, history: Any, message: str, max_new_tokens: int, temperature: float) -> Any:
         yield f"answer to {message} after {len(history)}"
 
     bs = backends()[:2]
@@ -466,7 +468,7 @@ def test_regenerate_stop_and_clear_cancel_nothing() -> None:
 
 def counting(clock: FakeClock) -> Stream:
     """Backends that answer five numbered pieces, 10 ms apart."""
-    def fake_stream(b: Backend, history: Any, message: str, max_new_tokens: int, temperature: float) -> Any:
+    def fake_stream(b: Pane, history: Any, message: str, max_new_tokens: int, temperature: float) -> Any:
         for k in range(5):
             clock.sleep(0.01)
             yield f"{message}{k} "
@@ -476,7 +478,7 @@ def counting(clock: FakeClock) -> Stream:
 def uneven(clock: FakeClock) -> Stream:
     """Backend "a" answers three numbered pieces and the others 500, all 10 ms apart (so the
     others' answers take 5 s)."""
-    def fake_stream(b: Backend, history: Any, message: str, max_new_tokens: int, temperature: float) -> Any:
+    def fake_stream(b: Pane, history: Any, message: str, max_new_tokens: int, temperature: float) -> Any:
         for k in range(3 if b.name == "a" else 500):
             clock.sleep(0.01)
             yield f"{message}{k} "
@@ -527,7 +529,7 @@ def test_a_turn_taken_back_before_its_first_update_leaves_the_input_box_alone(
     again reads the question from there)."""
     clock = FakeClock()
 
-    def slow_stream(b: Backend, history: Any, message: str, max_new_tokens: int, temperature: float) -> Any:
+    def slow_stream(b: Pane, history: Any, message: str, max_new_tokens: int, temperature: float) -> Any:
         clock.sleep(2)
         yield "late"
 
@@ -618,7 +620,7 @@ def test_the_settings_and_an_empty_question_reach_the_session() -> None:
     clock = FakeClock()
     asked: list[tuple[str, int, float]] = []
 
-    def fake_stream(b: Backend, history: Any, message: str, max_new_tokens: int, temperature: float) -> Any:
+    def fake_stream(b: Pane, history: Any, message: str, max_new_tokens: int, temperature: float) -> Any:
         asked.append((b.name, max_new_tokens, temperature))
         yield "x"
 
@@ -644,7 +646,7 @@ def test_the_nochat_api_and_the_grid_hold_an_on_demand_model_while_it_answers() 
         held.append(f"hold {name}")
         return lambda: held.append(f"release {name}")
 
-    def fake_stream(b: Backend, history: Any, message: str, max_new_tokens: int, temperature: float) -> Any:
+    def fake_stream(b: Pane, history: Any, message: str, max_new_tokens: int, temperature: float) -> Any:
         held.append(f"stream {b.name}")
         yield "ok"
 
@@ -652,7 +654,7 @@ def test_the_nochat_api_and_the_grid_hold_an_on_demand_model_while_it_answers() 
     handlers = Grid(bs, None, stream=fake_stream, clock=FakeClock(), hold=hold)
     out = ast.literal_eval(handlers.submit_nochat_api("hi"))
     assert out["response"] == "ok" and held == ["hold a", "stream a", "release a"]
-    down = Grid([Backend("down", "vllm", "openai", "http://127.0.0.1:9", "down")], None, stream=fake_stream,
+    down = Grid([Pane(Endpoint("down", "openai", "http://127.0.0.1:9", "down", "vllm"))], None, stream=fake_stream,
                 clock=FakeClock(), hold=hold)
     out = ast.literal_eval(down.submit_nochat_api("hi"))
     assert out["response"] == "" and "could not be started" in out["error"] and "stream down" not in held

@@ -6,7 +6,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from h2ostack.front.clients import _trimmed
 from h2ostack.front.servers import Server, parse_server
 from h2ostack.prompts import (
     PROMPT_TYPES,
@@ -16,6 +15,8 @@ from h2ostack.prompts import (
     messages_to_turns,
     trim_partial_stop,
 )
+from h2ostack.protocols.endpoint import Endpoint
+from h2ostack.protocols.endpoint import trimmed as _trimmed
 
 EXPECTED = {
     "plain": ("hi hello\nhow are you?", []),
@@ -89,12 +90,8 @@ def test_messages_to_turns_and_gateway_prompt() -> None:
             {"role": "assistant", "content": "hello"}, {"role": "user", "content": "how are you?"}]
     assert messages_to_turns(msgs) == ([("hi", "hello")], "how are you?")
 
-    class R:
-        prompt_type = None
-        served_model = "h2oai/h2ogpt-oasst1-512-12b"
-        prompt_dict = None
-
-    assert gateway_prompt(msgs, R()) == EXPECTED["human_bot"]
+    route = Endpoint("r", "tgi", "http://127.0.0.1:9", "h2oai/h2ogpt-oasst1-512-12b")
+    assert gateway_prompt(msgs, route) == EXPECTED["human_bot"]
 
 
 @pytest.mark.parametrize(("text", "expected"), [

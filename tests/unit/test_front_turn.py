@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from h2ostack.front.clients import Backend
+from h2ostack.front.clients import Pane
 from h2ostack.front.session import Session
 from h2ostack.front.turn import FIRST_FRAME_WAIT, Frame, Turn
+from h2ostack.protocols.endpoint import Endpoint
 from tests.unit.front_clock import FakeClock
 
 
@@ -23,14 +24,14 @@ def test_the_turn_and_the_session_import_no_gradio() -> None:
 
 def test_a_turn_yields_its_frames_and_updates_the_session_in_place() -> None:
     clock = FakeClock(start=50.0)
-    bs = [Backend("a", "vllm", "openai", "http://127.0.0.1:9", "a"),
-          Backend("b", "tgi", "tgi", "http://127.0.0.1:9", "b")]
+    bs = [Pane(Endpoint("a", "openai", "http://127.0.0.1:9", "a", "vllm")),
+          Pane(Endpoint("b", "tgi", "http://127.0.0.1:9", "b", "tgi"))]
     sess = Session.fresh(bs, extra=1)
     sess.chats[0] = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "r"}]
     sess.past[0] = 2
     asked: list[tuple[str, Any, str]] = []
 
-    def stream(b: Backend, history: Any, message: str, max_new_tokens: int, temperature: float) -> Any:
+    def stream(b: Pane, history: Any, message: str, max_new_tokens: int, temperature: float) -> Any:
         asked.append((b.name, history, message))
         clock.sleep(0.01)
         yield "x"
@@ -53,7 +54,7 @@ def test_a_turn_yields_its_frames_and_updates_the_session_in_place() -> None:
 
 
 def _answer(clock: FakeClock) -> Any:
-    def stream(b: Backend, history: Any, message: str, max_new_tokens: int, temperature: float) -> Any:
+    def stream(b: Pane, history: Any, message: str, max_new_tokens: int, temperature: float) -> Any:
         clock.sleep(0.5)
         yield "x"
         clock.sleep(1.0)
@@ -63,8 +64,8 @@ def _answer(clock: FakeClock) -> Any:
 
 def test_a_pane_of_an_on_demand_model_says_it_starts_waits_past_the_first_byte_bound_then_streams() -> None:
     clock = FakeClock()
-    bs = [Backend("a", "vllm", "openai", "http://127.0.0.1:9", "a"),
-          Backend("b", "vllm", "openai", "http://127.0.0.1:9", "b")]
+    bs = [Pane(Endpoint("a", "openai", "http://127.0.0.1:9", "a", "vllm")),
+          Pane(Endpoint("b", "openai", "http://127.0.0.1:9", "b", "vllm"))]
     sess = Session.fresh(bs, extra=0)
     held: list[str] = []
 
@@ -88,7 +89,7 @@ def test_a_pane_of_an_on_demand_model_says_it_starts_waits_past_the_first_byte_b
 
 def test_an_on_demand_model_that_cannot_be_had_shows_why_in_its_pane() -> None:
     clock = FakeClock()
-    bs = [Backend("a", "vllm", "openai", "http://127.0.0.1:9", "a")]
+    bs = [Pane(Endpoint("a", "openai", "http://127.0.0.1:9", "a", "vllm"))]
     sess = Session.fresh(bs, extra=0)
     asked: list[str] = []
 
@@ -97,7 +98,7 @@ def test_an_on_demand_model_that_cannot_be_had_shows_why_in_its_pane() -> None:
         clock.sleep(5)
         raise RuntimeError("model a could not be started: exited while starting (503, retry after 10 s)")
 
-    def stream(b: Backend, *_: Any) -> Any:
+    def stream(b: Pane, *_: Any) -> Any:
         asked.append(b.name)
         yield "never"
 
@@ -109,8 +110,8 @@ def test_an_on_demand_model_that_cannot_be_had_shows_why_in_its_pane() -> None:
 
 def test_a_stopped_pane_releases_its_model_and_the_start_it_waited_for() -> None:
     clock = FakeClock()
-    bs = [Backend("a", "vllm", "openai", "http://127.0.0.1:9", "a"),
-          Backend("b", "vllm", "openai", "http://127.0.0.1:9", "b")]
+    bs = [Pane(Endpoint("a", "openai", "http://127.0.0.1:9", "a", "vllm")),
+          Pane(Endpoint("b", "openai", "http://127.0.0.1:9", "b", "vllm"))]
     sess = Session.fresh(bs, extra=0)
     held: list[str] = []
 
@@ -123,7 +124,7 @@ def test_a_stopped_pane_releases_its_model_and_the_start_it_waited_for() -> None
             raise RuntimeError("gave up waiting for model b")
         return lambda: held.append(f"release {name}")
 
-    def stream(b: Backend, *_: Any) -> Any:
+    def stream(b: Pane, *_: Any) -> Any:
         for k in range(100):
             clock.sleep(1.0)
             yield f"{k} "

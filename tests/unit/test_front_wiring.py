@@ -16,15 +16,16 @@ from typing import Any
 import pytest
 
 from h2ostack.front.app import build_blocks
-from h2ostack.front.clients import Backend
+from h2ostack.front.clients import Pane
+from h2ostack.protocols.endpoint import Endpoint
 
 SNAPSHOT = Path(__file__).parent / "data" / "front_wiring.json"
 
 
-def backends() -> list[Backend]:
-    return [Backend("a", "vllm", "openai", "http://127.0.0.1:9", "a"),
-            Backend("b", "tgi", "tgi", "http://127.0.0.1:9", "b"),
-            Backend("c", "transformers", "openai", "http://127.0.0.1:9", "c")]
+def backends() -> list[Pane]:
+    return [Pane(Endpoint("a", "openai", "http://127.0.0.1:9", "a", "vllm")),
+            Pane(Endpoint("b", "tgi", "http://127.0.0.1:9", "b", "tgi")),
+            Pane(Endpoint("c", "openai", "http://127.0.0.1:9", "c", "transformers"))]
 
 
 def wiring(demo: Any) -> dict[str, Any]:

@@ -8,7 +8,8 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 
-from h2ostack.gateway import Gateway, Limits, Route_, listen
+from h2ostack.gateway import Gateway, Limits, listen
+from h2ostack.protocols.endpoint import Endpoint
 from tests.unit.test_upstream import endless_stream, ok, read_request, serving
 
 KEY = "sk-wire"
@@ -56,7 +57,7 @@ async def answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], byt
 def run(backend: Callable[..., Awaitable[None]], client: Client, limits: Limits | None = None) -> None:
     async def main() -> None:
         up, url, _ = await serving(backend)
-        gateway = Gateway([Route_("m", "vllm", "openai", url, "m")], [KEY], limits=limits)
+        gateway = Gateway([Endpoint("m", "openai", url, "m", "vllm")], [KEY], limits=limits)
         server, conns = await listen(gateway, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -191,7 +192,7 @@ def test_the_gateway_served_alone_counts_its_requests_in_metrics() -> None:
 
     async def main() -> dict:
         up, url, _ = await serving(chat)
-        gateway = Gateway([Route_("m", "vllm", "openai", url, "m")], [KEY])
+        gateway = Gateway([Endpoint("m", "openai", url, "m", "vllm")], [KEY])
         server, _ = await listen(gateway, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         reader, writer = await asyncio.open_connection("127.0.0.1", port)

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from h2ostack.gateway import Gateway, Route_
+from h2ostack.gateway import Gateway
 from h2ostack.metrics import PHASES, Metrics, stream_text, tokens_in
+from h2ostack.protocols.endpoint import Endpoint
 
 
 def samples(text: bytes | str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -113,7 +114,7 @@ def call(gw: Gateway, method: str, path: str, body: bytes = b"",
 
 
 def gateway(keys: tuple[str, ...] = ()) -> Gateway:
-    return Gateway([Route_("a", "vllm", "openai", "http://127.0.0.1:9", "a-served")], api_keys=keys)
+    return Gateway([Endpoint("a", "openai", "http://127.0.0.1:9", "a-served", "vllm")], api_keys=keys)
 
 
 def test_the_gateway_serves_metrics_and_counts_refusals_under_no_model() -> None:

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from h2ostack import upstream
-from h2ostack.gateway import Gateway, Route_
+from h2ostack.gateway import Gateway
+from h2ostack.protocols.endpoint import Endpoint
 from h2ostack.upstream import Pool
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -93,9 +94,9 @@ def test_an_idle_connection_is_kept_for_the_pools_keep_idle_and_no_longer() -> N
 
 
 def test_the_gateway_keeps_connections_as_long_as_the_stack_told_the_server_to() -> None:
-    gw = Gateway([Route_("v", "vllm", "openai", "http://127.0.0.1:1", "v", keep_alive=75.0),
-                  Route_("o", "vllm", "openai", "http://127.0.0.1:2", "o"),
-                  Route_("s", "vllm", "openai", "http://127.0.0.1:3", "s", keep_alive=2.0)])
+    gw = Gateway([Endpoint("v", "openai", "http://127.0.0.1:1", "v", "vllm", keep_alive=75.0),
+                  Endpoint("o", "openai", "http://127.0.0.1:2", "o", "vllm"),
+                  Endpoint("s", "openai", "http://127.0.0.1:3", "s", "vllm", keep_alive=2.0)])
     assert gw.pool(gw.routes["v"]).keep_idle == 74.0
     assert gw.pool(gw.routes["s"]).keep_idle == 1.0  # a user's shorter keep-alive is kept to as well
     assert gw.pool(gw.routes["o"]).keep_idle == upstream.KEEP_IDLE  # a server of its own: about 5 s
@@ -222,7 +223,7 @@ def test_a_client_leaving_mid_stream_closes_the_backend_connection() -> None:
 
     async def main() -> None:
         server, url, _ = await serving(endless)
-        gateway = Gateway([Route_("m", "vllm", "openai", url, "m")])
+        gateway = Gateway([Endpoint("m", "openai", url, "m", "vllm")])
         body = json.dumps({"model": "m", "prompt": "x", "stream": True}).encode()
         inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         inbox.put_nowait({"type": "http.request", "body": body, "more_body": False})
