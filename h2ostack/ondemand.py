@@ -388,16 +388,20 @@ class ProcessOps:
         where it cannot: its CPU build)."""
         if sp.name in self.sleep_known:
             return self.sleep_known[sp.name]
-        from h2ostack.backends import vllm
+        from h2ostack import backends
         from h2ostack.spec import reveal
 
+        backend = backends.get(sp.kind)
+        code = backend.sleep_probe()
+        if code is None:
+            return True, ""
         env = {**os.environ, **{k: reveal(v) or "" for k, v in sp.env.items()}}
         try:
-            proc = await asyncio.create_subprocess_exec(sp.command[0], "-c", vllm.SLEEP_PROBE, env=env,
+            proc = await asyncio.create_subprocess_exec(sp.command[0], "-c", code, env=env,
                                                         stdout=asyncio.subprocess.PIPE,
                                                         stderr=asyncio.subprocess.STDOUT)
             out, _ = await asyncio.wait_for(proc.communicate(), 300)
-            says = vllm.sleep_probe_says(out.decode(errors="replace"))
+            says = backend.sleep_probe_says(out.decode(errors="replace"))
         except (OSError, TimeoutError) as exc:
             says, out = None, str(exc).encode()
         if says is None:
@@ -426,15 +430,14 @@ class ProcessOps:
         return rec is not None and verified(rec, state) is not None
 
     async def start(self, name: str) -> Started:
-        from h2ostack import api
-        from h2ostack.backends import vllm
+        from h2ostack import api, backends
 
         sp = self.plan.services[name]
         sleeps, note = False, ""
         if sp.sleep:
             sleeps, note = await self.can_sleep(sp)
             if not sleeps:
-                command, env = vllm.without_sleep(sp.command, dict(sp.env))
+                command, env = backends.get(sp.kind).without_sleep(sp.command, dict(sp.env))
                 sp = replace(sp, command=command, env=env)  # the same config_hash: `up` keeps it
         sp = replace(sp, health_interval=min(sp.health_interval, START_POLL))  # a request waits on it
         seconds = await asyncio.to_thread(api.start_service, sp, self.stack,

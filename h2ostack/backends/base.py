@@ -143,6 +143,19 @@ class Backend:
             return None
         return probes[-1] if svc.health.canary else probes[0]
 
+    def sleep_probe(self) -> str | None:
+        """With `can_sleep`: Python code its interpreter runs to say whether the platform can sleep
+        (`sleep_probe_says` reads what it printed); None: taken as able."""
+        return None
+
+    def sleep_probe_says(self, output: str) -> bool | None:
+        """What `sleep_probe` printed: whether the platform can sleep; None when it gave no answer."""
+        return None
+
+    def without_sleep(self, command: tuple[str, ...], env: dict) -> tuple[tuple[str, ...], dict]:
+        """The command and environment of a server that is stopped instead of put to sleep."""
+        return command, env
+
     def finish_env(self, env: dict[str, EnvValue]) -> None:
         """The environment after the user's `env:` was added: what the kind derives from it."""
 

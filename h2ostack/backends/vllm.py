@@ -133,6 +133,15 @@ class VLLM(Backend):
     container_shm = "2g"
     keep_alive_env = KEEP_ALIVE_ENV
 
+    def sleep_probe(self) -> str | None:
+        return SLEEP_PROBE
+
+    def sleep_probe_says(self, output: str) -> bool | None:
+        return sleep_probe_says(output)
+
+    def without_sleep(self, command: tuple[str, ...], env: dict) -> tuple[tuple[str, ...], dict]:
+        return without_sleep(command, env)
+
     def served_model(self, svc: Any, model: str) -> str:
         return served_model(svc.model or "", svc.args)
 
