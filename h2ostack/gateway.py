@@ -1164,7 +1164,7 @@ def routes_from_plan(plan: Any, stack: Any, models: Sequence[str]) -> list[Route
     for name in models:
         sp = plan.services[name]
         svc = stack.services[name]
-        from h2ostack.prompts import completion_prompt_type
+        from h2ostack.backends import completion_prompt_type
 
         out.append(Route_(name, sp.kind, sp.api, sp.url or "", sp.served_model or name, auth_headers(sp, stack),
                           sp.prompt_type, svc.prompt_dict, keep_alive=_keep_alive(sp),

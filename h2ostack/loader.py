@@ -21,9 +21,11 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from h2ostack import backends
 from h2ostack.errors import Loc, Problem, StackError, format_problem  # noqa: F401 - re-exported
+from h2ostack.fields import RULES_ERROR
 from h2ostack.graph import find_cycle
-from h2ostack.spec import KINDS, NAME_RE, SECRET_KEY_RE, SERVICE_MODELS, Front, Stack, share
+from h2ostack.spec import KINDS, NAME_RE, SECRET_KEY_RE, SERVICE_MODELS, Front, Stack
 
 MAX_FILE_BYTES = 1_000_000
 MAX_NODES = 100_000
@@ -377,9 +379,15 @@ def _expand(value: Any, loc: Loc, env: Mapping[str, str], problems: list[Problem
 def _pydantic_problems(err: ValidationError, prefix: Loc, model_fields: dict[Loc, list[str]],
                        smap: SourceMap, seen: Expansions | None = None) -> list[Problem]:
     found: dict[Loc, Problem] = {}
+    rules: list[Problem] = []
     for e in err.errors():
         loc = (*prefix, *(part for part in e["loc"] if not _UNION_TAG_RE.match(str(part))))
         kind = e["type"]
+        if kind == RULES_ERROR:  # a kind's load rules: each at the field it names
+            for path, message in e.get("ctx", {}).get("problems", ()):
+                line, col = smap.find((*loc, *path))
+                rules.append(Problem((*loc, *path), message, line, col))
+            continue
         if kind == "extra_forbidden":
             name = str(loc[-1])
             choices = model_fields.get(tuple(loc[:-1]), model_fields.get((), []))
@@ -398,7 +406,7 @@ def _pydantic_problems(err: ValidationError, prefix: Loc, model_fields: dict[Loc
         if kind in _TYPE_MISMATCH and any(other[:len(loc)] == loc and other != loc for other in found):
             continue  # a union's other branch (`gpus: [-1]` is no int) says less than the one that matched
         found[loc] = Problem(loc, msg, line, col)  # of a union's failed branches, the last says most
-    return list(found.values())
+    return [*found.values(), *rules]
 
 
 _TYPE_MISMATCH = frozenset({"int_type", "float_type", "string_type", "list_type", "dict_type", "model_type",
@@ -577,7 +585,7 @@ def _load_text(text: str, path: str, environ: Mapping[str, str] | None, base_dir
             continue
         model = SERVICE_MODELS[kind]
         try:
-            services[name] = model.model_validate(body)
+            services[name] = model.model_validate(body, context={"rules": True})
         except ValidationError as err:
             problems.extend(_pydantic_problems(err, loc, _nested_fields(loc, model), smap, seen))
             continue
@@ -777,6 +785,7 @@ def _path_problems(data: Any, smap: SourceMap) -> list[Problem]:
 
 
 def _service_rules(loc: Loc, svc: Any, smap: SourceMap) -> list[Problem]:
+    """Rules every kind shares; a kind's own are its model's `load_rules` (run by model_validate)."""
     out = []
 
     def add(field_name: str, msg: str) -> None:
@@ -784,41 +793,17 @@ def _service_rules(loc: Loc, svc: Any, smap: SourceMap) -> list[Problem]:
         out.append(Problem((*loc, field_name), msg, line, col))
 
     kind = svc.kind
-    if kind == "tgi":
-        modes = [m for m in ("image", "launcher", "url") if getattr(svc, m)]
-        if len(modes) != 1:
-            add("kind", "a tgi service needs exactly one of `image:` (Docker), `launcher:` (a local install) "
-                        f"or `url:` (an existing server); got {', '.join(modes) or 'none'}")
-    if kind in ("vllm", "transformers") and svc.url and getattr(svc, "python", None):
-        add("url", "give either `url:` (an existing server) or `python:` (start one), not both")
-    if kind == "h2ogpt" and not (svc.url or svc.python):
-        add("kind", "an h2ogpt service needs `url:` (an existing server) or `python:` (start one)")
-    if kind == "h2ogpt" and svc.url and svc.python:
-        add("url", "give either `url:` (an existing server) or `python:` (start one), not both")
-    if not svc.model and kind != "tgi" and not (kind == "h2ogpt" and svc.url):
-        add("model", "this field is required")
-    if kind == "tgi" and not svc.url and not svc.model:
-        add("model", "this field is required")
-    if svc.starts_something and svc.port is None and kind == "tgi" and svc.image:
-        add("port", "a TGI container needs a host `port:` (the container listens on 80)")
-    if svc.host is not None and not (kind == "tgi" and svc.image):
+    backend = backends.get(kind)
+    if svc.host is not None and backend.mode(svc) != "container":
         add("host", f"a {kind} service runs as a process on this machine; only container services (tgi with "
                     "`image:`) take `host:`")
     nodes = getattr(svc, "nodes", None)
-    if nodes and svc.url:
-        add("url", "give either `url:` (an existing server) or `nodes:` (one model across hosts), not both")
-    if nodes and not svc.gpus:
-        add("nodes", "a multi-node service needs `gpus:` (the GPUs it uses on each node)")
-    if kind == "vllm" and "gpu_memory_utilization" in svc.args and share(svc.args["gpu_memory_utilization"]) is None:
-        line, col = smap.find((*loc, "args", "gpu_memory_utilization"))
-        out.append(Problem((*loc, "args", "gpu_memory_utilization"), "gpu_memory_utilization is the share of each "
-                           "GPU vLLM may use: a number above 0 and at most 1, like 0.9", line, col))
     if svc.external and not nodes and (svc.gpus or svc.port):
         add("gpus" if svc.gpus else "port", "an external service (`url:`) is not started: it takes no gpus or port")
     if svc.on_demand and not svc.starts_something:
         add("on_demand", "only a service h2ostack starts can be on demand (not `url:`, `nodes:` or an h2oGPT "
                          "server without `python:`)")
-    if svc.sleep is not None and kind != "vllm":
+    if svc.sleep is not None and not backend.can_sleep:
         add("sleep", f"only vLLM can sleep (its sleep mode); a {kind} service on demand is stopped and started")
     elif svc.sleep is not None and not svc.on_demand:
         add("sleep", "`sleep:` says how an on-demand service is put away: add `on_demand: true`")

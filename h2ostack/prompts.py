@@ -158,12 +158,9 @@ def gateway_prompt(messages: Sequence[Mapping[str, Any]], route: Any) -> tuple[s
     return build_prompt(turns, message, prompt_type, route.prompt_dict)
 
 
-def completion_prompt_type(kind: str, prompt_type: str | None, model: str | None) -> str | None:
-    """The one rule for the built-in front's panes, its /v1 gateway and h2oGPT fronts: a vLLM model whose
-    prompt type is given or known is asked through completions with h2oGPT's prompt (the guide's `vllm:`);
-    other OpenAI-compatible models through chat completions, with the server's chat template."""
-    if kind != "vllm":
-        return None
+def known_prompt_type(prompt_type: str | None, model: str | None) -> str | None:
+    """The prompt type given, or the one known for the model (None: neither). Which kinds are asked
+    with it through completions is their backend's say: `h2ostack.backends.completion_prompt_type`."""
     return prompt_type or infer_prompt_type(model)
 
 

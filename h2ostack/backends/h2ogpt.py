@@ -6,14 +6,14 @@ import contextlib
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
-from h2ostack.backends.base import Context, Probe
+from h2ostack.backends.base import Backend, Context, ExternalSpec, Probe, ProcessSpec, StartSpec, resolve_path
 from h2ostack.backends.openai import DEFAULT_URL as OPENAI_URL
-from h2ostack.spec import EnvValue, reveal
+from h2ostack.fields import BasicAuth, EnvValue, ServiceBase, reveal
 
 
 def reveal_or_none(value: Any) -> str:
@@ -144,7 +144,7 @@ def openai_server(prefix: str, url: str, key: str | None) -> str:
 def wired_prompt_type(plan: Any) -> str | None:
     """The prompt type a vLLM service is asked with through completions (given, or known for its model):
     the same rule as the built-in front's panes and its /v1."""
-    from h2ostack.prompts import completion_prompt_type
+    from h2ostack.backends import completion_prompt_type
 
     return completion_prompt_type(plan.kind, plan.prompt_type, plan.served_model)
 
@@ -280,3 +280,46 @@ def front_flags(front: Any, bind: str) -> list[str]:
     if front.api_keys:
         out.append("--enforce_h2ogpt_api_key=True")
     return out
+
+
+class H2OGPTService(ServiceBase):
+    kind: Literal["h2ogpt"]
+    python: str | None = None
+    workdir: str | None = None
+    auth: BasicAuth | None = None
+
+    @property
+    def starts_something(self) -> bool:
+        return self.python is not None
+
+    def load_rules(self) -> list[tuple[str | tuple[str, ...], str]]:
+        out: list[tuple[str | tuple[str, ...], str]] = []
+        if not (self.url or self.python):
+            out.append(("kind", "an h2ogpt service needs `url:` (an existing server) or `python:` (start one)"))
+        if self.url and self.python:
+            out.append(("url", "give either `url:` (an existing server) or `python:` (start one), not both"))
+        if not self.model and not self.url:
+            out.append(("model", "this field is required"))
+        return out
+
+
+class H2OGPT(Backend):
+    kind = "h2ogpt"
+    spec_model = H2OGPTService
+    protocol = API
+    default_port = DEFAULT_PORT
+    default_health_timeout = DEFAULT_HEALTH_TIMEOUT
+    lock_packages = ("h2ogpt", "gradio", "transformers", "torch", "text-generation")
+    server_module = "gradio"
+
+    def start_spec(self, svc: Any, ctx: Context) -> StartSpec:
+        if svc.external:
+            return ExternalSpec(svc.url or "")
+        return ProcessSpec(command(ctx, svc.prompt_type, svc.prompt_dict, svc.workdir), env(ctx),
+                           resolve_path(ctx.base_dir, svc.workdir) if svc.workdir else None)
+
+    def probes(self, svc: Any, ctx: Context | None) -> list[Probe]:
+        return probes()
+
+
+backend = H2OGPT()

@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
-from h2ostack.backends.base import Context, Probe, args_to_flags
+from typing import Any, Literal
+
+from h2ostack.backends.base import (
+    Backend,
+    Context,
+    ExternalSpec,
+    Probe,
+    ProcessSpec,
+    StartSpec,
+    args_to_flags,
+)
 from h2ostack.backends.vllm import openai_probes
+from h2ostack.fields import Secret, ServiceBase
 
 API = "openai"
 DEFAULT_HEALTH_TIMEOUT = 300.0
@@ -29,3 +40,49 @@ def probes(ctx: Context) -> list[Probe]:
     # its /v1/models lists the hub cache, not the model it was started with: skip that step
     health, _listed, generation = openai_probes(ctx.served_model, completions=False)
     return [health, generation]
+
+
+class TransformersService(ServiceBase):
+    kind: Literal["transformers"]
+    python: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+    api_key: Secret | None = None
+
+    @property
+    def starts_something(self) -> bool:
+        return self.url is None
+
+    def load_rules(self) -> list[tuple[str | tuple[str, ...], str]]:
+        out: list[tuple[str | tuple[str, ...], str]] = []
+        if self.url and self.python:
+            out.append(("url", "give either `url:` (an existing server) or `python:` (start one), not both"))
+        if not self.model:
+            out.append(("model", "this field is required"))
+        return out
+
+
+class Transformers(Backend):
+    kind = "transformers"
+    spec_model = TransformersService
+    protocol = API
+    default_port = DEFAULT_PORT
+    default_health_timeout = DEFAULT_HEALTH_TIMEOUT
+    lock_packages = ("transformers", "torch", "tokenizers", "accelerate", "safetensors")
+    server_module = MODULE
+
+    def served_model(self, svc: Any, model: str) -> str:
+        return served_model(model)
+
+    def start_spec(self, svc: Any, ctx: Context) -> StartSpec:
+        if svc.external:
+            return ExternalSpec(svc.url or "")
+        return ProcessSpec(command(ctx, svc.device, svc.dtype), {"PYTHONUNBUFFERED": "1"})
+
+    def probes(self, svc: Any, ctx: Context | None) -> list[Probe]:
+        if ctx is None:
+            return openai_probes(svc.model or "")[:2]
+        return probes(ctx)
+
+
+backend = Transformers()

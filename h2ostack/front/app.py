@@ -51,7 +51,7 @@ WARM_PAGE_ANSWER = ("a", "a b")  # the streamed exchange a page warms up on (`wa
 
 def backends_from_plan(plan: Any, stack: Any, models: list[str]) -> list[Backend]:
     from h2ostack.api import auth_headers
-    from h2ostack.prompts import completion_prompt_type
+    from h2ostack.backends import completion_prompt_type
 
     out = []
     for name in models:
