@@ -56,9 +56,11 @@ def check_openai(sp: ServicePlan, headers: dict[str, str], max_tokens: int, time
     client = _openai_client(sp, headers, timeout)
     model = sp.served_model or sp.name
     messages = [{"role": "user", "content": prompt}]
-    reply = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens)
+    # greedy, so that `--expect` tests the model's one answer rather than a sample of it
+    reply = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens, temperature=0)
     text = reply.choices[0].message.content or ""
-    stream = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens, stream=True)
+    stream = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens, temperature=0,
+                                            stream=True)
 
     def piece(chunk: Any) -> str:
         return (chunk.choices[0].delta.content or "") if chunk.choices else ""
