@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from h2ostack import backends
 from h2ostack.plan import ServicePlan
 
 PROMPT = "Say hello in one short sentence."
@@ -30,7 +31,8 @@ def _openai_client(sp: ServicePlan, headers: dict[str, str], timeout: float) -> 
     from openai import OpenAI
 
     base = sp.url or ""
-    if sp.kind != "openai" and not base.rstrip("/").endswith("/v1"):
+    api_base = (backend := backends.find(sp.kind)) is not None and backend.url_is_api_base
+    if not api_base and not base.rstrip("/").endswith("/v1"):
         base = base.rstrip("/") + "/v1"
     key = headers.get("authorization", "Bearer none").split(" ", 1)[-1]
     return OpenAI(base_url=base, api_key=key, timeout=timeout, max_retries=0)

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from h2ostack import backends
+
 # hub organisations whose models need an accepted licence and a token
 GATED_ORGS = ("meta-llama/", "mistralai/", "google/gemma", "tiiuae/falcon-180b", "bigcode/starcoder")
-SERVER_MODULE = {"vllm": "vllm.entrypoints.openai.api_server", "transformers": "transformers.cli.transformers",
-                 "h2ogpt": "gradio"}
 
 
 @dataclass(frozen=True)
@@ -110,12 +110,12 @@ def check_environments(plan: Any, stack: Any) -> list[Check]:
         if sp.mode != "process" or not sp.command:
             continue
         svc = stack.services[name]
-        if sp.kind == "tgi":
-            exe = sp.command[0]
-            ok = bool(shutil.which(exe)) or os.access(exe, os.X_OK)
-            out.append(Check(f"launcher of {name}", ok, exe, "" if ok else "install TGI locally or use `image:`"))
+        backend = backends.get(sp.kind)
+        found = backend.doctor(name, sp, svc)
+        if found is not None:  # the kind's own check (TGI's launcher)
+            out.append(Check(found.name, found.ok, found.detail, found.fix))
             continue
-        python, module = sp.command[0], SERVER_MODULE.get(sp.kind, "")
+        python, module = sp.command[0], backend.server_module or ""
         try:
             res = subprocess.run([python, "-c", f"import importlib.util as u, sys; "
                                                 f"sys.exit(0 if u.find_spec({module!r}) else 3)"],

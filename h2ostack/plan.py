@@ -16,18 +16,18 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from h2ostack import __version__
-from h2ostack.backends import h2ogpt, openai, tgi, transformers, vllm
-from h2ostack.backends.base import Context, Probe
+from h2ostack import __version__, backends
+from h2ostack.backends import h2ogpt, vllm
+from h2ostack.backends.base import ContainerSpec, Context, Probe, ProcessSpec, resolve_path
 from h2ostack.errors import Problem, StackError
 from h2ostack.facts import Facts, local_model_path
 from h2ostack.graph import order_levels
 from h2ostack.plan_types import Plan, ServicePlan, fits  # noqa: F401 - re-exported
-from h2ostack.spec import EnvValue, Front, Service, Stack, reveal, share
+from h2ostack.spec import EnvValue, Front, Service, Stack, reveal
 
 # weights x 1.2: activations, CUDA context and allocator slack, the usual rule of thumb
 WEIGHT_MARGIN = 1.2
-VLLM_DEFAULT_UTILIZATION = 0.92
+VLLM_DEFAULT_UTILIZATION = vllm.DEFAULT_UTILIZATION
 FRONT_DEFAULT_PORT = 7860
 
 
@@ -62,12 +62,7 @@ def config_hash(payload: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _path(base_dir: str, value: str) -> str:
-    """Expand `~` and make paths relative to the stack file absolute; bare command names stay."""
-    value = os.path.expanduser(value)
-    if "/" in value and not os.path.isabs(value):
-        return os.path.normpath(os.path.join(base_dir, value))
-    return value
+_path = resolve_path
 
 
 class _Planner:
@@ -197,8 +192,9 @@ class _Planner:
                     how = f"weights {size:.1f} GiB over {len(ids)} GPU(s) x {WEIGHT_MARGIN}"
             if per_gpu is None:
                 continue
-            if svc.kind == "vllm":
-                util = share(svc.args.get("gpu_memory_utilization", VLLM_DEFAULT_UTILIZATION))
+            backend = backends.get(svc.kind)
+            if backend.reserves_gpu_share:
+                util = backend.gpu_share(svc)
                 if util is None:
                     self.problem(("services", name, "args", "gpu_memory_utilization"),
                                  "gpu_memory_utilization is the share of each GPU vLLM may use: a number "
@@ -279,26 +275,18 @@ class _Planner:
         timeout = svc.health.timeout
         common = dict(name=name, kind=svc.kind, depends_on=tuple(svc.depends_on), prompt_type=svc.prompt_type,
                       health_interval=svc.health.interval)
-        if svc.kind == "vllm" and svc.nodes:
+        backend = backends.get(svc.kind)
+        if getattr(svc, "nodes", None):
             return self.multinode(name, svc, common)
         if svc.external:
-            if svc.kind == "openai":
-                url = svc.url or openai.DEFAULT_URL
-                probes, api, t = openai.probes(), "openai", openai.DEFAULT_HEALTH_TIMEOUT
-            elif svc.kind == "tgi":
-                url, probes, api, t = svc.url, tgi.tgi_probes(None), "tgi", 60.0
-            elif svc.kind == "h2ogpt":
-                url, probes, api, t = svc.url, h2ogpt.probes(), "h2ogpt", 60.0
-            else:
-                url = svc.url
-                probes, api, t = vllm.openai_probes(svc.model or "")[:2], "openai", 60.0
-            return ServicePlan(**common, mode="external", api=api, url=(url or "").rstrip("/"),
-                               served_model=svc.model, probes=tuple(probes), health_timeout=timeout or t,
+            url = backend.start_spec(svc, self.context(name, svc, (), None, "")).url  # type: ignore[union-attr]
+            probes = backend.probes(svc, None)
+            return ServicePlan(**common, mode="external", api=backend.protocol, url=(url or "").rstrip("/"),
+                               served_model=svc.model, probes=tuple(probes),
+                               health_timeout=timeout or backend.external_health_timeout,
                                config_hash=config_hash({"url": url, "model": svc.model}))
 
         python = _path(stack.base_dir, getattr(svc, "python", None) or self.facts.python)
-        local = local_model_path(svc.model, stack.base_dir)
-        model = str(local) if local else (svc.model or "")
         bind = stack.defaults.bind
         if "api_key" in svc.args:
             self.problem((*loc, "args", "api_key"), "a flag's value shows in `ps` and `docker inspect`: set "
@@ -313,80 +301,59 @@ class _Planner:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
         elif self.facts.gpus:
             env["CUDA_VISIBLE_DEVICES"] = ""  # keep a CPU service off the machine's GPUs
+        port = self.port(loc, svc.port, backend.default_port or 8000)
+        ctx = self.context(name, svc, gpus, port, bind, python)
+        start = backend.start_spec(svc, ctx)
+        env.update(start.env)  # type: ignore[union-attr]
+        image = container = command = None
         workdir = stack.base_dir
-        image = container = None
-        kind = svc.kind
-        if kind == "vllm":
-            port = self.port(loc, svc.port, vllm.DEFAULT_PORT)
-            ctx = Context(name, gpus, port, bind, python, model, vllm.served_model(svc.model or "", svc.args),
-                          svc.args, svc.revision)
-            command, probes, t, api = vllm.command(ctx), vllm.probes(ctx), vllm.DEFAULT_HEALTH_TIMEOUT, "openai"
-            env["PYTHONUNBUFFERED"] = "1"
-            env[vllm.KEEP_ALIVE_ENV] = str(vllm.KEEP_ALIVE_S)
-            if svc.api_key is not None:
-                env["VLLM_API_KEY"] = svc.api_key  # never --api-key: argv is visible to `ps`
-            if svc.sleep is not None:
-                command += vllm.SLEEP_FLAGS
-                env.update(vllm.SLEEP_ENV)
-        elif kind == "transformers":
-            port = self.port(loc, svc.port, transformers.DEFAULT_PORT)
-            ctx = Context(name, gpus, port, bind, python, model, transformers.served_model(model), svc.args,
-                          svc.revision)
-            command = transformers.command(ctx, svc.device, svc.dtype)
-            probes, t, api = transformers.probes(ctx), transformers.DEFAULT_HEALTH_TIMEOUT, "openai"
-            env["PYTHONUNBUFFERED"] = "1"
-        elif kind == "tgi":
-            port = self.port(loc, svc.port, 8080)
-            ctx = Context(name, gpus, port, bind, python, svc.model or "", svc.model or "", svc.args, svc.revision)
-            probes, t, api = tgi.probes(ctx), tgi.DEFAULT_HEALTH_TIMEOUT, "tgi"
-            if svc.api_key is not None:
-                env["API_KEY"] = svc.api_key  # never --api-key: argv shows in `ps` and `docker inspect`
-            if svc.launcher:
-                command = tgi.launcher_command(ctx, _path(stack.base_dir, svc.launcher))
-            else:
-                command = None
-                image = svc.image
-                container = self.container_spec(name, svc, ctx, env)
-        elif kind == "h2ogpt":
-            port = self.port(loc, svc.port, h2ogpt.DEFAULT_PORT)
-            ctx = Context(name, gpus, port, bind, python, model, svc.model or "", svc.args, svc.revision)
-            command = h2ogpt.command(ctx, svc.prompt_type, svc.prompt_dict, svc.workdir)
-            env.update(h2ogpt.env(ctx))
-            workdir = _path(stack.base_dir, svc.workdir) if svc.workdir else stack.base_dir
-            probes, t, api = h2ogpt.probes(), h2ogpt.DEFAULT_HEALTH_TIMEOUT, "h2ogpt"
-        else:  # pragma: no cover - the loader admits no other kind
-            raise AssertionError(kind)
+        if isinstance(start, ContainerSpec):
+            image = start.image
+            container = self.container_spec(name, svc, start, ctx, env)
+        elif isinstance(start, ProcessSpec):
+            command = start.command
+            workdir = start.workdir or stack.base_dir
+        else:  # pragma: no cover - an external service is planned above
+            raise AssertionError(svc.kind)
+        probes = backend.probes(svc, ctx)
         env.update(svc.env)
-        if kind == "tgi":  # either token name reaches the server, whichever its version reads
-            token = next((env[k] for k in tgi.TOKEN_NAMES if k in env), None)
-            for k in tgi.TOKEN_NAMES if token is not None else ():
-                env.setdefault(k, token)
+        backend.finish_env(env)
         mode = "container" if image else "process"
-        liveness = None
-        if svc.health.unhealthy_after:
-            liveness = probes[-1] if svc.health.canary else probes[0]
+        liveness = backend.liveness(svc, probes)
         host = self.stack.hosts.get(svc.host) if svc.host else None
         url = f"http://{host.reach}:{port}" if host is not None else url_for(bind, port)
         if host is not None:
             common.update(host=svc.host, docker_url=host.docker)
-        plan = ServicePlan(**common, mode=mode, api=api, gpus=gpus, port=port, url=url,
+        plan = ServicePlan(**common, mode=mode, api=backend.protocol, gpus=gpus, port=port, url=url,
                            served_model=ctx.served_model, env=env, command=tuple(command) if command else None,
                            workdir=workdir if command else None, image=image, container=container,
-                           probes=tuple(probes), health_timeout=timeout or t, restart=svc.restart,
-                           max_restarts=svc.max_restarts, unhealthy_after=svc.health.unhealthy_after,
-                           liveness=liveness)
+                           probes=tuple(probes), health_timeout=timeout or backend.default_health_timeout,
+                           restart=svc.restart, max_restarts=svc.max_restarts,
+                           unhealthy_after=svc.health.unhealthy_after, liveness=liveness)
         return replace(plan, config_hash=self.hash_of(plan))
 
-    def container_spec(self, name: str, svc: Any, ctx: Context, env: dict[str, EnvValue]) -> dict[str, Any]:
-        """Docker create parameters (the runtime adds labels); the launcher flags come from backends/tgi."""
+    def context(self, name: str, svc: Service, gpus: tuple[int, ...], port: int | None, bind: str,
+                python: str = "") -> Context:
+        """What the kind's backend is told of a service: the model as its server is given it (a local
+        model as its absolute path, where the backend takes one), the name requests use, and the rest."""
+        backend = backends.get(svc.kind)
+        local = local_model_path(svc.model, self.stack.base_dir) if backend.resolves_local_model else None
+        model = str(local) if local else (svc.model or "")
+        hf_home = _path(self.stack.base_dir, self.stack.defaults.hf_home) if self.stack.defaults.hf_home else None
+        return Context(name, gpus, port, bind, python, model, backend.served_model(svc, model), svc.args,
+                       svc.revision, self.stack.base_dir, hf_home)
+
+    def container_spec(self, name: str, svc: Any, start: ContainerSpec, ctx: Context,
+                       env: dict[str, EnvValue]) -> dict[str, Any]:
+        """Docker create parameters (the runtime adds labels); the image's arguments come from the backend."""
         spec: dict[str, Any] = {
             "name": f"{self.stack.name}-{name}",
-            "command": tgi.launcher_flags(ctx, "0.0.0.0"),
-            "ports": {f"{tgi.CONTAINER_PORT}/tcp": [self.stack.hosts[svc.host].publish_on if svc.host in
-                                                    self.stack.hosts else self.stack.defaults.bind, ctx.port]},
-            "volumes": [self.volume(v) for v in svc.volumes],
+            "command": list(start.command),
+            "ports": {f"{start.port}/tcp": [self.stack.hosts[svc.host].publish_on if svc.host in
+                                            self.stack.hosts else self.stack.defaults.bind, ctx.port]},
+            "volumes": [self.volume(v) for v in getattr(svc, "volumes", [])],
         }
-        if svc.shm_size:
+        if getattr(svc, "shm_size", None):
             spec["shm_size"] = svc.shm_size
         if ctx.gpus:
             spec["device_requests"] = [{"Driver": "nvidia", "DeviceIDs": [str(g) for g in ctx.gpus],
@@ -398,8 +365,9 @@ class _Planner:
         env.pop("CUDA_VISIBLE_DEVICES", None)  # the device request decides what the container sees
         env.pop("CUDA_DEVICE_ORDER", None)
         hf_home = env.pop("HF_HOME", None)  # a host path: the container sees the cache at the image's path
-        if hf_home and not any(v.split(":")[1:2] == [tgi.DATA] for v in spec["volumes"]):
-            spec["volumes"].append(tgi.cache_volume(svc.image, str(hf_home)))
+        if hf_home and start.cache_volume and not any(v.split(":")[1:2] == [start.cache_at]
+                                                      for v in spec["volumes"]):
+            spec["volumes"].append(start.cache_volume)
         return spec
 
     def multinode(self, name: str, svc: Any, common: dict[str, Any]) -> ServicePlan:
@@ -411,7 +379,7 @@ class _Planner:
         if unknown:
             self.problem((*loc, "nodes"), f"unknown host(s) {', '.join(unknown)}: `hosts:` names "
                                           f"{', '.join(hosts) or 'none'}")
-            return ServicePlan(**common, mode="external", api="openai")
+            return ServicePlan(**common, mode="external", api=backends.get(svc.kind).protocol)
         if len(set(svc.nodes)) != len(svc.nodes):
             self.problem((*loc, "nodes"), "a host is named twice")
         gpus = tuple(svc.gpu_ids if svc.gpu_ids is not None else range(svc.gpu_count))
@@ -436,7 +404,7 @@ class _Planner:
             env["VLLM_API_KEY"] = svc.api_key
         env.update(svc.env)
         nodes = tuple((n, hosts[n].ssh_target, hosts[n].reach) for n in svc.nodes)
-        plan = ServicePlan(**common, mode="external", api="openai", gpus=gpus, port=port,
+        plan = ServicePlan(**common, mode="external", api=backends.get(svc.kind).protocol, gpus=gpus, port=port,
                            url=f"http://{head.reach}:{port}", served_model=served, env=env, command=tuple(command),
                            probes=tuple(vllm.probes(ctx)), health_timeout=svc.health.timeout or
                            vllm.DEFAULT_HEALTH_TIMEOUT, nodes=nodes)
@@ -493,11 +461,7 @@ class _Planner:
 
     def check_openai_models(self, name: str, front: Front) -> None:
         """h2oGPT reads one OpenAI base URL and key (its environment): its OpenAI models must share them."""
-        seen: dict[tuple[str, str | None], str] = {}
-        for model in front.models:
-            svc = self.stack.services[model]
-            if svc.kind == "openai":
-                seen.setdefault(((svc.url or openai.DEFAULT_URL).rstrip("/"), reveal(svc.api_key)), model)
+        seen = h2ogpt.openai_endpoints(front, self.stack.services)
         if len(seen) > 1:
             self.problem(("fronts", name, "models"), "an h2oGPT front reads one OpenAI URL and api_key from its "
                                                      f"environment, but {', '.join(seen.values())} differ: wire "

@@ -120,7 +120,7 @@ def _multinode_lines(sp: ServicePlan, log_dir: str) -> list[str]:
     joined = (f'{q(command[0])} -c "import ray, sys; ray.init(address=sys.argv[1], logging_level=40); '
               f'sys.exit(sum(n[sys.argv[2]] for n in ray.nodes()) < {len(sp.nodes)})" auto Alive')
     lines.append(f"until on_host {q(head_ssh)} <<<{q(joined)} >/dev/null 2>&1; do sleep 2; done  # all nodes joined")
-    lines.append(on(sp.nodes[0], "vllm", command))
+    lines.append(on(sp.nodes[0], sp.kind, command))
     lines.append(f"wait_ready {q((sp.url or '') + (sp.probes[0].path if sp.probes else '/health'))}")
     return lines
 

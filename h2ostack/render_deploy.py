@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 from pydantic import SecretStr
 
+from h2ostack import backends
 from h2ostack.backends import tgi, vllm
 from h2ostack.plan import Plan, ServicePlan
 from h2ostack.quoting import env_name
@@ -95,7 +96,7 @@ def _rendered(plan: Plan) -> tuple[list[ServicePlan], dict[str, str]]:
             skipped[name] = "multi-node vLLM: started from its Ray recipe (`render --format shell`)"
         elif not sp.started:
             skipped[name] = f"external endpoint {sp.url}"
-        elif sp.mode == "container" or (sp.kind == "vllm" and sp.command):
+        elif sp.mode == "container" or (sp.command and not sp.is_front and _as_container(sp)):
             out.append(sp)
         elif sp.is_front:
             skipped[name] = "the chat front runs from h2ostack's own environment (`h2ostack up`)"
@@ -104,16 +105,18 @@ def _rendered(plan: Plan) -> tuple[list[ServicePlan], dict[str, str]]:
     return out, skipped
 
 
+def _as_container(sp: ServicePlan) -> bool:
+    """Whether a process is rendered as a container of its engine's image (vLLM's)."""
+    backend = backends.find(sp.kind)
+    return backend is not None and backend.container_args(sp.command or (), VLLM_PORT) is not None
+
+
 def _container(sp: ServicePlan, vllm_image: str) -> tuple[str, list[str], int]:
     """Image, arguments and the port the server listens on inside its container."""
     if sp.mode == "container":
         spec = sp.container or {}
         return sp.image or "", [str(a) for a in spec.get("command", [])], tgi.CONTAINER_PORT
-    argv = list(sp.command or ())
-    args = argv[argv.index(vllm.MODULE) + 1:] if vllm.MODULE in argv else argv[1:]
-    for flag, value in (("--host", "0.0.0.0"), ("--port", str(VLLM_PORT))):
-        if flag in args:
-            args[args.index(flag) + 1] = value
+    args = backends.get(sp.kind).container_args(sp.command or (), VLLM_PORT) or []
     return vllm_image, args, VLLM_PORT
 
 
@@ -136,7 +139,8 @@ def _volumes(sp: ServicePlan) -> list[tuple[str, str, bool]]:
 
 
 def _shm(sp: ServicePlan) -> str | None:
-    return (sp.container or {}).get("shm_size") or ("2g" if sp.kind == "vllm" else None)
+    backend = None if sp.is_front else backends.find(sp.kind)
+    return (sp.container or {}).get("shm_size") or (backend.container_shm if backend is not None else None)
 
 
 def _header(plan: Plan, skipped: dict[str, str], extra: list[str]) -> str:

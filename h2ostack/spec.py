@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BeforeValidator, Field, PrivateAttr, field_validator
+from pydantic import BeforeValidator, Field, PrivateAttr, SecretStr, field_validator  # noqa: F401 - SecretStr re-exported
 
 from h2ostack import backends
 from h2ostack.fields import (  # noqa: F401 - re-exported: the stack file's types are spec's

@@ -114,6 +114,8 @@ class Backend:
     resolves_local_model: ClassVar[bool] = True  # given a local model as its absolute path (ctx.model)
     lock_packages: ClassVar[tuple[str, ...]] = ()  # the packages of its Python environment `lock` records
     server_module: ClassVar[str | None] = None  # what `doctor` checks its `python:` can import
+    url_is_api_base: ClassVar[bool] = False  # its `url:` is the API's base (/v1 included), not the server's
+    container_shm: ClassVar[str | None] = None  # `render`: the shared memory its container is given
 
     def mode(self, svc: Any) -> Mode:
         """How a service of this kind runs: by default a process, or external where it has `url:`."""
@@ -146,6 +148,11 @@ class Backend:
     def gpu_share(self, svc: Any) -> float | None:
         """With `reserves_gpu_share`: the share of each GPU the engine reserves up front (vLLM's
         gpu_memory_utilization), None where the stack's value is no share."""
+        return None
+
+    def container_args(self, command: Sequence[str], port: int) -> list[str] | None:
+        """`render --format compose/k8s`: the arguments a process of this kind takes as a container of the
+        engine's own image (listening on `port` there); None: it is not rendered as a container."""
         return None
 
     def lock_entry(self, sp: Any) -> dict[str, Any] | None:

@@ -205,6 +205,17 @@ def wiring(front: Any, services: Mapping[str, Any], specs: Mapping[str, Any]) ->
     return out
 
 
+def openai_endpoints(front: Any, specs: Mapping[str, Any]) -> dict[tuple[str, str | None], str]:
+    """The OpenAI base URL and key of each of the front's OpenAI models, with the first model that has them:
+    h2oGPT reads one of each from its environment."""
+    seen: dict[tuple[str, str | None], str] = {}
+    for model in front.models:
+        svc = specs.get(model)
+        if getattr(svc, "kind", None) == "openai":
+            seen.setdefault(((svc.url or OPENAI_URL).rstrip("/"), reveal(svc.api_key)), model)
+    return seen
+
+
 def has_secret(front: Any, specs: Mapping[str, Any]) -> bool:
     return any(getattr(specs.get(n), "auth", None) is not None or
                (getattr(specs.get(n), "api_key", None) is not None and getattr(specs.get(n), "kind", "") != "openai")

@@ -34,6 +34,7 @@ class OpenAI(Backend):
     protocol = API
     default_health_timeout = DEFAULT_HEALTH_TIMEOUT
     external_health_timeout = DEFAULT_HEALTH_TIMEOUT
+    url_is_api_base = True
 
     def mode(self, svc: Any) -> Mode:
         return "external"

