@@ -1,8 +1,9 @@
 """The registry of service kinds: one `Backend` per kind, each in one module.
 
-The built-in kinds are registered the way plugins are (each module's `backend` object, in the order
-of BUILTIN); an engine outside the package registers under the `h2ostack.backends` entry-point group,
-naming its `Backend` object (or a module holding one as `backend`):
+The built-in kinds are registered the way plugins are: each module of this package that holds a
+`Backend` object named `backend` (those of BUILTIN first, in its order, then the others by name), so a
+new kind's module needs no line here. An engine outside the package registers under the
+`h2ostack.backends` entry-point group, naming its `Backend` object (or a module holding one as `backend`):
 
     [project.entry-points."h2ostack.backends"]
     myengine = "my_package.h2ostack_backend:backend"
@@ -13,6 +14,7 @@ Nothing is imported until a kind is first asked for, so the CLI's start-up does 
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -54,10 +56,19 @@ def _backend_of(obj: object) -> Backend:
     return found
 
 
-def _plugins() -> list[Callable[[], object]]:
+def _plugins() -> list[tuple[str, Callable[[], object]]]:
     from importlib.metadata import entry_points
 
-    return [ep.load for ep in entry_points(group=ENTRY_POINT_GROUP)]
+    return [(f"{ep.name} = {ep.value}", ep.load) for ep in entry_points(group=ENTRY_POINT_GROUP)]
+
+
+def _builtin_modules() -> list[str]:
+    """BUILTIN, then the package's other kind modules by name (not `base`, nor a private one)."""
+    import pkgutil
+
+    found = sorted(f"{__name__}.{m.name}" for m in pkgutil.iter_modules(__path__)
+                   if m.name != "base" and not m.name.startswith("_"))
+    return [*BUILTIN, *(name for name in found if name not in BUILTIN)]
 
 
 def _load() -> None:
@@ -65,10 +76,16 @@ def _load() -> None:
     if _loaded:
         return
     _loaded = True
-    for name in BUILTIN:
-        register(_backend_of(importlib.import_module(name)))
-    for load in _plugins():
-        register(_backend_of(load()))
+    for name in _builtin_modules():
+        module = importlib.import_module(name)
+        if name in BUILTIN or isinstance(getattr(module, "backend", None), Backend):
+            register(_backend_of(module))  # a module of helpers shared by kinds holds no backend
+    for name, load in _plugins():
+        try:
+            register(_backend_of(load()))
+        except Exception as exc:  # a broken plugin costs its own kind, not every command
+            sys.stderr.write(f"h2ostack: the backend plugin `{name}` ({ENTRY_POINT_GROUP}) is left out: "
+                             f"{type(exc).__name__}: {exc}\n")
 
 
 def get(kind: str) -> Backend:

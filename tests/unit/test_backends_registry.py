@@ -143,12 +143,16 @@ print(json.dumps(out))
 '''
 
 
+def _plugin_dist(root: Path, name: str, entry: str) -> None:
+    dist = root / f"{name}-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[h2ostack.backends]\n{entry}\n")
+
+
 def test_an_engine_outside_the_package_is_registered_from_its_entry_point(tmp_path: Path) -> None:
     (tmp_path / "echo_backend.py").write_text(PLUGIN)
-    dist = tmp_path / "echo_backend-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: echo-backend\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[h2ostack.backends]\necho = echo_backend:backend\n")
+    _plugin_dist(tmp_path, "echo_backend", "echo = echo_backend:backend")
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(SCRIPT)], capture_output=True, text=True,
                           env=env, timeout=120, cwd=tmp_path)
@@ -159,3 +163,32 @@ def test_an_engine_outside_the_package_is_registered_from_its_entry_point(tmp_pa
     assert out["error"] == "s.yaml:3:3: services.e.model: an echo server needs `model:`"
     assert "unknown kind 'ech' (did you mean 'echo'?); one of tgi, vllm, transformers, openai, h2ogpt, echo" \
         in out["unknown"]
+
+
+def test_a_module_of_the_package_is_a_kind_without_a_line_in_the_registry(tmp_path: Path) -> None:
+    import shutil
+
+    root = Path(backends.__file__).resolve().parents[1]
+    shutil.copytree(root, tmp_path / "h2ostack", ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "h2ostack" / "backends" / "echo.py").write_text(PLUGIN)
+    (tmp_path / "h2ostack" / "backends" / "helpers.py").write_text("SHARED = 1\n")  # no backend: no kind
+    code = "from h2ostack import backends, spec; print(backends.kinds(), spec.KINDS == backends.kinds())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"{(*BUILTIN_KINDS, 'echo')} True"
+
+
+@pytest.mark.parametrize(("module", "entry"), [("raise RuntimeError('no GPU library')", "bad = broken_backend:backend"),
+                                               ("backend = 42", "bad = broken_backend:backend"),
+                                               ("", "bad = broken_backend:missing")])
+def test_a_broken_plugin_is_left_out_with_a_line_that_says_why(tmp_path: Path, module: str, entry: str) -> None:
+    (tmp_path / "broken_backend.py").write_text(module + "\n")
+    _plugin_dist(tmp_path, "broken_backend", entry)
+    code = "from h2ostack import backends; print(backends.kinds())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(BUILTIN_KINDS)
+    assert done.stderr.startswith(f"h2ostack: the backend plugin `{entry}` (h2ostack.backends) is left out: ")
+    assert "Traceback" not in done.stderr
