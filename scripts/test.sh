@@ -15,6 +15,12 @@ export H2OSTACK_TEST_H2OGPT_PYTHON
 "$H2OSTACK_TEST_H2OGPT_PYTHON" -c 'import h2ogpt, gradio, transformers' \
   || { echo "the h2oGPT environment is broken" >&2; exit 1; }
 
+echo "== llama.cpp environment (a source build the first time, then cached)"
+H2OSTACK_LLAMACPP_PYTHON=$(bash scripts/llamacpp-env.sh | tail -n 1)
+export H2OSTACK_LLAMACPP_PYTHON
+"$H2OSTACK_LLAMACPP_PYTHON" -c 'import llama_cpp, llama_cpp.server.app' \
+  || { echo "the llama.cpp environment is broken" >&2; exit 1; }
+
 echo "== Docker engine (private, for the tests)"
 DOCKER_DIR=$(mktemp -d /tmp/h2ostack-docker.XXXXXX)
 trap 'bash scripts/docker-engine.sh stop "$DOCKER_DIR" || true' EXIT
@@ -31,6 +37,11 @@ export H2OSTACK_TEST_TINY_MODEL
 echo "== small model (a real one: built once per package version, then cached)"
 H2OSTACK_TEST_SMALL_MODEL=$(.venv/bin/python -m h2ostack.smallmodel | tail -n 1)
 export H2OSTACK_TEST_SMALL_MODEL
+
+echo "== the small model's GGUF file (what the llama.cpp server loads)"
+H2OSTACK_TEST_GGUF=$(.venv/bin/python -m h2ostack.smallmodel --gguf | tail -n 1)
+export H2OSTACK_TEST_GGUF
+[ -s "$H2OSTACK_TEST_GGUF" ] || { echo "no GGUF file at $H2OSTACK_TEST_GGUF" >&2; exit 1; }
 
 echo "== tests"
 set +e

@@ -1,4 +1,4 @@
-"""Shared fixtures: the CLI as a subprocess, a private state dir, the tiny model, the vLLM env.
+"""Shared fixtures: the CLI as a subprocess, a private state dir, the tiny model, the vLLM and llama.cpp envs.
 
 Integration tests use real servers. A component that cannot be had makes the test fail
 loudly; nothing here skips.
@@ -67,6 +67,30 @@ def vllm_python() -> str:
                          timeout=1800)
     assert out.returncode == 0, f"scripts/vllm-env.sh failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     return out.stdout.strip().splitlines()[-1]
+
+
+def _required_env(name: str, made_by: str) -> str:
+    value = os.environ.get(name, "")
+    assert value, f"${name} is not set: {made_by} sets it (run the tests through scripts/test.sh)"
+    return value
+
+
+@pytest.fixture(scope="session")
+def llamacpp_python() -> str:
+    """The interpreter of the llama.cpp server's environment (scripts/llamacpp-env.sh, a source build
+    that scripts/test.sh makes once and exports as H2OSTACK_LLAMACPP_PYTHON)."""
+    python = _required_env("H2OSTACK_LLAMACPP_PYTHON", "scripts/test.sh (from scripts/llamacpp-env.sh)")
+    assert Path(python).is_file(), f"H2OSTACK_LLAMACPP_PYTHON names no file: {python}"
+    return python
+
+
+@pytest.fixture(scope="session")
+def test_gguf() -> Path:
+    """SmolLM2-135M-Instruct as its Q4_1 GGUF file (`python -m h2ostack.smallmodel --gguf`), exported
+    by scripts/test.sh as H2OSTACK_TEST_GGUF."""
+    path = Path(_required_env("H2OSTACK_TEST_GGUF", "scripts/test.sh (python -m h2ostack.smallmodel --gguf)"))
+    assert path.is_file() and path.stat().st_size > 0, f"H2OSTACK_TEST_GGUF names no GGUF file: {path}"
+    return path
 
 
 class H2OGPTEnv:

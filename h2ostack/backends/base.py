@@ -171,12 +171,14 @@ class Backend:
 
     def lock_entry(self, sp: Any) -> dict[str, Any] | None:
         """What `lock` records of a started process beyond the default (the packages of `lock_packages` in
-        its interpreter, `sp.command[0]`); None keeps the default."""
+        its interpreter, `sp.command[0]`); with a "model" key, its record of the model instead of the
+        default's (a hub revision or a local folder's digest). A kind without `server_module` that
+        returns an entry has no Python environment: its packages are not recorded (TGI's launcher)."""
         return None
 
     def doctor(self, name: str, sp: Any, svc: Any) -> Finding | None:
-        """`doctor`'s check of a planned process; None keeps the default (its python imports
-        `server_module`)."""
+        """`doctor`'s own check of a planned process, besides the default (its python imports
+        `server_module`); for a kind without `server_module`, instead of it."""
         return None
 
 

@@ -59,11 +59,13 @@ def urllib_requester() -> Requester:
 
 
 def names_model(body: Any, model: str) -> bool:
-    """/v1/models lists it, or TGI's /info names it."""
+    """/v1/models lists it, TGI's /info names it, or a listing of `models` names it (Ollama's /api/tags)."""
     if not isinstance(body, dict):
         return False
     if isinstance(body.get("data"), list):
         return any(isinstance(m, dict) and m.get("id") == model for m in body["data"])
+    if isinstance(body.get("models"), list):
+        return any(isinstance(m, dict) and model in (m.get("name"), m.get("model")) for m in body["models"])
     return body.get("model_id") == model
 
 

@@ -114,3 +114,9 @@ def test_names_model() -> None:
     assert not names_model({"data": []}, "b")
     assert names_model({"model_id": "org/x"}, "org/x")
     assert not names_model(None, "x")
+    # a listing of `models` by name (Ollama's /api/tags)
+    tags = {"models": [{"name": "smollm:135m", "model": "smollm:135m", "size": 1, "details": {}}]}
+    assert names_model(tags, "smollm:135m")
+    assert not names_model(tags, "llama3:latest")
+    assert not names_model({"models": "smollm:135m"}, "smollm:135m")
+    assert not names_model({"models": [None, 3, {"name": 5}]}, "smollm:135m")

@@ -46,7 +46,7 @@ def test_unknown_top_level_key() -> None:
 def test_unknown_kind() -> None:
     assert err(BASE.replace("kind: transformers", "kind: vlm")) == \
         "s.yaml:5:5: services.a.kind: unknown kind 'vlm' (did you mean 'vllm'?); " \
-        "one of tgi, vllm, transformers, openai, h2ogpt"
+        "one of tgi, vllm, transformers, openai, h2ogpt, llamacpp, ollama"
 
 
 def test_wrong_type() -> None:
@@ -175,7 +175,7 @@ def test_missing_required_model() -> None:
 
 def test_missing_kind() -> None:
     assert err(BASE.replace("    kind: transformers\n", "")) == \
-        "s.yaml:4:3: services.a.kind: this field is required: one of tgi, vllm, transformers, openai, h2ogpt"
+        "s.yaml:4:3: services.a.kind: this field is required: one of tgi, vllm, transformers, openai, h2ogpt, llamacpp, ollama"
 
 
 def test_tgi_needs_one_mode() -> None:

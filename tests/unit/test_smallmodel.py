@@ -41,7 +41,18 @@ def test_a_built_model_is_not_built_again(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert smallmodel.build_small_model() == path
 
 
-@pytest.mark.parametrize("argv", [["a", "b"], ["--nope"]])
+@pytest.mark.parametrize("argv", [["a", "b"], ["--nope"], ["--gguf", "x"], ["--gguf", "--check"]])
 def test_bad_arguments_get_the_usage(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert smallmodel.main(argv) == 2
     assert "usage:" in capsys.readouterr().err
+
+
+def test_gguf_prints_the_cached_file_and_builds_nothing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("H2OSTACK_CACHE", str(tmp_path))
+    cached = tmp_path / f"smollm2-{smallmodel.VERSION}" / smallmodel.GGUF_NAME
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"GGUF")
+    monkeypatch.setattr(smallmodel, "build_small_model", lambda *a, **k: pytest.fail("built the folder"))
+    assert smallmodel.main(["--gguf"]) == 0
+    assert capsys.readouterr().out.strip() == str(cached)
