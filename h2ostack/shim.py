@@ -211,8 +211,9 @@ def probe(url: str, timeout: float) -> str | None:
 
     body = os.environ.get("H2OSTACK_CANARY")
     headers = {}
-    if os.environ.get("VLLM_API_KEY"):  # vLLM guards /v1/* with it
-        headers["authorization"] = "Bearer " + os.environ["VLLM_API_KEY"]
+    key = os.environ.get(os.environ.get("H2OSTACK_LIVENESS_KEY_ENV") or "")  # the server's own key, by its name
+    if key:  # servers guard /v1/* with it
+        headers["authorization"] = "Bearer " + key
     check = _Liveness("POST" if body else "GET", body.encode() if body else None, timeout)
     why = probe_once(url, check, urllib_requester(), headers, explain=True)
     return None if why is None else why.removeprefix("liveness: ")

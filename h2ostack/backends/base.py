@@ -116,6 +116,7 @@ class Backend:
     server_module: ClassVar[str | None] = None  # what `doctor` checks its `python:` can import
     url_is_api_base: ClassVar[bool] = False  # its `url:` is the API's base (/v1 included), not the server's
     container_shm: ClassVar[str | None] = None  # `render`: the shared memory its container is given
+    api_key_env: ClassVar[str | None] = None  # the variable its server reads its API key from (liveness sends it)
     keep_alive_env: ClassVar[str | None] = None  # the variable holding the idle keep-alive its server was given
 
     def mode(self, svc: Any) -> Mode:

@@ -158,6 +158,7 @@ class LlamaCpp(Backend):
     resolves_local_model = False  # a file, not a folder: its path is resolved here (gguf_path)
     lock_packages = (PACKAGE,)
     server_module = MODULE
+    api_key_env = KEY_ENV  # the shim's own environment keeps it; the server is handed it as API_KEY
 
     def served_model(self, svc: Any, model: str) -> str:
         return alias(svc.model or "", svc.args)

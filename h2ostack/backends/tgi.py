@@ -110,6 +110,7 @@ class TGI(Backend):
     default_health_timeout = DEFAULT_HEALTH_TIMEOUT
     lock_packages = ("text-generation-server", "torch", "transformers")  # a local launcher's environment
     resolves_local_model = False  # the model id as given: a container sees its own paths
+    api_key_env = "API_KEY"  # a launcher started as a process reads it there
 
     def mode(self, svc: Any) -> Mode:
         return "external" if svc.external else "container" if svc.image else "process"

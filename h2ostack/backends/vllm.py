@@ -132,6 +132,7 @@ class VLLM(Backend):
     server_module = MODULE
     container_shm = "2g"
     keep_alive_env = KEEP_ALIVE_ENV
+    api_key_env = "VLLM_API_KEY"
 
     def sleep_probe(self) -> str | None:
         return SLEEP_PROBE

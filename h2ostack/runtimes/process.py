@@ -67,6 +67,11 @@ def process_env(plan: ServicePlan, state: StackState) -> dict[str, str]:
         env["H2OSTACK_LIVENESS_INTERVAL"] = str(min(5.0, max(0.2, plan.unhealthy_after / 5)))
         if plan.liveness.body is not None:
             env["H2OSTACK_CANARY"] = json.dumps(plan.liveness.body)
+        from h2ostack import backends
+
+        backend = backends.find(plan.kind)
+        if backend is not None and backend.api_key_env:  # the variable's name: the key stays where it is
+            env["H2OSTACK_LIVENESS_KEY_ENV"] = backend.api_key_env
     return env
 
 

@@ -172,10 +172,14 @@ def server() -> Iterator[str]:
 
 def test_the_shims_liveness_probe_goes_through_the_same_check(server: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("H2OSTACK_CANARY", '{"prompt": "x"}')
-    monkeypatch.setenv("VLLM_API_KEY", SECRET)
+    monkeypatch.setenv("LLAMACPP_API_KEY", SECRET)
+    monkeypatch.delenv("H2OSTACK_LIVENESS_KEY_ENV", raising=False)
+    assert shim.probe(server + "/ok", 2.0) is None  # no key named: none sent
+    monkeypatch.setenv("H2OSTACK_LIVENESS_KEY_ENV", "LLAMACPP_API_KEY")  # the server's own variable, by name
     assert shim.probe(server + "/ok", 2.0) is None
     assert shim.probe(server + "/bad", 2.0) == "HTTP 503"
-    assert _Server.seen[0] == ("POST", "/ok", b'{"prompt": "x"}', f"Bearer {SECRET}")
+    assert _Server.seen[0] == ("POST", "/ok", b'{"prompt": "x"}', "")
+    assert _Server.seen[1] == ("POST", "/ok", b'{"prompt": "x"}', f"Bearer {SECRET}")
     monkeypatch.delenv("H2OSTACK_CANARY")
     assert shim.probe(server + "/ok", 2.0) is None and _Server.seen[-1][:2] == ("GET", "/ok")
     free = urllib_requester()
@@ -198,3 +202,20 @@ def test_check_reports_a_client_error_as_a_row_without_the_secret(tmp_path: Path
                   read_timeout=2.0)
     got = check_endpoint(ep, 4, 2.0)
     assert not got.ok and got.error and SECRET not in got.error
+
+
+@pytest.mark.parametrize(("kind", "key_env"), [("vllm", "VLLM_API_KEY"), ("llamacpp", "LLAMACPP_API_KEY"),
+                                               ("transformers", None)])
+def test_the_shim_is_told_which_variable_holds_its_servers_key_never_the_key(
+        kind: str, key_env: str | None, tmp_path: Path) -> None:
+    from h2ostack.backends.base import Probe
+    from h2ostack.plan_types import ProcessPlan
+    from h2ostack.runtimes.process import process_env
+    from h2ostack.state import StackState
+
+    sp = ProcessPlan(name="m", kind=kind, api="openai", url="http://127.0.0.1:9", command=("x",),
+                     env={key_env: SECRET} if key_env else {}, liveness=Probe("health", "GET", "/health"),
+                     unhealthy_after=10.0)
+    env = process_env(sp, StackState("s", root=tmp_path / "state"))
+    assert env.get("H2OSTACK_LIVENESS_KEY_ENV") == key_env
+    assert SECRET not in [v for k, v in env.items() if k.startswith("H2OSTACK_")]
