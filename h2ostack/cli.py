@@ -37,6 +37,14 @@ def _console(stderr: bool = False) -> Any:
     return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
 
 
+def _plain(*cells: str) -> list[Any]:
+    """A table row's cells as plain text: a command's `[...]`, a server's answer or a health message is
+    shown as it is, never read as Rich markup (which would hide it, or fail on a stray `[/]`)."""
+    from rich.text import Text
+
+    return [Text(c) for c in cells]
+
+
 def _seconds(value: float) -> float:
     """A `--timeout`: a finite number of seconds, not negative (nan would never end, inf never kill)."""
     import math
@@ -103,7 +111,7 @@ def plan(stack: StackArg, json_out: Annotated[bool, typer.Option("--json", help=
     table = Table("service", "kind", "mode", "gpus", "url", "command / image", show_lines=True)
     for s in p.all().values():
         what = shell_words(s.command) if s.command else (s.image or "")
-        table.add_row(s.name, s.kind, s.mode, ",".join(map(str, s.gpus)) or "-", s.url or "-", what)
+        table.add_row(*_plain(s.name, s.kind, s.mode, ",".join(map(str, s.gpus)) or "-", s.url or "-", what))
     con.print(table)
     for s in p.on_demand().values():
         mem = ", ".join(f"GPU {g}: {c:.1f} GiB" if c is not None else f"GPU {g}: memory not known" for g, c in s.claims)
@@ -293,8 +301,8 @@ def status(stack: Annotated[str | None, typer.Argument(help="The stack file or n
                                           else "")
             if r.last_probe_failure:
                 restarts += f", failed probe {r.last_probe_failure}"
-            t.add_row(r.stack, r.service, r.kind, state, r.phase, r.health, ",".join(map(str, r.gpus)) or "-", r.url or "-",
-                      r.ident or "-", _age(r.uptime), restarts)
+            t.add_row(*_plain(r.stack, r.service, r.kind, state, r.phase, r.health, ",".join(map(str, r.gpus)) or "-",
+                              r.url or "-", r.ident or "-", _age(r.uptime), restarts))
         return t, rows
 
     if json_out:
@@ -408,9 +416,9 @@ def check(stack: StackArg,
     t = Table("service", "kind", "ok", "ttft", "tokens", "tokens/s", "answer / error")
     for s in targets:
         r = results[s.name]
-        t.add_row(s.name, s.kind, "yes" if r.ok else "NO", f"{r.ttft_s * 1000:.0f} ms" if r.ttft_s else "-",
-                  str(r.tokens), f"{r.tokens_per_s:.1f}" if r.tokens_per_s else "-",
-                  (r.text if r.ok else r.error).replace("\n", " ")[:80])
+        t.add_row(*_plain(s.name, s.kind, "yes" if r.ok else "NO", f"{r.ttft_s * 1000:.0f} ms" if r.ttft_s else "-",
+                          str(r.tokens), f"{r.tokens_per_s:.1f}" if r.tokens_per_s else "-",
+                          (r.text if r.ok else r.error).replace("\n", " ")[:80]))
     if prompt:
         _console().print(f"asked: {prompt}", markup=False)
     _console().print(t)

@@ -173,3 +173,26 @@ def test_plan_and_check_say_what_is_on_demand(tmp_path: Path, monkeypatch: pytes
     checked = CliRunner().invoke(app, ["check", str(path)])
     assert checked.exit_code == 0, checked.output
     assert "a: on demand, not checked" in checked.output
+
+
+def test_tables_show_values_that_look_like_markup_as_they_are(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A command's `[...]` (or a stray `[/]`) is shown as written: not swallowed as Rich markup, no traceback."""
+    from typer.testing import CliRunner
+
+    from h2ostack.cli import app
+
+    monkeypatch.setenv("H2OSTACK_STATE_DIR", str(tmp_path / "state"))
+    path = tmp_path / "s.yaml"
+    path.write_text(textwrap.dedent("""\
+        version: 1
+        name: marks
+        services:
+          m:
+            kind: transformers
+            model: org/m
+            args: {chat_template: "[bold]x[/bold] [/]"}
+        """))
+    shown = CliRunner().invoke(app, ["plan", str(path)], env={"COLUMNS": "400"})
+    assert shown.exit_code == 0, shown.output
+    assert "[bold]x[/bold] [/]" in shown.output.replace("'", "")
