@@ -317,7 +317,7 @@ def up(path: str | Path, only: Iterable[str] = (), gpus: str | None = None, gpu_
                                                  sp.health_interval, lambda: None, request, headers, cancel=cancel)
                         emit(Event(name, EventKind.READY, sp.url or "", took))
                     except health.NotReady as exc:
-                        emit(Event(name, EventKind.WARN, f"external endpoint {sp.url} is not reachable: {exc}"))
+                        emit(Event(name, EventKind.WARN, f"external endpoint {sp.url} is not ready: {exc}"))
                     return 0.0
                 case Bring.ON_DEMAND:
                     emit(Event(name, EventKind.SKIP, "on demand: the stack's gateway starts it on its first request"))

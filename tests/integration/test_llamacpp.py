@@ -159,4 +159,4 @@ services:
     # an external endpoint that is not ready is a warning of `up` (nothing of it was started), with the reason
     up = h2o("up", str(path), timeout=120)
     assert up.returncode == 0, up.stdout + up.stderr
-    assert "(/api/tags): model 'llama3:latest' not listed yet" in up.stderr
+    assert "is not ready: " in up.stderr and "(/api/tags): model 'llama3:latest' not listed yet" in up.stderr
