@@ -178,6 +178,16 @@ class ServiceBase(_Model):
         reports at that field's line. A kind's model extends this; the base has none."""
         return []
 
+    def server_rules(self) -> list[tuple[str | tuple[str, ...], str]]:
+        """The rules of a kind that starts a server from `python:` unless `url:` names a running one:
+        not both, and a model to serve."""
+        out: list[tuple[str | tuple[str, ...], str]] = []
+        if self.url and getattr(self, "python", None):
+            out.append(("url", "give either `url:` (an existing server) or `python:` (start one), not both"))
+        if not self.model:
+            out.append(("model", "this field is required"))
+        return out
+
     @model_validator(mode="after")
     def _load_rules(self, info: ValidationInfo) -> ServiceBase:
         # only where the loader asks (context {"rules": True}): models built in code are taken as given

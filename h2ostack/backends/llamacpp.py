@@ -128,12 +128,8 @@ class LlamaCppService(ServiceBase):
         return self.url is None
 
     def load_rules(self) -> list[tuple[str | tuple[str, ...], str]]:
-        out: list[tuple[str | tuple[str, ...], str]] = []
-        if self.url and self.python:
-            out.append(("url", "give either `url:` (an existing server) or `python:` (start one), not both"))
-        if not self.model:
-            out.append(("model", "this field is required"))
-        elif self.url is None and not self.model.lower().endswith(".gguf"):
+        out = self.server_rules()
+        if self.model and self.url is None and not self.model.lower().endswith(".gguf"):
             out.append(("model", "a llama.cpp server loads one GGUF file: give its path, absolute or relative "
                                  "to the stack file (model: models/llama-3-8b.Q4_K_M.gguf)"))
         named = self.args.get("model_alias", "x")

@@ -54,12 +54,7 @@ class TransformersService(ServiceBase):
         return self.url is None
 
     def load_rules(self) -> list[tuple[str | tuple[str, ...], str]]:
-        out: list[tuple[str | tuple[str, ...], str]] = []
-        if self.url and self.python:
-            out.append(("url", "give either `url:` (an existing server) or `python:` (start one), not both"))
-        if not self.model:
-            out.append(("model", "this field is required"))
-        return out
+        return self.server_rules()
 
 
 class Transformers(Backend):

@@ -104,11 +104,7 @@ class VLLMService(ServiceBase):
         return self.url is not None or bool(self.nodes)
 
     def load_rules(self) -> list[tuple[str | tuple[str, ...], str]]:
-        out: list[tuple[str | tuple[str, ...], str]] = []
-        if self.url and self.python:
-            out.append(("url", "give either `url:` (an existing server) or `python:` (start one), not both"))
-        if not self.model:
-            out.append(("model", "this field is required"))
+        out = self.server_rules()
         if self.nodes and self.url:
             out.append(("url", "give either `url:` (an existing server) or `nodes:` (one model across hosts), "
                                "not both"))
