@@ -11,22 +11,18 @@ import os
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from h2ostack import backends
+from h2ostack.backends.base import Finding
 
 # hub organisations whose models need an accepted licence and a token
 GATED_ORGS = ("meta-llama/", "mistralai/", "google/gemma", "tiiuae/falcon-180b", "bigcode/starcoder")
 
 
-@dataclass(frozen=True)
-class Check:
-    name: str
-    ok: bool
-    detail: str
-    fix: str = ""
+# one line of doctor's report: the type a kind's own `Backend.doctor` check returns
+Check = Finding
 
 
 def check_docker(needed: bool, gpu_containers: bool = False) -> list[Check]:
@@ -113,7 +109,7 @@ def check_environments(plan: Any, stack: Any) -> list[Check]:
         backend = backends.get(sp.kind)
         found = backend.doctor(name, sp, svc)
         if found is not None:  # the kind's own check (TGI's launcher, llama.cpp's model file)
-            out.append(Check(found.name, found.ok, found.detail, found.fix))
+            out.append(found)
             if not backend.server_module:  # it replaces the import check
                 continue
         python, module = sp.command[0], backend.server_module or ""
