@@ -75,7 +75,7 @@ def cpu_ns(pid: int | None) -> int:
 def sequential(direct: str, via: str, model: str, gw_model: str, before: str | None = None,
                pids: dict[str, int] | None = None) -> dict[str, float]:
     """Direct, the gateway (and the `before` gateway), one request each in turn, the order
-    reversed every round; with `pids` ("g", "b") also each gateway's CPU time per request, a
+    rotated every round; with `pids` ("g", "b") also each gateway's CPU time per request, a
     figure the machine's noise moves far less than latency."""
     body = {"model": model, "prompt": "hi", "max_tokens": 4}
     gw_body = {**body, "model": gw_model}
@@ -89,7 +89,10 @@ def sequential(direct: str, via: str, model: str, gw_model: str, before: str | N
             for _, url, b in arms:
                 c.post(url, json=b).read()
         for i in range(N_SEQ):
-            for arm, url, b in arms if i % 2 == 0 else arms[::-1]:
+            # rotated: each arm in each place in turn, and none twice in a row (reversing three arms
+            # would put the middle one always between the others, and the two outer ones twice in a
+            # row: measured 0.07-0.09 ms in their favour)
+            for arm, url, b in arms[i % len(arms):] + arms[:i % len(arms)]:
                 c0 = cpu_ns(pids.get(arm))
                 t = time.perf_counter()
                 r = c.post(url, json=b)

@@ -122,7 +122,11 @@ def pct(xs: list[float], p: float) -> float:
 
 
 def interleaved(arms: list[Arm], i: int) -> list[Arm]:
-    return arms if i % 2 == 0 else arms[::-1]
+    """Round i's order: rotated, so that each arm takes each place in turn and none runs twice in a
+    row (reversing three or more arms puts the middle ones always between others and the outer ones
+    twice in a row, which favoured the outer ones by 0.07-0.09 ms here)."""
+    k = i % len(arms)
+    return arms[k:] + arms[:k]
 
 
 def wait_ready(url: str, headers: dict[str, str], proc: subprocess.Popen, what: str, limit: float = 120) -> None:

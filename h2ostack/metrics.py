@@ -155,6 +155,10 @@ class Model:
         """The first piece of a streamed answer goes out now (`t0`: the request's perf_counter)."""
         self.ttft.observe(time.perf_counter() - t0)
 
+    def retract(self) -> None:
+        """A request begun here is handed on, to be counted again from its start."""
+        self.in_flight.dec()
+
     def end(self, status: int, t0: float, tokens: int | None, began: bool = True) -> None:
         child = self.status.get(status)
         if child is None:

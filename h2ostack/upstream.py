@@ -17,6 +17,10 @@ request on a kept-alive connection that the server closed before answering a sin
 once more on a new one. A kept-alive connection on which the server sent anything while it was idle
 (or that it closed) is never used again: those bytes would otherwise be read as the answer to the
 next request, and every later client would get the previous one's answer.
+
+`Pool.send_whole` asks for a whole answer without a task: it sends on a kept-alive connection, if
+the pool holds a clean one, and calls back once the answer is in or the connection failed. The
+gateway's quick path relays through it; everything else awaits `Pool.post`.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import select
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from urllib.parse import urlsplit
 
 import httptools
@@ -63,6 +67,9 @@ class _Conn(asyncio.Protocol):
         self.paused = False
         self.waiter: asyncio.Future[None] | None = None
         self.whole = False  # the reader waits for the whole answer: woken once, when it is in
+        # `Pool.send_whole`'s callback: called once, when the answer is in or the connection failed
+        self.then: Callable[[_Conn], None] | None = None
+        self.last_bytes = 0.0  # (the loop's clock) when the backend last sent anything
 
     # -- asyncio.Protocol --------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -80,12 +87,15 @@ class _Conn(asyncio.Protocol):
         if self.complete:
             self.dirty = True
         self.got_bytes = True
+        self.last_bytes = self.loop.time()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self.fail(ConnectionError("the backend switched protocols"))
         except httptools.HttpParserError as exc:
             self.fail(ConnectionError(f"the backend sent a malformed response ({exc})"))
+        if self.then is not None:
+            self.settle()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -96,6 +106,7 @@ class _Conn(asyncio.Protocol):
             else:
                 self.error = exc or ConnectionResetError("the backend closed the connection mid-response")
         self.wake()
+        self.settle()
 
     # -- httptools callbacks -----------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -141,6 +152,19 @@ class _Conn(asyncio.Protocol):
         w = self.waiter
         if w is not None and not w.done():
             w.set_result(None)
+
+    def settle(self) -> None:
+        """`then`, once, when the answer is in or the connection failed; called after the parser
+        has taken all it was given (never from inside it: `then` may hand the connection back)."""
+        then = self.then
+        if then is not None and (self.complete or self.error is not None or self.closed):
+            self.then = None
+            then(self)
+
+    @property
+    def answered(self) -> bool:
+        """The whole answer is in, and nothing went wrong on the way."""
+        return self.complete and self.error is None
 
     async def wait(self, timeout: float) -> None:
         """Until something happens on the connection, at most `timeout` seconds."""
@@ -254,6 +278,7 @@ class Pool:
         self.fixed = ("\r\n".join(lines) + "\r\n").encode("latin-1")
         self.connect_timeout, self.read_timeout, self.keep_idle = connect_timeout, read_timeout, keep_idle
         self.idle: list[_Conn] = []
+        self.heads: dict[tuple[str, str], bytes] = {}  # each path's request head up to its length
         self.ssl: ssl.SSLContext | None = ssl.create_default_context() if self.tls else None
 
     async def connect(self) -> _Conn:
@@ -286,12 +311,43 @@ class Pool:
         elif conn.transport is not None:
             conn.transport.close()
 
+    def request(self, path: str, body: bytes, content_type: str = "application/json") -> bytes:
+        """A POST of `body` to `path`, as bytes (the head up to its length made once per path)."""
+        start = self.heads.get((path, content_type))
+        if start is None:
+            start = self.heads[(path, content_type)] = (
+                f"POST {self.prefix}{path} HTTP/1.1\r\n".encode("latin-1") + self.fixed
+                + f"content-type: {content_type}\r\ncontent-length: ".encode("latin-1"))
+        return b"%b%d\r\n\r\n%b" % (start, len(body), body)
+
+    def send_whole(self, request: bytes, then: Callable[[_Conn], None]) -> _Conn | None:
+        """Send `request` (bytes from `request`) on a kept-alive connection, if the pool holds a
+        clean one, and call `then(conn)` once its whole answer is in (`conn.answered`; read it with
+        `conn.take()`, then `give_back(conn)`) or the connection failed (`close` it). None, with
+        nothing sent, when no connection is ready: the caller awaits `post` instead. No task and no
+        timer: the caller bounds the wait, by `conn.last_bytes`, and may `drop` it."""
+        conn = self.checkout()
+        if conn is None or conn.transport is None:
+            return None
+        conn.whole = True
+        conn.then = then
+        conn.last_bytes = conn.loop.time()
+        conn.transport.write(request)
+        return conn
+
+    @staticmethod
+    def drop(conn: _Conn) -> None:
+        """Give up on a connection's answer: closed (the backend sees the disconnect), never reused."""
+        conn.then = None
+        conn.closed = True
+        if conn.transport is not None:
+            conn.transport.close()
+
     async def post(self, path: str, body: bytes, content_type: str = "application/json",
                    whole: bool = False) -> Response:
         """Send the request and wait for the status line and headers (the first byte is bounded
         by `read_timeout`), or with `whole` for the whole answer (each wait for more bytes bounded so)."""
-        head = (f"POST {self.prefix}{path} HTTP/1.1\r\n".encode("latin-1") + self.fixed
-                + f"content-type: {content_type}\r\ncontent-length: {len(body)}\r\n\r\n".encode("latin-1"))
+        request = self.request(path, body, content_type)
         conn = self.checkout()
         reused = conn is not None
         while True:
@@ -299,7 +355,7 @@ class Pool:
                 conn = await self.connect()
             assert conn.transport is not None
             conn.whole = whole
-            conn.transport.write(head + body)
+            conn.transport.write(request)
             try:
                 while not (conn.complete if whole else conn.head):
                     if conn.error is not None:
