@@ -89,10 +89,21 @@ class Quick:
     """A request asked on the quick path (`Gateway.quick`), until its connection calls back."""
 
     parsed: Parsed
+    chat: bool
+    t0: float  # the request's perf_counter
     rec: Model
     pool: Pool
     conn: _Conn
     before: float  # the gateway's own seconds before the request went out
+    keep_alive: bool = True  # the client's connection is kept after the answer (set by `Wire`)
+
+
+def _served(route: Endpoint, body: dict[str, Any], raw: bytes) -> bytes:
+    """The request as the server knows its model: `raw`, or the body again with the model renamed."""
+    if body["model"] == route.model:
+        return raw
+    body["model"] = route.model
+    return json.dumps(body).encode()
 
 
 def _json(data: Any, status: int = 200, overhead: str | None = None) -> Reply:
@@ -502,9 +513,7 @@ class Gateway:
                 or (self.ondemand is not None and route.name in self.ondemand)
                 or (chat and not route.chat and self.to_prompt is not None)):
             return None
-        if body["model"] != route.model:
-            body["model"] = route.model
-            raw = parsed.raw = json.dumps(body).encode()
+        raw = parsed.raw = _served(route, body, raw)
         rec = self.recs[route.name]
         before = time.perf_counter() - t0
         pool = self.pool(route)
@@ -512,7 +521,7 @@ class Gateway:
         if conn is None:
             return None
         rec.begin()
-        return Quick(parsed, rec, pool, conn, before)
+        return Quick(parsed, chat, t0, rec, pool, conn, before)
 
     def quick_failed(self, q: Quick) -> Reply | None:
         """The answer to a quick request whose connection failed, as `dispatch` says it; None where
@@ -572,9 +581,7 @@ class Gateway:
         return await self.passthrough(route, body, raw, chat, t0)
 
     async def passthrough(self, route: Endpoint, body: dict[str, Any], raw: bytes, chat: bool, t0: float) -> Reply:
-        if body["model"] != route.model:
-            body["model"] = route.model
-            raw = json.dumps(body).encode()
+        raw = _served(route, body, raw)
         before = time.perf_counter() - t0
         stream = bool(body.get("stream"))
         resp = await self.pool(route).post(openai_api.relay_path(chat), raw, whole=not stream)
@@ -799,7 +806,6 @@ class Wire(asyncio.Protocol):
         self.drained: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
         self.quick: Quick | None = None  # a request on the quick path, until its backend calls back
-        self.quick_ask: tuple[float, str, str, bytes, bool] | None = None  # (t0, path, method, body, keep_alive)
         self.begin()
 
     def begin(self) -> None:
@@ -868,11 +874,11 @@ class Wire(asyncio.Protocol):
         self.closing = True
         self.disarm()
         self.queue.clear()
-        q, ask = self.quick, self.quick_ask
-        if q is not None and ask is not None:  # the client left while its backend answers: the backend is told so
-            self.quick = self.quick_ask = None
+        q = self.quick
+        if q is not None:  # the client left while its backend answers: the backend is told so
+            self.quick = None
             q.pool.drop(q.conn)
-            q.rec.end(499, ask[0], None)
+            q.rec.end(499, q.t0, None)
         if self.drained is not None and not self.drained.done():
             self.drained.set_result(None)
 
@@ -982,7 +988,7 @@ class Wire(asyncio.Protocol):
                 except Exception:  # (never a traceback to the client: answered the usual way)
                     self.quick = None
                 if self.quick is not None:
-                    self.quick_ask = request
+                    self.quick.keep_alive = request[4]
                     return
             request = (*request[:3], got, request[4])
         self.task = self.loop.create_task(self.answer(*request))  # (held: the loop keeps only a weak one)
@@ -991,12 +997,11 @@ class Wire(asyncio.Protocol):
         """The backend of the quick request answered, or its connection failed: the answer
         written from here (or, for a kept-alive connection the server had closed, asked again
         the usual way)."""
-        q, ask = self.quick, self.quick_ask
-        if q is None or ask is None or q.conn is not conn:  # (given up already)
+        q = self.quick
+        if q is None or q.conn is not conn:  # (given up already)
             return
-        self.quick = self.quick_ask = None
-        t0, path, _method, _raw, keep_alive = ask
-        keep_alive = keep_alive and not self.last
+        self.quick = None
+        t0, keep_alive = q.t0, q.keep_alive and not self.last
         try:
             if conn.answered:  # (the usual case) written at once, the way `write_whole` writes it; counted after
                 t_in = time.perf_counter()
@@ -1019,6 +1024,7 @@ class Wire(asyncio.Protocol):
             reply = _error(500, f"the gateway failed ({type(exc).__name__})", "internal_error")
         if reply is None:  # asked again, the usual way: counted there from the start
             q.rec.retract()
+            path = "/v1/chat/completions" if q.chat else "/v1/completions"
             self.task = self.loop.create_task(self.answer(t0, path, "POST", q.parsed, keep_alive))
             return
         self.finish(reply, keep_alive, t0)
@@ -1036,14 +1042,11 @@ class Wire(asyncio.Protocol):
 
     def quick_expired(self, q: Quick) -> None:
         """No byte from the quick request's backend within the read timeout: 504, as `dispatch` says it."""
-        ask = self.quick_ask
-        self.quick = self.quick_ask = None
+        self.quick = None
         q.pool.drop(q.conn)
-        if ask is None:
-            return
         reply = _error(504, f"backend {q.parsed.route.name} timed out (TimeoutError)", "backend_timeout")
         reply.rec = q.rec
-        self.finish(reply, ask[4] and not self.last, ask[0])
+        self.finish(reply, q.keep_alive and not self.last, q.t0)
 
     def finish(self, reply: Reply, keep_alive: bool, t0: float) -> None:
         """A whole answer written from a callback, then what `answer` does after each answer."""

@@ -26,15 +26,26 @@ class Run:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, read_timeout: float = 600.0) -> None:
         self.taken: list[bool] = []
+        self.waiting: list[tuple[int, asyncio.Future[None]]] = []
         self.read_timeout = read_timeout
         real = Gateway.quick
 
         def spy(gw: Gateway, *args: Any, **kwargs: Any) -> Any:
             got = real(gw, *args, **kwargs)
             self.taken.append(got is not None)
+            for n, fut in self.waiting:
+                if len(self.taken) >= n and not fut.done():
+                    fut.set_result(None)
             return got
 
         monkeypatch.setattr(Gateway, "quick", spy)
+
+    async def asked(self, n: int) -> None:
+        """Until the gateway has routed its `n`th request (and sent it, where it went the quick way)."""
+        if len(self.taken) < n:
+            fut = asyncio.get_running_loop().create_future()
+            self.waiting.append((n, fut))
+            await fut
 
     def __call__(self, backend: Backend, client: Callable[..., Awaitable[Any]]) -> Any:
         async def main() -> Any:
@@ -238,8 +249,7 @@ def test_a_client_leaving_during_a_quick_request_closes_its_backend_connection(
         assert (await answer(reader))[0] == 200
         writer.write(post({"model": "m", "slow": True}))
         await writer.drain()
-        while len(run.taken) < 2:  # (until the gateway has sent it on)
-            await asyncio.sleep(0)
+        await run.asked(2)
         writer.close()
         await asyncio.wait_for(closed.wait(), 5)
         return await metrics(port)

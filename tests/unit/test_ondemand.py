@@ -27,6 +27,7 @@ class FakeOps:
     def __init__(self, can_sleep: bool = False) -> None:
         self.log: list[str] = []
         self.gates: dict[str, asyncio.Event] = {}
+        self.at_gate: dict[str, asyncio.Event] = {}  # a start has come to its gate
         self.fail: dict[str, str] = {}
         self.can_sleep = can_sleep
         self.running: set[str] = set()
@@ -34,9 +35,14 @@ class FakeOps:
     def gate(self, name: str) -> asyncio.Event:
         return self.gates.setdefault(name, asyncio.Event())
 
+    async def starting(self, name: str) -> None:
+        """Until a start of `name` waits at its gate (every request asked before it is queued by then)."""
+        await self.at_gate.setdefault(name, asyncio.Event()).wait()
+
     async def start(self, name: str) -> Started:
         self.log.append(f"start {name}")
         if name in self.gates:
+            self.at_gate.setdefault(name, asyncio.Event()).set()
             await self.gates[name].wait()
         if name in self.fail:
             raise RuntimeError(self.fail[name])
@@ -108,7 +114,7 @@ def test_concurrent_requests_for_a_starting_model_all_get_it_with_one_start() ->
         m = manager(ops, clock)
         gate = ops.gate("a")
         waiting = [asyncio.ensure_future(m.acquire("a")) for _ in range(5)]
-        await settle()
+        await ops.starting("a")
         assert m.phase("a") == "starting" and not any(w.done() for w in waiting)
         gate.set()
         leases = await asyncio.gather(*waiting)
@@ -150,7 +156,7 @@ def test_a_full_queue_answers_at_once() -> None:
         m = manager(ops, clock, queue_limit=2)
         gate = ops.gate("a")
         waiting = [asyncio.ensure_future(m.acquire("a")) for _ in range(2)]
-        await settle()
+        await ops.starting("a")
         refused = await m.acquire("a")
         assert refused.error and "2 requests already wait" in refused.error and refused.retry_after > 0
         gate.set()
@@ -165,7 +171,7 @@ def test_a_failing_start_fails_every_waiter_and_the_next_request_tries_again() -
         gate = ops.gate("a")
         ops.fail["a"] = "exited while starting (code 1)"
         waiting = [asyncio.ensure_future(m.acquire("a")) for _ in range(3)]
-        await settle()
+        await ops.starting("a")
         gate.set()
         leases = await asyncio.gather(*waiting)
         assert all(lease.error and "could not be started: exited while starting" in lease.error for lease in leases)
